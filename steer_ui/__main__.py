@@ -1,0 +1,3 @@
+from steer_ui.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,172 @@
+"""Steering vectors: ``{layer: direction}`` and the files they come in.
+
+Layer L is the output of decoder block L (``hidden_states[L + 1]``), 0-based, as in repeng and
+llama.cpp. The repeng / llama.cpp GGUF format: architecture ``controlvector``, keys
+``controlvector.model_hint`` and ``controlvector.layer_count``, one float32 tensor ``direction.{L}``
+per layer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from steer_ui.errors import UserError
+
+MAX_VECTOR_FILE_BYTES = 512 * 1024 * 1024  # 128 layers x 1M hidden floats; real vectors are KBs to MBs
+_LAYER_KEY = re.compile(r"^(?:direction|layer|layers)?\.?(\d+)$")
+
+
+@dataclass
+class SteeringVector:
+    """One direction per layer, float32 on the CPU; the engine moves each to its layer's device."""
+
+    directions: dict[int, torch.Tensor]
+    model_hint: str = ""
+    name: str = ""
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def layers(self) -> list[int]:
+        return sorted(self.directions)
+
+    @property
+    def hidden_size(self) -> int:
+        return int(next(iter(self.directions.values())).numel())
+
+    def content_hash(self) -> str:
+        h = hashlib.sha256()
+        for layer in self.layers:
+            h.update(str(layer).encode())
+            h.update(self.directions[layer].numpy().tobytes())
+        return h.hexdigest()
+
+    def check_against(self, n_layers: int, hidden_size: int, layers: tuple[int, ...] | None) -> list[int]:
+        """The layers to steer, after checking them against the model; UserError names what is wrong."""
+        if self.hidden_size != hidden_size:
+            raise UserError(f"vector {self.name or ''} has hidden size {self.hidden_size} but the model has "
+                            f"{hidden_size}: it was made for another model".replace("  ", " "))
+        over = [x for x in self.layers if x >= n_layers]
+        chosen = list(layers) if layers is not None else [x for x in self.layers if x < n_layers]
+        if layers is None and over and not chosen:
+            raise UserError(f"the vector's layers ({_span(self.layers)}) are all beyond the model's "
+                            f"{n_layers} layers (0-{n_layers - 1})")
+        for x in chosen:
+            if not 0 <= x < n_layers:
+                raise UserError(f"layer {x} is out of range: the model has {n_layers} layers (0-{n_layers - 1})")
+            if x not in self.directions:
+                raise UserError(f"layer {x} is not in the vector (it has layers {_span(self.layers)})")
+        return chosen
+
+
+def _span(layers: list[int]) -> str:
+    if layers and layers == list(range(layers[0], layers[-1] + 1)):
+        return f"{layers[0]}-{layers[-1]}"
+    return ",".join(map(str, layers))
+
+
+def _checked(layer: int, arr: np.ndarray | torch.Tensor, where: str) -> torch.Tensor:
+    t = torch.as_tensor(np.asarray(arr)) if not isinstance(arr, torch.Tensor) else arr
+    if not (t.is_floating_point()):
+        raise UserError(f"{where}: direction for layer {layer} has dtype {t.dtype}, expected a float type")
+    t = t.detach().to(torch.float32).reshape(-1).clone()
+    if t.numel() == 0:
+        raise UserError(f"{where}: direction for layer {layer} is empty")
+    if not torch.isfinite(t).all():
+        raise UserError(f"{where}: direction for layer {layer} contains NaN or infinite values")
+    return t
+
+
+def _finish(directions: dict[int, torch.Tensor], where: str, hint: str, meta: dict[str, str]) -> SteeringVector:
+    if not directions:
+        raise UserError(f"{where}: no steering directions found (expected tensors named direction.N)")
+    sizes = {t.numel() for t in directions.values()}
+    if len(sizes) > 1:
+        raise UserError(f"{where}: directions have different sizes {sorted(sizes)}")
+    return SteeringVector(directions=directions, model_hint=hint, name=Path(where).name, metadata=meta)
+
+
+def read_repeng_gguf(path: Path) -> SteeringVector:
+    import gguf
+
+    try:
+        reader = gguf.GGUFReader(str(path))
+    except Exception as err:  # the reader raises many types on malformed input
+        raise UserError(f"{path}: not a readable GGUF file ({type(err).__name__}: {err})") from None
+
+    def text_field(key: str) -> str:
+        f = reader.get_field(key)
+        return "" if f is None or not f.parts else bytes(f.parts[-1]).decode("utf-8", "replace")
+
+    arch = text_field("general.architecture")
+    if arch != "controlvector":
+        raise UserError(f"{path}: GGUF architecture is {arch!r}, expected 'controlvector' (a model file?)")
+    directions: dict[int, torch.Tensor] = {}
+    for tensor in reader.tensors:
+        m = re.fullmatch(r"direction\.(\d+)", tensor.name)
+        if m:
+            directions[int(m.group(1))] = _checked(int(m.group(1)), np.array(tensor.data), str(path))
+    return _finish(directions, str(path), text_field("controlvector.model_hint"), {})
+
+
+def read_safetensors(path: Path) -> SteeringVector:
+    from safetensors import SafetensorError
+    from safetensors.torch import safe_open
+
+    directions: dict[int, torch.Tensor] = {}
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = dict(f.metadata() or {})
+            for key in f.keys():
+                m = _LAYER_KEY.fullmatch(key)
+                if m:
+                    directions[int(m.group(1))] = _checked(int(m.group(1)), f.get_tensor(key), str(path))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise UserError(f"{path}: not a readable safetensors file ({err})") from None
+    return _finish(directions, str(path), meta.get("model_hint", ""), meta)
+
+
+def load_vector(path: str | os.PathLike[str]) -> SteeringVector:
+    """Read a vector file (.gguf in repeng's format, or .safetensors); UserError on anything wrong."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise UserError(f"no such vector file: {p}")
+    size = p.stat().st_size
+    if size > MAX_VECTOR_FILE_BYTES:
+        raise UserError(f"{p}: {size} bytes is too large for a steering vector (limit {MAX_VECTOR_FILE_BYTES})")
+    suffix = p.suffix.lower()
+    if suffix == ".gguf":
+        return read_repeng_gguf(p)
+    if suffix == ".safetensors":
+        return read_safetensors(p)
+    raise UserError(f"{p}: unknown vector format {suffix!r}: use a repeng .gguf or a .safetensors file")
+
+
+def write_repeng_gguf(vector: SteeringVector, path: str | os.PathLike[str]) -> None:
+    """Write repeng's GGUF control-vector format; written to a temp file and renamed, so never half-written."""
+    import gguf
+
+    target = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".gguf", dir=target.parent or ".")
+    os.close(fd)
+    try:
+        writer = gguf.GGUFWriter(tmp, "controlvector")
+        writer.add_string("controlvector.model_hint", vector.model_hint or "llama")
+        writer.add_uint32("controlvector.layer_count", len(vector.directions))
+        for layer in vector.layers:
+            writer.add_tensor(f"direction.{layer}", vector.directions[layer].to(torch.float32).numpy())
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
