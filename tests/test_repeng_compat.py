@@ -1,0 +1,46 @@
+"""A repeng control vector, read from its own GGUF export, steers exactly as repeng's ControlModel does."""
+
+from __future__ import annotations
+
+import numpy
+import pytest
+import torch
+from helpers import collect, generate_greedy
+
+from steer_ui.engine import eos_ids
+from steer_ui.settings import ProbeSettings, RunSettings, Scope
+from steer_ui.vectors import load_vector
+
+numpy.float_ = numpy.float64  # repeng 0.4 still names the alias NumPy 2 removed
+repeng = pytest.importorskip("repeng")
+
+LAYERS = list(range(6, 18))
+
+
+@pytest.mark.parametrize("coef", [1.5, -1.5])
+def test_greedy_tokens_match_repeng_control_model(bundled, tmp_path, coef):
+    rng = numpy.random.default_rng(3)
+    directions = {}
+    for layer in LAYERS:
+        v = rng.standard_normal(bundled.hidden_size).astype(numpy.float32)
+        directions[layer] = v / numpy.linalg.norm(v) * 3.0
+    path = tmp_path / "vec.gguf"
+    repeng.ControlVector(model_type="llama", directions=directions).export_gguf(str(path))
+
+    vector = load_vector(path)
+    assert vector.layers == LAYERS
+    s = RunSettings("Should I check my answer twice? Answer yes or no.", vector=vector, coefs=(coef,),
+                    scope=Scope("all"), max_new_tokens=20, probe=ProbeSettings(every=4))
+    start, _, _, done = collect(bundled, s)
+    ours = done.rows[1].token_ids
+
+    control = repeng.ControlModel(bundled.model, LAYERS)
+    try:
+        control.set_control(repeng.ControlVector.import_gguf(str(path)), coef)
+        theirs = generate_greedy(bundled, start.prompt_ids, 20, eos_ids(bundled))
+    finally:
+        control.unwrap()
+    assert ours == theirs
+    assert ours != done.rows[0].token_ids, "the vector must change the output for this to mean anything"
+    assert sum(len(layer._forward_hooks) for layer in bundled.layers) == 0
+    assert not any(type(layer).__name__ == "ControlModule" for layer in bundled.layers)
