@@ -101,6 +101,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from huggingface_hub.utils import logging as hub_logging
+
+    hub_logging.set_verbosity_error()  # retry chatter; our own error line says what went wrong
     try:
         return {"generate": cmd_generate}[args.command](args)
     except UserError as err:

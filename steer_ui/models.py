@@ -12,10 +12,12 @@ import importlib.util
 import logging
 import os
 import shutil
+import socket
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlparse
 
 import torch
 
@@ -147,7 +149,7 @@ def _convert_gguf(path: Path, cache_dir: Path) -> Path:
                                                          dtype=torch.float32)
         except ImportError as err:
             raise UserError(f"loading GGUF files needs the gguf package: pip install gguf ({err})") from None
-        except (ValueError, OSError, KeyError) as err:
+        except Exception as err:  # the GGUF parser raises struct.error, KeyError, ... on malformed files
             raise UserError(f"cannot read {path} as a GGUF model: {_first_line(err)}") from None
         _save_dequantized(model, tmp)
         tok.save_pretrained(tmp)
@@ -168,6 +170,20 @@ def _save_dequantized(model: torch.nn.Module, target: Path) -> None:
     config.save_pretrained(target)
     model.generation_config.save_pretrained(target)
     save_model(model, str(target / "model.safetensors"), metadata={"format": "pt"})
+
+
+def hub_reachable(timeout_s: float = 3.0) -> bool:
+    """False when HF_HUB_OFFLINE is set or the hub's host cannot be reached."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=timeout_s).close()
+        return True
+    except OSError:
+        return False
 
 
 def _first_line(err: BaseException) -> str:
@@ -204,11 +220,17 @@ def load_model(spec: str = BUNDLED_ALIAS, device: str = "auto", dtype: str = "au
     where, source = _locate(spec, cache_dir or default_cache_dir())
     # Multi-GPU (or too big for one) goes through accelerate; a single cpu/mps device is a plain .to().
     placement = {"device_map": "auto"} if dev.type == "cuda" and dev.index is None else {}
+    from_hub = source.startswith("hub:")
+    # Offline, the hub client retries for ~25 s per file: look in the local HF cache only, and say so.
+    local_only = from_hub and not hub_reachable()
     try:
-        tokenizer = AutoTokenizer.from_pretrained(where)
-        model = AutoModelForCausalLM.from_pretrained(where, dtype=dt, **placement)
+        tokenizer = AutoTokenizer.from_pretrained(where, local_files_only=local_only)
+        model = AutoModelForCausalLM.from_pretrained(where, dtype=dt, local_files_only=local_only, **placement)
     except (OSError, ValueError, KeyError) as err:
-        hint = " (no network or no such hub id?)" if source.startswith("hub:") else ""
+        if local_only:
+            raise UserError(f"cannot load model {spec!r}: the Hugging Face hub is unreachable and the model is "
+                            "not in the local cache (download it once with network, or pass a local path)") from None
+        hint = " (no such hub id, or a gated model needing a token?)" if from_hub else ""
         raise UserError(f"cannot load model {spec!r}{hint}: {_first_line(err)}") from None
     if not placement:
         model.to(dev)

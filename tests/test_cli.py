@@ -1,0 +1,93 @@
+"""The CLI as scripts use it: a real subprocess, the JSONL contract, the readable view, clear errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from steer_ui.vectors import SteeringVector, write_repeng_gguf
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "steer_ui", *args], capture_output=True, text=True,
+                          timeout=timeout, env=env, cwd=ROOT)
+
+
+@pytest.fixture(scope="module")
+def vector_file(tmp_path_factory) -> Path:
+    g = torch.Generator().manual_seed(1)
+    dirs = {layer: torch.randn(576, generator=g) / 6 for layer in range(8, 16)}
+    path = tmp_path_factory.mktemp("vec") / "random.gguf"
+    write_repeng_gguf(SteeringVector(dirs, model_hint="llama"), path)
+    return path
+
+
+def test_jsonl_contract(vector_file):
+    r = cli("generate", "--prompt", "Is 7 prime?", "--vector", str(vector_file), "--layers", "10-13",
+            "--coef", "2", "--coef", "-2", "--max-new-tokens", "8", "--probe-every", "4", "--jsonl")
+    assert r.returncode == 0, r.stderr
+    events = [json.loads(line) for line in r.stdout.splitlines()]  # stdout holds JSON and nothing else
+    start, done = events[0], events[-1]
+    assert start["event"] == "start" and done["event"] == "done"
+    assert [row["label"] for row in start["rows"]] == ["baseline", "coef +2", "coef -2"]
+    assert start["layers"] == [10, 11, 12, 13]
+    assert [c["label"] for c in start["probe"]["choices"]] == ["Yes", "No"] and start["probe"]["every"] == 4
+    assert start["prompt_ids"] and start["probe"]["suffix_ids"]
+    tokens = [e for e in events if e["event"] == "token"]
+    probes = [e for e in events if e["event"] == "probe"]
+    for row in done["rows"]:
+        mine = [t for t in tokens if t["row"] == row["row"]]
+        assert [t["step"] for t in mine] == list(range(len(mine)))
+        assert [t["token_id"] for t in mine] == row["token_ids"]
+        assert row["finish_reason"] in ("eos", "length")
+        steps = [p["step"] for p in probes if p["row"] == row["row"]]
+        assert steps[0] == 0 and all(s % 4 == 0 for s in steps)
+    p = probes[0]
+    assert set(p) >= {"logodds", "mass", "logprobs", "reliable"}
+    assert p["logodds"] == pytest.approx(p["logprobs"]["Yes"] - p["logprobs"]["No"])
+    assert set(done["timing"]) == {"load_s", "prefill_s", "decode_s", "steps"}
+
+
+def test_readable_side_by_side(vector_file):
+    r = cli("generate", "--prompt", "Is 7 prime?", "--vector", str(vector_file), "--coef", "3",
+            "--max-new-tokens", "12")
+    assert r.returncode == 0, r.stderr
+    head = r.stdout.splitlines()[0]
+    assert "baseline" in head and "coef +3" in head and " | " in head
+    assert "probe log-odds" in r.stdout
+    assert ("departs from the baseline" in r.stdout) or ("identical to the baseline" in r.stdout)
+    assert "steps/s" in r.stderr
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--prompt", "  "], "the prompt is empty"),
+    (["--prompt", "x", "--vector", "{vec}", "--coef", "nan"], "not a finite number"),
+    (["--prompt", "x", "--vector", "{vec}", "--coef", "1", "--layers", "40-41"], "layer 40 is out of range"),
+    (["--prompt", "x", "--vector", "{vec}", "--coef", "1", "--layers", "2"], "layer 2 is not in the vector"),
+    (["--prompt", "x", "--vector", "missing.gguf", "--coef", "1"], "no such vector file"),
+    (["--prompt", "x", "--vector", "{small}", "--coef", "1"], "hidden size 8 but the model has 576"),
+    (["--prompt", "x", "--coef", "1"], "need a steering vector"),
+    (["--prompt", "x", "--scope", "sideways"], "unknown scope"),
+    (["--prompt", "x", "--scope", "think", "--vector", "{vec}", "--coef", "1"], "needs a model with a thinking"),
+    (["--prompt", "x", "--probe-choices", "Yes"], "two or more"),
+    (["--prompt", "x", "--model", "./no/such/dir"], "no such model path"),
+    (["--prompt", "x", "--model", "some-org/not-a-model"], "hub is unreachable"),
+])
+def test_bad_input_is_one_line_and_nonzero(vector_file, tmp_path, args, message):
+    small = tmp_path / "small.gguf"
+    write_repeng_gguf(SteeringVector({0: torch.ones(8)}, model_hint="llama"), small)
+    args = [a.format(vec=vector_file, small=small) for a in args]
+    r = cli("generate", *args)
+    assert r.returncode == 2
+    lines = [line for line in r.stderr.splitlines() if not line.startswith("loading ")]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], r.stderr
+    assert "Traceback" not in r.stderr and r.stdout == ""

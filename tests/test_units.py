@@ -1,0 +1,155 @@
+"""Small pieces with exact answers: parsing, choices, think tracking, detokenizing, sampling, vector files."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from steer_ui.detokenize import Detokenizer
+from steer_ui.engine import _Row
+from steer_ui.errors import UserError
+from steer_ui.events import RowInfo
+from steer_ui.probe import build_choices
+from steer_ui.sampling import Sampler
+from steer_ui.settings import RunSettings, Sampling, Scope, parse_layers
+from steer_ui.vectors import SteeringVector, load_vector, write_repeng_gguf
+
+
+def test_parse_layers():
+    assert parse_layers("12-15") == (12, 13, 14, 15)
+    assert parse_layers("3,5,7") == (3, 5, 7)
+    assert parse_layers("1-2, 7") == (1, 2, 7)
+    assert parse_layers("all") is None
+    with pytest.raises(UserError, match="out of range.*30 layers"):
+        parse_layers("28-31", n_layers=30)
+    with pytest.raises(UserError, match="cannot read layers"):
+        parse_layers("ten")
+    with pytest.raises(UserError, match="backwards"):
+        parse_layers("5-3")
+
+
+def test_scope_parse():
+    assert Scope.parse("kick:64") == Scope("kick", 64)
+    assert str(Scope.parse("GENERATED")) == "generated"
+    for bad in ("kick:0", "kick", "everywhere"):
+        with pytest.raises(UserError, match="unknown scope"):
+            Scope.parse(bad)
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("prompt", "   ", "prompt is empty"),
+    ("coefs", (float("nan"),), "not a finite number"),
+    ("max_new_tokens", 0, "max new tokens"),
+])
+def test_settings_reject_bad_values(field, value, message):
+    kwargs = {"prompt": "hi", "vector": SteeringVector({0: torch.ones(4)}), field: value}
+    with pytest.raises(UserError, match=message):
+        RunSettings(**kwargs).validate()
+
+
+def test_choices_collect_single_token_variants(bundled):
+    tok = bundled.tokenizer
+    yes, no = build_choices(tok, ("Yes", "No"))
+    for form in ("Yes", " Yes", "yes", " yes"):
+        ids = tok.encode(form, add_special_tokens=False)
+        if len(ids) == 1:
+            assert ids[0] in yes.token_ids
+    assert all(tok.decode([i]).strip().lower() == "yes" for i in yes.token_ids)
+    assert not set(yes.token_ids) & set(no.token_ids)
+    with pytest.raises(UserError, match="not a single token"):
+        build_choices(tok, ("Yes", "antidisestablishmentarianism"))
+
+
+def test_think_tag_split_over_tokens_is_tracked(bundled):
+    """SmolLM2 has no <think> token: the tag arrives in pieces and must still be noticed once."""
+    tok = bundled.tokenizer
+    ids = tok.encode("Let me think. </think>\n\nThe answer is yes. <think> again", add_special_tokens=False)
+    assert len(tok.encode("</think>", add_special_tokens=False)) > 1
+    row = _Row(RowInfo(0, "baseline", 0.0), Detokenizer(tok), thinking=True)
+    phases = []
+    for i in ids:
+        row.append(i, "<think>", "</think>")
+        phases.append((tok.decode([i]), row.last_was_thinking, row.thinking))
+    text = "".join(row.text)
+    close_end = text.index("</think>") + len("</think>")
+    # Every token up to the one completing </think> is thinking; after it, answer; <think> reopens.
+    pos = 0
+    for piece, was_thinking, _ in phases:
+        pos += len(piece)
+        if pos <= close_end:
+            assert was_thinking, piece
+        elif pos < text.index("<think>") + 1:
+            assert not was_thinking, piece
+    assert phases[-1][2] is True
+
+
+def test_detokenizer_matches_full_decode_with_multibyte_text(bundled):
+    tok = bundled.tokenizer
+    text = "Prüfung: 17 ist prim ✓ — 素数です 🙂 done"
+    ids = tok.encode(text, add_special_tokens=False)
+    d = Detokenizer(tok)
+    pieces = [d.push(i) for i in ids] + [d.flush()]
+    assert "".join(pieces) == tok.decode(ids)
+    assert all("\ufffd" not in p for p in pieces)
+
+
+def test_sampler_greedy_and_filters():
+    logits = torch.tensor([[0.0, 3.0, 1.0, 2.9], [5.0, 0.0, 0.0, 0.0]])
+    assert Sampler(Sampling(), torch.device("cpu"))(logits).tolist() == [1, 0]
+    top1 = Sampler(Sampling(temperature=1.0, top_k=1, seed=1), torch.device("cpu"))
+    assert all(top1(logits).tolist() == [1, 0] for _ in range(20))
+    nucleus = Sampler(Sampling(temperature=1.0, top_p=0.5, seed=1), torch.device("cpu"))
+    picks = {nucleus(logits)[0].item() for _ in range(200)}
+    assert picks <= {1, 3} and picks == {1, 3}  # 3.0 and 2.9 hold ~0.5 together; nothing else
+
+
+def test_sampler_matches_softmax_frequencies():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.2]]))
+    sampler = Sampler(Sampling(temperature=1.0, seed=0), torch.device("cpu"))
+    counts = torch.bincount(torch.cat([sampler(logits) for _ in range(4000)]), minlength=3).float() / 4000
+    assert torch.allclose(counts, torch.tensor([0.5, 0.3, 0.2]), atol=0.03)
+
+
+def test_vector_files_round_trip_and_checks(tmp_path):
+    v = SteeringVector({3: torch.arange(8, dtype=torch.float32), 4: torch.ones(8)}, model_hint="llama")
+    path = tmp_path / "v.gguf"
+    write_repeng_gguf(v, path)
+    back = load_vector(path)
+    assert back.layers == [3, 4] and back.model_hint == "llama"
+    assert torch.equal(back.directions[3], v.directions[3])
+    assert back.check_against(n_layers=8, hidden_size=8, layers=None) == [3, 4]
+    with pytest.raises(UserError, match="hidden size 8 but the model has 576"):
+        back.check_against(n_layers=30, hidden_size=576, layers=None)
+    with pytest.raises(UserError, match="layer 5 is not in the vector"):
+        back.check_against(n_layers=8, hidden_size=8, layers=(5,))
+    with pytest.raises(UserError, match="layer 9 is out of range"):
+        back.check_against(n_layers=8, hidden_size=8, layers=(9,))
+
+
+def test_bad_vector_files_are_clear_errors(tmp_path):
+    (tmp_path / "junk.gguf").write_bytes(b"not a gguf at all")
+    (tmp_path / "v.txt").write_text("1 2 3")
+    nan = SteeringVector({0: torch.tensor([1.0, math.nan])})
+    from safetensors.torch import save_file
+    save_file({"direction.0": nan.directions[0]}, str(tmp_path / "nan.safetensors"))
+    save_file({"direction.0": torch.ones(3), "direction.1": torch.ones(4)}, str(tmp_path / "ragged.safetensors"))
+    cases = {
+        "missing.gguf": "no such vector file",
+        "junk.gguf": "not a readable GGUF",
+        "v.txt": "unknown vector format",
+        "nan.safetensors": "NaN or infinite",
+        "ragged.safetensors": "different sizes",
+    }
+    for name, message in cases.items():
+        with pytest.raises(UserError, match=message):
+            load_vector(tmp_path / name)
+    model_gguf = tmp_path / "model.gguf"
+    import gguf
+    w = gguf.GGUFWriter(str(model_gguf), "llama")
+    w.add_tensor("token_embd.weight", np.ones((2, 2), dtype=np.float32))
+    w.write_header_to_file(); w.write_kv_data_to_file(); w.write_tensors_to_file(); w.close()
+    with pytest.raises(UserError, match="architecture is 'llama'"):
+        load_vector(model_gguf)
