@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-pip_install() { "$PY" -m pip install --quiet --disable-pip-version-check "$@"; }
+pip_install() { "$PY" -m pip install --quiet --disable-pip-version-check --root-user-action=ignore "$@"; }
 if [ "${1:-}" = "--dev" ]; then
   pip_install -r requirements-dev.txt
   pip_install --no-deps repeng==0.4.0

@@ -6,7 +6,6 @@ Argument names are a contract researchers script against (see README); keep them
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import sys

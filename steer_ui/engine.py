@@ -142,11 +142,12 @@ class _Forward:
         self.cache = DynamicCache(config=lm.model.config)
         self.device = lm.input_device
 
+    @torch.inference_mode()  # here, not around the loop: the loop yields, and grad mode is thread state
     def __call__(self, ids: list[list[int]], mask: list[list[float]], keep: list[list[int]] | int,
                  crop: int) -> torch.Tensor:
         if self.steerer is not None:
             any_steered = any(any(m) for m in mask)
-            self.steerer.scale = (self.coefs[:, None] * torch.tensor(mask, device=self.device)
+            self.steerer.scale = ((self.coefs[:, None] * torch.tensor(mask, device=self.device)).to(self.lm.dtype)
                                   if any_steered else None)
         keep_arg = keep if isinstance(keep, int) else torch.tensor(keep, device=self.device)
         out = self.lm.model(input_ids=torch.tensor(ids, device=self.device), past_key_values=self.cache,
@@ -181,7 +182,7 @@ def decode(lm: LoadedModel, plan: RunPlan, cancel: threading.Event | None = None
     pad = min(plan.eos_ids) if plan.eos_ids else 0
     steps = 0
     start = time.perf_counter()
-    with steerer or nullcontext(), torch.inference_mode():
+    with steerer or nullcontext():
         forward = _Forward(lm, steerer, coefs)
         # Prefill: the prompt (plus the suffix for the step-0 probe) for every row.
         suffix = _suffix_for(spec, plan.starts_thinking) if spec else ()

@@ -80,7 +80,8 @@ class SideBySidePrinter:
         base = ev.rows[0].token_ids
         for r in ev.rows[1:]:
             d = first_divergence(base, r.token_ids)
-            w(f"\n{r.label}: " + ("identical to the baseline" if d is None else f"departs from the baseline at token {d}"))
+            where = "identical to the baseline" if d is None else f"departs from the baseline at token {d}"
+            w(f"\n{r.label}: {where}")
         w("\n")
         self._probe_table(ev)
         t = ev.timing

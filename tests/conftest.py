@@ -29,7 +29,7 @@ def bundled() -> LoadedModel:
 @pytest.fixture(scope="session")
 def tiny_dirs(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("tiny")
-    return {arch: build_tiny_model(arch, root / arch) for arch in ("llama", "qwen2", "gpt2")}
+    return {arch: build_tiny_model(arch, root / arch) for arch in ("llama", "qwen2", "gpt2", "gpt_neox")}
 
 
 @pytest.fixture(scope="session")

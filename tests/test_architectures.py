@@ -1,4 +1,4 @@
-"""Tiny random Llama, Qwen2 and GPT-2 models: the same guarantees as on the bundled model."""
+"""Tiny random Llama, Qwen2, GPT-2 and GPT-NeoX models: the same guarantees as on the bundled model."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from steer_ui.engine import eos_ids
 from steer_ui.settings import ProbeSettings, RunSettings, Scope
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2", "gpt2"])
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gpt2", "gpt_neox"])
 def test_engine_on_architecture(tiny, arch):
     lm = tiny[arch]
     vec = random_vector(lm, [1, 2], scale=4.0)

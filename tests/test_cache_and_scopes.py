@@ -36,6 +36,7 @@ def test_probe_leaves_cache_exactly_as_before(bundled):
     assert fused.cache.get_seq_length() == plain.cache.get_seq_length() == len(prompt) + 1
     for (k0, v0), lf, lp in zip(before, fused.cache.layers, plain.cache.layers):
         assert torch.equal(lf.keys[..., : len(prompt), :], k0)
+        assert torch.equal(lf.values[..., : len(prompt), :], v0)
         torch.testing.assert_close(lf.keys, lp.keys, rtol=0, atol=1e-5)
         torch.testing.assert_close(lf.values, lp.values, rtol=0, atol=1e-5)
     torch.testing.assert_close(a[:, 0], b[:, 0], rtol=0, atol=1e-4)

@@ -113,3 +113,9 @@ def test_cancel_stops_within_one_step_and_keeps_tokens(bundled, vec):
     assert {r.finish_reason for r in last.rows} == {"cancelled"}
     assert all(len(r.token_ids) == 4 for r in last.rows)
     assert max(t.step for t in seen) == 3
+
+
+def test_consumer_code_keeps_grad_mode(bundled):
+    """The engine's inference mode must not leak into the consumer's code between events."""
+    for _ in run(bundled, RunSettings(PROMPT, max_new_tokens=3)):
+        assert torch.is_grad_enabled() and not torch.is_inference_mode_enabled()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy
 import pytest
-import torch
 from helpers import collect, generate_greedy
 
 from steer_ui.engine import eos_ids

@@ -150,6 +150,9 @@ def test_bad_vector_files_are_clear_errors(tmp_path):
     import gguf
     w = gguf.GGUFWriter(str(model_gguf), "llama")
     w.add_tensor("token_embd.weight", np.ones((2, 2), dtype=np.float32))
-    w.write_header_to_file(); w.write_kv_data_to_file(); w.write_tensors_to_file(); w.close()
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
     with pytest.raises(UserError, match="architecture is 'llama'"):
         load_vector(model_gguf)

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import (GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast,
+from transformers import (GPT2Config, GPT2LMHeadModel, GPTNeoXConfig, GPTNeoXForCausalLM, LlamaConfig,
+                          LlamaForCausalLM, PreTrainedTokenizerFast,
                           Qwen2Config, Qwen2ForCausalLM)
 
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
@@ -54,6 +55,9 @@ def _config(arch: str, vocab: int, eos: int):
                                              max_position_embeddings=512, **common)
     if arch == "gpt2":
         return GPT2LMHeadModel, GPT2Config(n_embd=64, n_layer=4, n_head=4, n_positions=512, **common)
+    if arch == "gpt_neox":
+        return GPTNeoXForCausalLM, GPTNeoXConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+                                                 num_attention_heads=4, max_position_embeddings=512, **common)
     raise ValueError(arch)
 
 
