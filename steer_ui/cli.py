@@ -10,6 +10,9 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 from steer_ui.errors import UserError
 from steer_ui.known_models import BUNDLED_ALIAS
@@ -27,7 +30,9 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--prompt", required=True, help="the user message (or raw text with --raw)")
     p.add_argument("--raw", action="store_true", help="no chat template: tokenize the prompt as-is")
     p.add_argument("--system", default=None, help="system prompt (default: the template's own)")
-    p.add_argument("--vector", default=None, help="steering vector: repeng .gguf or .safetensors")
+    p.add_argument("--vector", default=None,
+                   help="vector file (.gguf, .safetensors, .pt, .npy) or a preset name for the bundled model: "
+                        "reconsideration, verbosity, confidence")
     p.add_argument("--layers", default="all", help="'12-15', '3,5,7' or 'all' (the vector's layers)")
     p.add_argument("--coef", type=float, action="append", default=[],
                    help="steering coefficient; repeat for several steered rows")
@@ -47,10 +52,31 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--jsonl", action="store_true", help="one JSON event per line on stdout, nothing else")
 
 
+def _add_vector(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("vector", help="compute a steering vector from contrastive pairs or a preset")
+    p.add_argument("--model", default=BUNDLED_ALIAS)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--pairs", help='JSONL file, one {"positive": ..., "negative": ...} a line')
+    src.add_argument("--preset", help="a shipped behaviour: reconsideration, verbosity, confidence")
+    p.add_argument("--method", default="mean_diff", help="mean_diff | pca_diff | pca_center")
+    p.add_argument("--layers", default="all", help="'8-14', '3,5,7' or 'all'")
+    p.add_argument("--out", required=True, help="FILE.gguf (repeng / llama.cpp) or FILE.safetensors (with metadata)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="auto")
+
+    q = sub.add_parser("inspect-vector", help="layers, norms, separation and logit-lens tokens of a vector file")
+    q.add_argument("file")
+    q.add_argument("--model", default=None, help="also check it against this model and show logit-lens tokens")
+    q.add_argument("--device", default="auto")
+    q.add_argument("--dtype", default="auto")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m steer_ui", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     _add_generate(sub)
+    _add_vector(sub)
     return parser
 
 
@@ -60,7 +86,7 @@ def _settings_from_args(args: argparse.Namespace):
 
     settings = RunSettings(
         prompt=args.prompt, system=args.system, raw=args.raw,
-        vector=load_vector(args.vector) if args.vector else None,
+        vector=load_vector(_vector_path(args.vector, args.model)) if args.vector else None,
         layers=parse_layers(args.layers), coefs=tuple(args.coef), scope=Scope.parse(args.scope),
         max_new_tokens=args.max_new_tokens,
         sampling=Sampling(args.temperature, args.top_p, args.top_k, args.seed),
@@ -69,6 +95,15 @@ def _settings_from_args(args: argparse.Namespace):
     )
     settings.validate()  # fail on bad arguments before spending seconds loading the model
     return settings
+
+
+def _vector_path(arg: str, model: str) -> str:
+    """A file path as given, or a preset name (no extension, not a file) for the model's shipped vectors."""
+    from steer_ui.datasets import preset_vector_path
+
+    if Path(arg).suffix or Path(arg).exists():
+        return arg
+    return str(preset_vector_path(arg, model.strip().lower()))
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -81,6 +116,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
         print(f"loading {args.model} ...", file=sys.stderr, flush=True)
     lm = load_model(args.model, device=args.device, dtype=args.dtype)
     printer = JsonlPrinter(sys.stdout) if args.jsonl else SideBySidePrinter(sys.stdout, sys.stderr)
+    if settings.vector is not None and not args.jsonl:
+        from steer_ui.guidance import dose_summary
+
+        layers = settings.layers if settings.layers is not None else settings.vector.layers
+        for line in dose_summary(settings.vector.metadata, layers, settings.coefs):
+            print(line, file=sys.stderr)
     cancel = threading.Event()
     events = run(lm, settings, cancel)
 
@@ -98,13 +139,74 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 130 if cancel.is_set() else 0
 
 
+def cmd_vector(args: argparse.Namespace) -> int:
+    from steer_ui.datasets import build_pairs, load_template
+    from steer_ui.extract import METHODS, compute_vector, read_pairs_jsonl
+    from steer_ui.models import load_model
+    from steer_ui.printer import print_vector_report
+    from steer_ui.settings import parse_layers
+
+    if args.method not in METHODS:
+        raise UserError(f"unknown method {args.method!r}: use {', '.join(METHODS)}")
+    if Path(args.out).suffix.lower() not in (".gguf", ".safetensors"):
+        raise UserError(f"--out must end in .gguf or .safetensors, got {args.out!r}")
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
+    layers = parse_layers(args.layers)
+    pairs = read_pairs_jsonl(args.pairs) if args.pairs else None
+    template = load_template(args.preset) if args.preset else None
+    lm = load_model(args.model, device=args.device, dtype=args.dtype)
+    if template is not None:
+        pairs = build_pairs(lm, template)
+    chosen = list(layers) if layers is not None else list(range(lm.n_layers))
+    source = f"preset:{args.preset}" if args.preset else Path(args.pairs).name
+    with _progress_bar(f"reading {len(pairs) * 2} texts") as progress:
+        computed = compute_vector(lm, pairs, chosen, args.method, args.batch_size, progress, source)
+    from steer_ui.vectors import save_vector
+
+    path = save_vector(computed.vector, args.out)
+    print_vector_report(sys.stdout, computed.vector, lm)
+    print(f"wrote {path} ({len(chosen)} layers, {args.method}, {len(pairs)} pairs)", file=sys.stderr)
+    return 0
+
+
+def cmd_inspect_vector(args: argparse.Namespace) -> int:
+    from steer_ui.models import load_model
+    from steer_ui.printer import print_vector_report
+    from steer_ui.vectors import load_vector
+
+    vector = load_vector(args.file)
+    lm = load_model(args.model, device=args.device, dtype=args.dtype) if args.model else None
+    if lm is not None:
+        vector.check_against(lm.n_layers, lm.hidden_size, None)
+    print_vector_report(sys.stdout, vector, lm)
+    return 0
+
+
+@contextmanager
+def _progress_bar(desc: str) -> Iterator[Callable[[int, int], None]]:
+    from tqdm import tqdm
+
+    bar = tqdm(total=0, desc=desc, unit="text", file=sys.stderr, disable=None)
+
+    def update(done: int, total: int) -> None:
+        bar.total = total
+        bar.update(done - bar.n)
+
+    try:
+        yield update
+    finally:
+        bar.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from huggingface_hub.utils import logging as hub_logging
 
     hub_logging.set_verbosity_error()  # retry chatter; our own error line says what went wrong
     try:
-        return {"generate": cmd_generate}[args.command](args)
+        commands = {"generate": cmd_generate, "vector": cmd_vector, "inspect-vector": cmd_inspect_vector}
+        return commands[args.command](args)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

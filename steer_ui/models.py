@@ -98,17 +98,28 @@ def resolve_device_dtype(device: str = "auto", dtype: str = "auto") -> tuple[tor
 def find_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
     """The decoder blocks whose outputs are 'layer L' (L = index), for the architectures we know."""
     for path in ("model.layers", "model.language_model.layers", "transformer.h", "gpt_neox.layers"):
-        obj: object = model
-        for part in path.split("."):
-            obj = getattr(obj, part, None)
-            if obj is None:
-                break
+        obj = _walk(model, path)
         if isinstance(obj, torch.nn.ModuleList) and len(obj) > 0:
             return obj
     raise UserError(
         f"cannot find the decoder layers of {type(model).__name__}: steer-ui knows Llama/Qwen/Mistral/Gemma "
         "(model.layers), GPT-2 (transformer.h) and GPT-NeoX (gpt_neox.layers)"
     )
+
+
+def find_final_norm(model: torch.nn.Module) -> torch.nn.Module | None:
+    """The norm applied before the unembedding (None if the architecture has none we know)."""
+    for path in ("model.norm", "model.language_model.norm", "transformer.ln_f", "gpt_neox.final_layer_norm"):
+        obj = _walk(model, path)
+        if isinstance(obj, torch.nn.Module):
+            return obj
+    return None
+
+
+def _walk(obj: object, dotted: str) -> object:
+    for part in dotted.split("."):
+        obj = getattr(obj, part, None)
+    return obj
 
 
 def bundled_gguf() -> Path:

@@ -109,7 +109,53 @@ class SideBySidePrinter:
 
 
 def _wrap(text: str, width: int) -> list[str]:
+    """Wrapped lines; runs of blank lines (a collapsed model emits hundreds) shown as one."""
     lines: list[str] = []
     for para in text.split("\n"):
-        lines.extend(textwrap.wrap(para, width) or [""])
+        for line in textwrap.wrap(para, width) or [""]:
+            if line or (lines and lines[-1]):
+                lines.append(line)
     return lines
+
+
+def print_vector_report(out: TextIO, vector, lm=None) -> None:
+    """Layers, norms, stored separation stats and (with a model) logit-lens tokens of ``vector``."""
+    from steer_ui.guidance import logit_lens
+
+    meta = vector.metadata
+    stats = {s["layer"]: s for s in json.loads(meta.get("layer_stats", "[]"))}
+    head = [f"{vector.name}", f"{len(vector.layers)} layers ({_span_text(vector.layers)})",
+            f"hidden {vector.hidden_size}", f"model hint {vector.model_hint or '?'}"]
+    for key in ("method", "pairs", "source", "suggested_band", "created"):
+        if meta.get(key):
+            head.append(f"{key.replace('_', ' ')} {meta[key]}")
+    out.write(" | ".join(head) + "\n")
+    cols = "layer     |v|"
+    if stats:
+        cols += "  pair-acc  effect   mean|h|  rel/coef  coef@0.5"
+    if lm is not None:
+        cols += "  logit lens: promotes / suppresses"
+    out.write(cols + "\n")
+    for layer in vector.layers:
+        v = vector.directions[layer]
+        line = f"{layer:>5} {float(v.norm()):>7.3f}"
+        s = stats.get(layer)
+        if s:
+            rel = s["relative_norm"]
+            line += (f"  {s['pair_accuracy']:>8.2f}  {s['effect_size']:>6.2f}  {s['act_norm']:>8.1f}"
+                     f"  {rel:>8.4f}  {0.5 / rel if rel > 0 else float('nan'):>8.1f}")
+        elif stats:
+            line += " " * 46
+        if lm is not None:
+            up, down = logit_lens(lm, v, k=4)
+            line += f"  {' '.join(repr(t) for t in up)} / {' '.join(repr(t) for t in down)}"
+        out.write(line + "\n")
+    if stats:
+        out.write("rel/coef = ||v_L|| / mean ||h_L||: the relative dose of coefficient 1; coef@0.5 = the "
+                  "coefficient for a dose of 0.5\n")
+
+
+def _span_text(layers: list[int]) -> str:
+    if layers == list(range(layers[0], layers[-1] + 1)):
+        return f"{layers[0]}-{layers[-1]}"
+    return ",".join(map(str, layers))

@@ -9,6 +9,7 @@ per layer.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import tempfile
@@ -48,6 +49,24 @@ class SteeringVector:
             h.update(self.directions[layer].numpy().tobytes())
         return h.hexdigest()
 
+    def scaled(self, factor: float) -> SteeringVector:
+        return SteeringVector({k: v * factor for k, v in self.directions.items()}, self.model_hint,
+                              f"{factor:g}*{self.name}")
+
+    def __mul__(self, factor: float) -> SteeringVector:
+        return self.scaled(float(factor))
+
+    __rmul__ = __mul__
+
+    def __neg__(self) -> SteeringVector:
+        return self.scaled(-1.0)
+
+    def __add__(self, other: SteeringVector) -> SteeringVector:
+        return combine([(1.0, self), (1.0, other)])[0]
+
+    def __sub__(self, other: SteeringVector) -> SteeringVector:
+        return combine([(1.0, self), (-1.0, other)])[0]
+
     def check_against(self, n_layers: int, hidden_size: int, layers: tuple[int, ...] | None) -> list[int]:
         """The layers to steer, after checking them against the model; UserError names what is wrong."""
         if self.hidden_size != hidden_size:
@@ -64,6 +83,23 @@ class SteeringVector:
             if x not in self.directions:
                 raise UserError(f"layer {x} is not in the vector (it has layers {_span(self.layers)})")
         return chosen
+
+
+def combine(terms: list[tuple[float, SteeringVector]]) -> tuple[SteeringVector, list[str]]:
+    """sum(w * v); a layer missing from one vector counts as zero there. Returns (vector, warnings)."""
+    if not terms:
+        raise UserError("nothing to combine")
+    sizes = {v.hidden_size for _, v in terms}
+    if len(sizes) > 1:
+        raise UserError(f"cannot combine vectors of different hidden sizes {sorted(sizes)}")
+    hints = sorted({v.model_hint for _, v in terms if v.model_hint})
+    warnings = [f"combining vectors made for different models: {', '.join(hints)}"] if len(hints) > 1 else []
+    out: dict[int, torch.Tensor] = {}
+    for weight, vec in terms:
+        for layer, d in vec.directions.items():
+            out[layer] = out.get(layer, torch.zeros_like(d)) + weight * d
+    name = " + ".join(f"{w:g}*{v.name or 'vector'}" for w, v in terms)
+    return SteeringVector(out, hints[0] if hints else "", name), warnings
 
 
 def _span(layers: list[int]) -> str:
@@ -133,40 +169,108 @@ def read_safetensors(path: Path) -> SteeringVector:
     return _finish(directions, str(path), meta.get("model_hint", ""), meta)
 
 
+def _from_mapping(items: dict, where: str) -> dict[int, torch.Tensor]:
+    directions = {}
+    for key, value in items.items():
+        m = _LAYER_KEY.fullmatch(str(key))
+        if m:
+            directions[int(m.group(1))] = _checked(int(m.group(1)), value, where)
+    return directions
+
+
+def _from_matrix(arr: np.ndarray | torch.Tensor, where: str) -> dict[int, torch.Tensor]:
+    if arr.ndim != 2:
+        raise UserError(f"{where}: expected a 2-D array (layers x hidden) or a dict of layers, "
+                        f"got shape {tuple(arr.shape)}")
+    return {i: _checked(i, arr[i], where) for i in range(arr.shape[0])}
+
+
+def read_torch(path: Path) -> SteeringVector:
+    """``torch.load(weights_only=True)``: tensors and plain containers only, never arbitrary pickles."""
+    import pickle
+
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as err:
+        raise UserError(f"{path}: refused or unreadable .pt file (only plain tensors are accepted, never "
+                        f"pickled code): {str(err).splitlines()[0][:200]}") from None
+    if isinstance(obj, torch.Tensor):
+        return _finish(_from_matrix(obj, str(path)), str(path), "", {})
+    if isinstance(obj, dict):
+        return _finish(_from_mapping(obj, str(path)), str(path), "", {})
+    raise UserError(f"{path}: expected a tensor or a dict of layer tensors, got {type(obj).__name__}")
+
+
+def read_numpy(path: Path) -> SteeringVector:
+    """``numpy.load(allow_pickle=False)``: object arrays (pickles) are refused."""
+    try:
+        data = np.load(str(path), allow_pickle=False)
+    except (ValueError, OSError, EOFError) as err:
+        raise UserError(f"{path}: refused or unreadable numpy file: {str(err).splitlines()[0][:200]}") from None
+    if isinstance(data, np.lib.npyio.NpzFile):
+        with data:
+            return _finish(_from_mapping({k: data[k] for k in data.files}, str(path)), str(path), "", {})
+    return _finish(_from_matrix(data, str(path)), str(path), "", {})
+
+
+READERS = {".gguf": read_repeng_gguf, ".safetensors": read_safetensors, ".pt": read_torch, ".pth": read_torch,
+           ".npy": read_numpy, ".npz": read_numpy}
+
+
 def load_vector(path: str | os.PathLike[str]) -> SteeringVector:
-    """Read a vector file (.gguf in repeng's format, or .safetensors); UserError on anything wrong."""
+    """Read a vector file (.gguf, .safetensors, .pt, .npy, .npz); UserError on anything wrong."""
     p = Path(path).expanduser()
     if not p.is_file():
         raise UserError(f"no such vector file: {p}")
     size = p.stat().st_size
     if size > MAX_VECTOR_FILE_BYTES:
         raise UserError(f"{p}: {size} bytes is too large for a steering vector (limit {MAX_VECTOR_FILE_BYTES})")
-    suffix = p.suffix.lower()
-    if suffix == ".gguf":
-        return read_repeng_gguf(p)
-    if suffix == ".safetensors":
-        return read_safetensors(p)
-    raise UserError(f"{p}: unknown vector format {suffix!r}: use a repeng .gguf or a .safetensors file")
+    reader = READERS.get(p.suffix.lower())
+    if reader is None:
+        raise UserError(f"{p}: unknown vector format {p.suffix!r}: use {', '.join(READERS)}")
+    return reader(p)
 
 
-def write_repeng_gguf(vector: SteeringVector, path: str | os.PathLike[str]) -> None:
-    """Write repeng's GGUF control-vector format; written to a temp file and renamed, so never half-written."""
-    import gguf
-
-    target = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".gguf", dir=target.parent or ".")
+def save_vector(vector: SteeringVector, path: str | os.PathLike[str]) -> Path:
+    """Write .gguf (repeng / llama.cpp) or .safetensors (with metadata) atomically: temp file, then rename."""
+    target = Path(path).expanduser()
+    writers = {".gguf": _write_gguf, ".safetensors": _write_safetensors}
+    writer = writers.get(target.suffix.lower())
+    if writer is None:
+        raise UserError(f"cannot write {target.suffix!r}: save as .gguf or .safetensors")
+    if not target.parent.is_dir():
+        raise UserError(f"no such folder: {target.parent}")
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=target.suffix, dir=target.parent)
     os.close(fd)
     try:
-        writer = gguf.GGUFWriter(tmp, "controlvector")
-        writer.add_string("controlvector.model_hint", vector.model_hint or "llama")
-        writer.add_uint32("controlvector.layer_count", len(vector.directions))
-        for layer in vector.layers:
-            writer.add_tensor(f"direction.{layer}", vector.directions[layer].to(torch.float32).numpy())
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-        writer.close()
+        writer(vector, tmp)
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; a saved vector is an ordinary file
         os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+    return target
+
+
+def _write_gguf(vector: SteeringVector, path: str) -> None:
+    import gguf
+
+    writer = gguf.GGUFWriter(path, "controlvector")
+    writer.add_string("controlvector.model_hint", vector.model_hint or "llama")
+    writer.add_uint32("controlvector.layer_count", len(vector.directions))
+    for layer in vector.layers:
+        writer.add_tensor(f"direction.{layer}", vector.directions[layer].to(torch.float32).numpy())
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+def _write_safetensors(vector: SteeringVector, path: str) -> None:
+    from safetensors.torch import save_file
+
+    meta = {**vector.metadata, "model_hint": vector.model_hint, "hidden_size": str(vector.hidden_size),
+            "layers": json.dumps(vector.layers),
+            "norms": json.dumps({str(k): round(float(v.norm()), 6) for k, v in vector.directions.items()})}
+    tensors = {f"direction.{k}": v.to(torch.float32).contiguous() for k, v in vector.directions.items()}
+    save_file(tensors, path, metadata={k: str(v) for k, v in meta.items()})

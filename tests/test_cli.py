@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from steer_ui.vectors import SteeringVector, write_repeng_gguf
+from steer_ui.vectors import SteeringVector, save_vector
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -27,7 +27,7 @@ def vector_file(tmp_path_factory) -> Path:
     g = torch.Generator().manual_seed(1)
     dirs = {layer: torch.randn(576, generator=g) / 6 for layer in range(8, 16)}
     path = tmp_path_factory.mktemp("vec") / "random.gguf"
-    write_repeng_gguf(SteeringVector(dirs, model_hint="llama"), path)
+    save_vector(SteeringVector(dirs, model_hint="llama"), path)
     return path
 
 
@@ -84,10 +84,45 @@ def test_readable_side_by_side(vector_file):
 ])
 def test_bad_input_is_one_line_and_nonzero(vector_file, tmp_path, args, message):
     small = tmp_path / "small.gguf"
-    write_repeng_gguf(SteeringVector({0: torch.ones(8)}, model_hint="llama"), small)
+    save_vector(SteeringVector({0: torch.ones(8)}, model_hint="llama"), small)
     args = [a.format(vec=vector_file, small=small) for a in args]
     r = cli("generate", *args)
     assert r.returncode == 2
     lines = [line for line in r.stderr.splitlines() if not line.startswith("loading ")]
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], r.stderr
     assert "Traceback" not in r.stderr and r.stdout == ""
+
+
+def test_vector_command_writes_a_usable_file(tmp_path):
+    pairs = tmp_path / "pairs.jsonl"
+    rows = [{"positive": f"I am absolutely certain that {n} is the answer.",
+             "negative": f"I am not sure, maybe {n} could be the answer?"} for n in range(6)]
+    pairs.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    out = tmp_path / "certain.gguf"
+    r = cli("vector", "--pairs", str(pairs), "--method", "mean_diff", "--layers", "10-13", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    assert "pair-acc" in r.stdout and "suggested band" in r.stdout and "wrote" in r.stderr
+    r = cli("inspect-vector", str(out), "--model", "smollm2-135m")
+    assert r.returncode == 0, r.stderr
+    assert "4 layers (10-13)" in r.stdout and "promotes / suppresses" in r.stdout
+    r = cli("generate", "--prompt", "Is 7 prime?", "--vector", str(out), "--coef", "8", "--max-new-tokens", "4",
+            "--jsonl")
+    assert r.returncode == 0 and json.loads(r.stdout.splitlines()[0])["layers"] == [10, 11, 12, 13]
+
+
+@pytest.mark.parametrize("args,message", [
+    (["vector", "--preset", "bravery", "--out", "{tmp}/x.gguf"], "unknown preset 'bravery'"),
+    (["vector", "--preset", "confidence", "--out", "{tmp}/x.pt"], "--out must end in .gguf or .safetensors"),
+    (["vector", "--preset", "confidence", "--method", "pca", "--out", "{tmp}/x.gguf"], "unknown method"),
+    (["vector", "--preset", "confidence", "--layers", "28-35", "--out", "{tmp}/x.gguf"], "layer 30 is out of range"),
+    (["vector", "--pairs", "{tmp}/none.jsonl", "--out", "{tmp}/x.gguf"], "no such pairs file"),
+    (["inspect-vector", "{tmp}/none.gguf"], "no such vector file"),
+    (["inspect-vector", "{small}", "--model", "smollm2-135m"], "hidden size 8 but the model has 576"),
+])
+def test_vector_commands_bad_input(tmp_path, args, message):
+    small = tmp_path / "small.gguf"
+    save_vector(SteeringVector({0: torch.ones(8)}, model_hint="llama"), small)
+    r = cli(*[a.format(tmp=tmp_path, small=small) for a in args])
+    lines = [line for line in r.stderr.splitlines() if not line.startswith("loading ")]
+    assert r.returncode == 2 and len(lines) == 1 and message in lines[0], r.stderr
+    assert not (tmp_path / "x.gguf").exists() and not list(tmp_path.glob(".tmp-*"))

@@ -15,7 +15,7 @@ from steer_ui.events import RowInfo
 from steer_ui.probe import build_choices
 from steer_ui.sampling import Sampler
 from steer_ui.settings import RunSettings, Sampling, Scope, parse_layers
-from steer_ui.vectors import SteeringVector, load_vector, write_repeng_gguf
+from steer_ui.vectors import SteeringVector, load_vector, save_vector
 
 
 def test_parse_layers():
@@ -116,7 +116,7 @@ def test_sampler_matches_softmax_frequencies():
 def test_vector_files_round_trip_and_checks(tmp_path):
     v = SteeringVector({3: torch.arange(8, dtype=torch.float32), 4: torch.ones(8)}, model_hint="llama")
     path = tmp_path / "v.gguf"
-    write_repeng_gguf(v, path)
+    save_vector(v, path)
     back = load_vector(path)
     assert back.layers == [3, 4] and back.model_hint == "llama"
     assert torch.equal(back.directions[3], v.directions[3])
