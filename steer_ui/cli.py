@@ -50,6 +50,41 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
     p.add_argument("--dtype", default="auto", help="auto | float32 | bfloat16 | float16")
     p.add_argument("--jsonl", action="store_true", help="one JSON event per line on stdout, nothing else")
+    _add_db(p)
+    p.add_argument("--no-log", action="store_true", help="do not record this run in the session log")
+
+
+def _add_db(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--db", default=None,
+                   help="session log: a path or SQLAlchemy URL "
+                        "(default $STEER_UI_DB, else ~/.local/share/steer-ui/runs.sqlite)")
+
+
+def _add_log(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("runs", help="list logged runs, newest first")
+    _add_db(p)
+    p.add_argument("--session", default=None, help="only this session's runs")
+    p.add_argument("--limit", type=int, default=50)
+
+    p = sub.add_parser("export", help="write logged runs as JSONL (one object per run) or CSV tables")
+    _add_db(p)
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--session", default=None)
+    which.add_argument("--run", default=None)
+    p.add_argument("--format", default="jsonl",
+                   help="jsonl | csv (writes OUT_runs.csv, OUT_streams.csv, OUT_probes.csv)")
+    p.add_argument("--out", required=True)
+
+    p = sub.add_parser("import", help="load a JSONL export into the session log")
+    p.add_argument("file")
+    _add_db(p)
+
+    p = sub.add_parser("replay", help="run a logged run again with exactly its settings (and stored vector)")
+    p.add_argument("run")
+    _add_db(p)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="auto")
+    p.add_argument("--jsonl", action="store_true")
 
 
 def _add_vector(sub: argparse._SubParsersAction) -> None:
@@ -77,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_generate(sub)
     _add_vector(sub)
+    _add_log(sub)
     return parser
 
 
@@ -107,23 +143,40 @@ def _vector_path(arg: str, model: str) -> str:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from steer_ui.engine import run
     from steer_ui.models import load_model
-    from steer_ui.printer import JsonlPrinter, SideBySidePrinter
 
     settings = _settings_from_args(args)
+    store = None if args.no_log else _open_store(args.db)  # a bad --db fails before the model loads
     if not args.jsonl:
         print(f"loading {args.model} ...", file=sys.stderr, flush=True)
     lm = load_model(args.model, device=args.device, dtype=args.dtype)
-    printer = JsonlPrinter(sys.stdout) if args.jsonl else SideBySidePrinter(sys.stdout, sys.stderr)
     if settings.vector is not None and not args.jsonl:
         from steer_ui.guidance import dose_summary
 
         layers = settings.layers if settings.layers is not None else settings.vector.layers
         for line in dose_summary(settings.vector.metadata, layers, settings.coefs):
             print(line, file=sys.stderr)
+    return _run_and_log(lm, settings, store, args.jsonl)
+
+
+def _open_store(db: str | None):
+    from steer_ui.store import Store
+
+    return Store(db)
+
+
+def _run_and_log(lm, settings, store, jsonl: bool) -> int:
+    """Stream one run to the printer and, unless store is None, the session log."""
+    from steer_ui.engine import run
+    from steer_ui.printer import JsonlPrinter, SideBySidePrinter
+    from steer_ui.recorder import RunRecorder
+
+    printer = JsonlPrinter(sys.stdout) if jsonl else SideBySidePrinter(sys.stdout, sys.stderr)
     cancel = threading.Event()
     events = run(lm, settings, cancel)
+    recorder = None
+    if store is not None:
+        recorder = RunRecorder(store, store.new_session("cli", " ".join(sys.argv[1:])[:200]), lm, settings)
 
     def on_interrupt(signum: int, frame: object) -> None:
         if cancel.is_set():  # a second Ctrl-C: stop at once
@@ -134,9 +187,65 @@ def cmd_generate(args: argparse.Namespace) -> int:
     try:
         for event in events:
             printer(event)
+            if recorder is not None:
+                recorder(event)
+    except BaseException as err:
+        if recorder is not None and not isinstance(err, KeyboardInterrupt):
+            recorder.fail(f"{type(err).__name__}: {err}")
+        raise
     finally:
         signal.signal(signal.SIGINT, previous)
+        if recorder is not None:
+            recorder.close()
+            if recorder.error is not None:
+                print(f"warning: the run could not be logged: {recorder.error}", file=sys.stderr)
+            else:
+                print(f"logged as run {recorder.run_id} in {store.url}", file=sys.stderr)
     return 130 if cancel.is_set() else 0
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    store = _open_store(args.db)
+    runs = store.list_runs(args.session, args.limit)
+    if not runs:
+        print(f"no runs in {store.url}", file=sys.stderr)
+        return 0
+    print(f"{'run':<12}  {'created (UTC)':<19}  {'status':<11}  {'tokens':>6}  {'coefs':<16}  {'model':<22}  prompt")
+    for r in runs:
+        coefs = ",".join(f"{c:+g}" for c in r.coefs) or "-"
+        prompt = r.prompt.replace("\n", " ")
+        print(f"{r.id:<12}  {r.created:%Y-%m-%d %H:%M:%S}  {r.status:<11}  {r.tokens:>6}  {coefs[:16]:<16}  "
+              f"{r.model_id[:22]:<22}  {prompt[:60]}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from steer_ui.history import export
+
+    paths = export(_open_store(args.db), args.out, args.format, session_id=args.session, run_id=args.run)
+    for path in paths:
+        print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from steer_ui.history import import_jsonl
+
+    imported, skipped = import_jsonl(_open_store(args.db), args.file)
+    print(f"imported {imported} runs" + (f", skipped {skipped} already present" if skipped else ""), file=sys.stderr)
+    return 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from steer_ui.history import replay_settings
+    from steer_ui.models import load_model
+
+    store = _open_store(args.db)
+    model_id, settings = replay_settings(store, args.run)
+    if not args.jsonl:
+        print(f"replaying run {args.run}: loading {model_id} ...", file=sys.stderr, flush=True)
+    lm = load_model(model_id, device=args.device, dtype=args.dtype)
+    return _run_and_log(lm, settings, store, args.jsonl)
 
 
 def cmd_vector(args: argparse.Namespace) -> int:
@@ -205,7 +314,8 @@ def main(argv: list[str] | None = None) -> int:
 
     hub_logging.set_verbosity_error()  # retry chatter; our own error line says what went wrong
     try:
-        commands = {"generate": cmd_generate, "vector": cmd_vector, "inspect-vector": cmd_inspect_vector}
+        commands = {"generate": cmd_generate, "vector": cmd_vector, "inspect-vector": cmd_inspect_vector,
+                    "runs": cmd_runs, "export": cmd_export, "import": cmd_import, "replay": cmd_replay}
         return commands[args.command](args)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)

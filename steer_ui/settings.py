@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Literal
 
 from steer_ui.errors import UserError
@@ -105,6 +105,31 @@ class RunSettings:
     max_new_tokens: int = 128
     sampling: Sampling = field(default_factory=Sampling)
     probe: ProbeSettings = field(default_factory=ProbeSettings)
+
+    def to_dict(self) -> dict:
+        """Plain JSON: everything but the vector itself, which the session log stores by content hash."""
+        return {
+            "prompt": self.prompt, "system": self.system, "raw": self.raw,
+            "vector_name": self.vector.name if self.vector else None,
+            "layers": list(self.layers) if self.layers is not None else None, "coefs": list(self.coefs),
+            "scope": str(self.scope), "max_new_tokens": self.max_new_tokens,
+            "sampling": asdict(self.sampling),
+            "probe": {**asdict(self.probe), "choices": list(self.probe.choices)},
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict, vector: SteeringVector | None = None) -> RunSettings:
+        try:
+            return cls(
+                prompt=d["prompt"], system=d.get("system"), raw=bool(d.get("raw", False)), vector=vector,
+                layers=tuple(d["layers"]) if d.get("layers") is not None else None,
+                coefs=tuple(float(c) for c in d.get("coefs", [])), scope=Scope.parse(d.get("scope", "all")),
+                max_new_tokens=int(d.get("max_new_tokens", 128)), sampling=Sampling(**d.get("sampling", {})),
+                probe=ProbeSettings(**{**d.get("probe", {}), "choices": tuple(d.get("probe", {}).get(
+                    "choices", ("Yes", "No")))}),
+            )
+        except (KeyError, TypeError, ValueError) as err:
+            raise UserError(f"stored settings are incomplete or malformed: {err}") from None
 
     def validate(self) -> None:
         if not self.prompt.strip():

