@@ -38,6 +38,7 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
                    help="steering coefficient; repeat for several steered rows")
     p.add_argument("--scope", default="all", help="all | generated | kick:N | think | answer")
     p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--ignore-eos", action="store_true", help="generate exactly --max-new-tokens per row")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--top-k", type=int, default=0)
@@ -124,7 +125,7 @@ def _settings_from_args(args: argparse.Namespace):
         prompt=args.prompt, system=args.system, raw=args.raw,
         vector=load_vector(_vector_path(args.vector, args.model)) if args.vector else None,
         layers=parse_layers(args.layers), coefs=tuple(args.coef), scope=Scope.parse(args.scope),
-        max_new_tokens=args.max_new_tokens,
+        max_new_tokens=args.max_new_tokens, ignore_eos=args.ignore_eos,
         sampling=Sampling(args.temperature, args.top_p, args.top_k, args.seed),
         probe=ProbeSettings(args.probe_suffix, parse_choices(args.probe_choices), args.probe_every,
                             args.probe_min_mass),

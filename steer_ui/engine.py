@@ -199,7 +199,7 @@ def decode(lm: LoadedModel, plan: RunPlan, cancel: threading.Event | None = None
             for row, tok in zip(rows, tokens):
                 if row.finish is not None:
                     continue
-                if tok in plan.eos_ids:
+                if tok in plan.eos_ids and not settings.ignore_eos:
                     row.finish = "eos"
                     continue
                 piece = row.append(tok, profile.think_open, profile.think_close)

@@ -228,6 +228,12 @@ def load_model(spec: str = BUNDLED_ALIAS, device: str = "auto", dtype: str = "au
 
     start = time.perf_counter()
     dev, dt = resolve_device_dtype(device, dtype)
+    if dev.type == "cpu":
+        # The fused probe feeds several tokens onto the cache, so attention gets a mask, and with a mask
+        # transformers expands grouped KV heads by copying the whole cache in every layer. torch's CPU
+        # kernel handles masked GQA natively (bit-identical, ~40% faster probes at 2k tokens). Not on
+        # CUDA: there masked GQA falls back to the math kernel.
+        os.environ.setdefault("TRANSFORMERS_SDPA_FORCE_GQA", "1")
     where, source = _locate(spec, cache_dir or default_cache_dir())
     # Multi-GPU (or too big for one) goes through accelerate; a single cpu/mps device is a plain .to().
     placement = {"device_map": "auto"} if dev.type == "cuda" and dev.index is None else {}

@@ -103,6 +103,7 @@ class RunSettings:
     coefs: tuple[float, ...] = ()
     scope: Scope = field(default_factory=Scope)
     max_new_tokens: int = 128
+    ignore_eos: bool = False  # keep generating past end-of-sequence (benchmarks, fixed-length sweeps)
     sampling: Sampling = field(default_factory=Sampling)
     probe: ProbeSettings = field(default_factory=ProbeSettings)
 
@@ -112,7 +113,7 @@ class RunSettings:
             "prompt": self.prompt, "system": self.system, "raw": self.raw,
             "vector_name": self.vector.name if self.vector else None,
             "layers": list(self.layers) if self.layers is not None else None, "coefs": list(self.coefs),
-            "scope": str(self.scope), "max_new_tokens": self.max_new_tokens,
+            "scope": str(self.scope), "max_new_tokens": self.max_new_tokens, "ignore_eos": self.ignore_eos,
             "sampling": asdict(self.sampling),
             "probe": {**asdict(self.probe), "choices": list(self.probe.choices)},
         }
@@ -124,7 +125,8 @@ class RunSettings:
                 prompt=d["prompt"], system=d.get("system"), raw=bool(d.get("raw", False)), vector=vector,
                 layers=tuple(d["layers"]) if d.get("layers") is not None else None,
                 coefs=tuple(float(c) for c in d.get("coefs", [])), scope=Scope.parse(d.get("scope", "all")),
-                max_new_tokens=int(d.get("max_new_tokens", 128)), sampling=Sampling(**d.get("sampling", {})),
+                max_new_tokens=int(d.get("max_new_tokens", 128)), ignore_eos=bool(d.get("ignore_eos", False)),
+                sampling=Sampling(**d.get("sampling", {})),
                 probe=ProbeSettings(**{**d.get("probe", {}), "choices": tuple(d.get("probe", {}).get(
                     "choices", ("Yes", "No")))}),
             )

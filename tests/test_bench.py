@@ -1,0 +1,40 @@
+"""The benchmark runs end to end in its short mode, so it cannot rot. No timing is asserted."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from helpers import collect
+
+from steer_ui.settings import ProbeSettings, RunSettings
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_benchmark_quick_mode_reports_every_case(tmp_path):
+    out = tmp_path / "bench.json"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+    r = subprocess.run([sys.executable, "-m", "steer_ui.bench", "--quick", "--json", str(out)], capture_output=True,
+                       text=True, timeout=900, env=env, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    report = json.loads(out.read_text())
+    assert [c["case"] for c in report["cases"]] == ["1", "2", "3", "4", "5", "6"]
+    for case in report["cases"]:
+        assert case["tok_s_per_stream"] > 0 and case["peak_mb"] is not None and len(case["seconds"]) == 1
+    assert [p["context"] for p in report["probe_cost"]] == [32, 128]
+    assert report["ttft_s"] > 0
+    assert "| 4 | as 3, probe every token |" in r.stdout and "| target | met | measured |" in r.stdout
+
+
+def test_ignore_eos_generates_exactly_max_new_tokens(bundled):
+    s = RunSettings("Say only the word yes.", max_new_tokens=40, probe=ProbeSettings(every=0))
+    natural = collect(bundled, s)[3].rows[0]
+    assert natural.finish_reason == "eos" and len(natural.token_ids) < 40
+    forced = collect(bundled, RunSettings("Say only the word yes.", max_new_tokens=40, ignore_eos=True,
+                                          probe=ProbeSettings(every=0)))[3].rows[0]
+    assert forced.finish_reason == "length" and len(forced.token_ids) == 40
+    assert forced.token_ids[:len(natural.token_ids)] == natural.token_ids
