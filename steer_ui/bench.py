@@ -347,7 +347,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.quick:
             args.new_tokens, args.repeats, args.contexts = 16, 1, "32,128"
-        contexts = [int(x) for x in args.contexts.split(",")]
+        try:
+            contexts = [int(x) for x in args.contexts.split(",")]
+        except ValueError:
+            raise UserError(f"--contexts takes comma-separated token counts, got {args.contexts!r}") from None
+        if args.new_tokens < 1 or args.repeats < 1 or min(contexts) < 1:
+            raise UserError("--new-tokens, --repeats and every --contexts value must be >= 1")
         if args.random_shape:
             lm, spec = random_r1_qwen_shape(args.device, args.dtype), None
         else:
