@@ -27,6 +27,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -195,10 +196,10 @@ def _first_token_s(lm: LoadedModel, settings: RunSettings) -> float:
 def _load_times(spec: str, device: str, dtype: str) -> dict:
     with tempfile.TemporaryDirectory() as cache:
         start = time.perf_counter()
-        load_model(spec, device, dtype, cache_dir=__import__("pathlib").Path(cache))
+        load_model(spec, device, dtype, cache_dir=Path(cache))
         cold = time.perf_counter() - start
         start = time.perf_counter()
-        load_model(spec, device, dtype, cache_dir=__import__("pathlib").Path(cache))
+        load_model(spec, device, dtype, cache_dir=Path(cache))
         warm = time.perf_counter() - start
     return {"load_cold_s": cold, "load_cached_s": warm}
 

@@ -69,21 +69,19 @@ def test_think_tag_split_over_tokens_is_tracked(bundled):
     ids = tok.encode("Let me think. </think>\n\nThe answer is yes. <think> again", add_special_tokens=False)
     assert len(tok.encode("</think>", add_special_tokens=False)) > 1
     row = _Row(RowInfo(0, "baseline", 0.0), Detokenizer(tok), thinking=True)
-    phases = []
+    ends, phases = [], []
     for i in ids:
         row.append(i, "<think>", "</think>")
-        phases.append((tok.decode([i]), row.last_was_thinking, row.thinking))
+        ends.append(len("".join(row.text)))
+        phases.append(row.last_was_thinking)
     text = "".join(row.text)
     close_end = text.index("</think>") + len("</think>")
-    # Every token up to the one completing </think> is thinking; after it, answer; <think> reopens.
-    pos = 0
-    for piece, was_thinking, _ in phases:
-        pos += len(piece)
-        if pos <= close_end:
-            assert was_thinking, piece
-        elif pos < text.index("<think>") + 1:
-            assert not was_thinking, piece
-    assert phases[-1][2] is True
+    reopen_end = text.index("<think>", close_end) + len("<think>")
+    # A token is thinking up to the one that completes </think>, answer after it, thinking again from
+    # the token that completes the reopening <think>.
+    expected = [end <= close_end or end >= reopen_end for end in ends]
+    assert phases == expected
+    assert row.thinking is True
 
 
 def test_detokenizer_matches_full_decode_with_multibyte_text(bundled):
