@@ -1,10 +1,11 @@
-"""Entry point. Until the dashboard lands this runs the headless generator:
-``python app.py --prompt "..." [generate options]`` is ``python -m steer_ui generate ...``.
+"""steer-ui dashboard: ``python app.py [--model M] [--host H] [--port P] [--share]``.
+
+Scripts and sweeps use the CLI instead: ``python -m steer_ui generate ...``.
 """
 
 import sys
 
-from steer_ui.cli import main
+from steer_ui.ui import main
 
 if __name__ == "__main__":
-    raise SystemExit(main(["generate", *sys.argv[1:]]))
+    sys.exit(main())

@@ -14,7 +14,10 @@ from pathlib import Path
 from safetensors.torch import load as safetensors_load
 from sqlalchemy import select
 
+from steer_ui.detokenize import Detokenizer
 from steer_ui.errors import UserError
+from steer_ui.events import (ChoiceInfo, DoneEvent, Event, ProbeEvent, RowInfo, RowResult, StartEvent, Timing,
+                             TokenEvent)
 from steer_ui.settings import RunSettings
 from steer_ui.store import ProbeRow, RunRow, SessionRow, Store, StreamRow, VectorRow, utcnow
 from steer_ui.vectors import SteeringVector
@@ -60,6 +63,59 @@ def run_record(store: Store, run: RunRow) -> dict:
         "probes": [{"row": p.row, "step": p.step, "logodds": p.logodds, "mass": p.mass, "logprobs": p.logprobs,
                     "reliable": p.reliable, "think_closed": p.think_closed} for p in store.probe_points(run.id)],
     }
+
+
+def record_events(record: dict, tokenizer=None) -> Iterator[Event]:
+    """A logged run (``run_record``) as the engine's event stream, to show it again as it was streamed.
+
+    With the run's tokenizer each token gets its own text; without it (another model is loaded) a
+    row's text arrives whole with its first token.
+    """
+    streams = sorted(record["streams"], key=lambda s: s["row"])
+    settings = record["settings"]
+    yield StartEvent(
+        model=record["model_id"], prompt_ids=record["prompt_ids"], prompt_text=record["prompt_text"],
+        rows=[RowInfo(s["row"], s["label"], s["coef"]) for s in streams], layers=record["layers"],
+        scope=settings.get("scope", "all"), probe_suffix_ids=record["probe_suffix_ids"],
+        probe_choices=[ChoiceInfo(c["label"], c["token_ids"]) for c in record["probe_choices"]],
+        probe_every=settings.get("probe", {}).get("every", 0),
+    )
+    pieces = {s["row"]: _pieces(s, tokenizer) for s in streams}
+    probes: dict[int, list[dict]] = {}
+    for p in record["probes"]:
+        probes.setdefault(p["step"], []).append(p)
+    longest = max((len(s["token_ids"]) for s in streams), default=0)
+    for step in range(longest + 1):
+        # The engine reads the probe after ``step`` tokens, before the token at index ``step``.
+        for p in sorted(probes.get(step, []), key=lambda p: p["row"]):
+            yield ProbeEvent(p["row"], step, p["logodds"], p["mass"], p["logprobs"], p["reliable"],
+                             p.get("think_closed", False))
+        for s in streams:
+            if step < len(s["token_ids"]):
+                yield TokenEvent(s["row"], step, s["token_ids"][step], pieces[s["row"]][step])
+    t = record.get("timing") or {}
+    yield DoneEvent(
+        rows=[RowResult(s["row"], s["label"], s["coef"], s["token_ids"], s["text"], s["finish_reason"] or "cancelled")
+              for s in streams],
+        timing=Timing(t.get("load_s") or 0.0, t.get("prefill_s") or 0.0, t.get("decode_s") or 0.0,
+                      t.get("steps") or 0),
+    )
+
+
+def _pieces(stream: dict, tokenizer) -> list[str]:
+    ids = stream["token_ids"]
+    if tokenizer is None:
+        return [stream["text"]] + [""] * (len(ids) - 1) if ids else []
+    detok = Detokenizer(tokenizer)
+    pieces = [detok.push(i) for i in ids]
+    joined = "".join(pieces)
+    if joined == stream["text"]:
+        return pieces
+    if pieces and stream["text"].startswith(joined):  # bytes the engine flushed at the end
+        pieces[-1] += stream["text"][len(joined):]
+        return pieces
+    # The stored text does not come from these ids with this tokenizer: show what was logged.
+    return [stream["text"]] + [""] * (len(ids) - 1)
 
 
 def _iso(t: datetime | None) -> str | None:

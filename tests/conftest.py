@@ -51,3 +51,27 @@ def random_vector(lm: LoadedModel, layers, scale: float = 1.0, seed: int = 0) ->
         v = torch.randn(lm.hidden_size, generator=g)
         dirs[layer] = v / v.norm() * scale
     return SteeringVector(dirs, model_hint=lm.model.config.model_type, name="random")
+
+
+@pytest.fixture(scope="session")
+def app_server(bundled, tmp_path_factory):
+    """The dashboard on the bundled model, served on 127.0.0.1 with its own session log: (url, dashboard)."""
+    import socket
+
+    from steer_ui.dashboard import AppContext, Dashboard
+    from steer_ui.store import Store
+    from steer_ui.ui import build, launch_kwargs, widgets
+
+    import gradio as gr
+
+    root = tmp_path_factory.mktemp("app")
+    dash = Dashboard(AppContext(lm=bundled, store=Store(str(root / "log.sqlite")), files=root))
+    gr.set_static_paths(widgets.static_paths())
+    demo = build(dash)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    demo.queue(default_concurrency_limit=4).launch(server_name="127.0.0.1", server_port=port,
+                                                   prevent_thread_lock=True, quiet=True, **launch_kwargs())
+    yield f"http://127.0.0.1:{port}/", dash
+    demo.close()

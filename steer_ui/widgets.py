@@ -1,0 +1,180 @@
+"""The two browser components the dashboard streams into: the side-by-side panes and the live chart.
+
+Both are ``gr.HTML`` elements with a fixed template and a script that updates their DOM in place from
+``props.value`` (``view.RunView.streams_value()`` / ``figure()``). The template never changes, so Gradio
+never re-renders it; text reaches the page only through ``textContent``, so model or user text that
+looks like HTML is shown as text and never run.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import gradio as gr
+import plotly
+
+PLOTLY_JS = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
+
+STREAMS_TEMPLATE = """
+<div class="su-streams">
+  <div class="su-legend">
+    <label><input type="checkbox" class="su-shade-toggle" checked> colour tokens by the probe's log-odds</label>
+    <span class="su-key"></span>
+  </div>
+  <div class="su-panes"><div class="su-empty">Press Generate: the baseline and each steered row stream here.</div></div>
+</div>
+"""
+
+STREAMS_CSS = """
+.su-streams { font-size: 14px; }
+.su-legend { display: flex; gap: 16px; align-items: center; flex-wrap: wrap; margin: 0 0 6px 2px;
+             color: var(--body-text-color-subdued); font-size: 13px; }
+.su-legend label { display: flex; gap: 6px; align-items: center; cursor: pointer; }
+.su-key .yes { background: rgba(37, 99, 235, 0.35); padding: 0 4px; border-radius: 3px; }
+.su-key .no { background: rgba(220, 38, 38, 0.35); padding: 0 4px; border-radius: 3px; }
+.su-key .div { outline: 2px solid #f59e0b; padding: 0 4px; border-radius: 3px; }
+.su-panes { display: grid; grid-template-columns: repeat(auto-fit, minmax(240px, 1fr)); gap: 10px; }
+.su-empty { color: var(--body-text-color-subdued); padding: 24px; border: 1px dashed var(--border-color-primary);
+            border-radius: 8px; text-align: center; }
+.su-pane { border: 1px solid var(--border-color-primary); border-radius: 8px; display: flex;
+           flex-direction: column; min-width: 0; background: var(--background-fill-primary); }
+.su-head { display: flex; justify-content: space-between; gap: 8px; padding: 6px 10px;
+           border-bottom: 1px solid var(--border-color-primary); font-weight: 600; }
+.su-head .su-meta { font-weight: 400; color: var(--body-text-color-subdued); font-size: 12px; }
+.su-body { white-space: pre-wrap; overflow-wrap: anywhere; padding: 8px 10px; line-height: 1.55;
+           height: 340px; overflow-y: auto; font-family: var(--font-mono); font-size: 13px; }
+.su-body .d { outline: 2px solid #f59e0b; border-radius: 2px; }
+.su-body .t { border-bottom: 2px dashed #6b7280; }
+.su-streams.plain .su-body span { background: none !important; }
+"""
+
+STREAMS_JS = r"""
+const panes = element.querySelector('.su-panes');
+const key = element.querySelector('.su-key');
+const toggle = element.querySelector('.su-shade-toggle');
+toggle.addEventListener('change', () => {
+  element.querySelector('.su-streams').classList.toggle('plain', !toggle.checked);
+});
+let run = null, built = [];
+
+function shade(lo) {
+  if (lo === null || lo === undefined) return '';
+  const a = Math.min(Math.abs(lo) / 6, 1) * 0.45;
+  return lo >= 0 ? `rgba(37, 99, 235, ${a})` : `rgba(220, 38, 38, ${a})`;
+}
+
+function pane(row) {
+  const box = document.createElement('div'); box.className = 'su-pane';
+  const head = document.createElement('div'); head.className = 'su-head';
+  const title = document.createElement('span');
+  const meta = document.createElement('span'); meta.className = 'su-meta';
+  const body = document.createElement('div'); body.className = 'su-body';
+  head.append(title, meta); box.append(head, body); panes.append(box);
+  return {box, title, meta, body, n: 0, div: null, think: null};
+}
+
+function setKey(choices) {
+  key.replaceChildren();
+  if (!choices || choices.length < 2) return;
+  const y = document.createElement('span'); y.className = 'yes'; y.textContent = 'leaning ' + choices[0];
+  const n = document.createElement('span'); n.className = 'no'; n.textContent = 'leaning ' + choices[1];
+  const d = document.createElement('span'); d.className = 'div'; d.textContent = 'first departure from baseline';
+  key.append(y, ' ', n, ' ', d);
+}
+
+function render() {
+  const v = props.value;
+  if (!v || !v.rows || typeof v !== 'object') return;
+  if (v.run !== run || v.rows.length !== built.length) {
+    panes.replaceChildren(); built = v.rows.map(pane); run = v.run; setKey(v.choices);
+  }
+  v.rows.forEach((r, i) => {
+    const p = built[i];
+    p.title.textContent = r.label; p.title.style.color = r.colour;
+    p.box.dataset.row = String(i);
+    const stick = p.body.scrollTop + p.body.clientHeight >= p.body.scrollHeight - 24;
+    const frag = document.createDocumentFragment();
+    for (let k = p.n; k < r.t.length; k++) {
+      const s = document.createElement('span');
+      s.textContent = r.t[k];
+      const bg = shade(r.lo[k]);
+      if (bg) { s.style.background = bg; s.title = 'log-odds ' + r.lo[k].toFixed(2); }
+      frag.append(s);
+    }
+    p.body.append(frag); p.n = r.t.length;
+    if (r.div !== null && r.div !== p.div && p.body.children[r.div]) {
+      const s = p.body.children[r.div]; s.classList.add('d');
+      s.title = 'first token that differs from the baseline' + (s.title ? ' | ' + s.title : '');
+      p.div = r.div;
+    }
+    if (r.think !== null && r.think !== p.think && p.body.children[r.think - 1]) {
+      p.body.children[r.think - 1].classList.add('t'); p.think = r.think;
+    }
+    const status = r.end ? ({eos: 'finished', length: 'length limit', cancelled: 'stopped'}[r.end] || r.end) : 'streaming';
+    const diverged = (i > 0 && r.div !== null) ? ` | departs at token ${r.div}` : '';
+    p.meta.textContent = `${r.t.length} tokens | ${status}${diverged}`;
+    if (stick) p.body.scrollTop = p.body.scrollHeight;
+  });
+}
+render();
+watch('value', render);
+"""
+
+CHART_TEMPLATE = """
+<div class="su-chart-wrap">
+  <div class="su-chart"></div>
+  <div class="su-chart-note">Solid: log-odds of the probe's first choice over its second (left axis). Dotted: probability mass on
+  the choices (right axis). x markers: too little mass to trust. Dashed verticals: end of thinking.</div>
+</div>
+"""
+
+CHART_CSS = """
+.su-chart { width: 100%; min-height: 320px; }
+.su-chart-note { color: var(--body-text-color-subdued); font-size: 12px; margin: 2px 4px; }
+"""
+
+CHART_JS = r"""
+const div = element.querySelector('.su-chart');
+const config = {responsive: true, displaylogo: false,
+                toImageButtonOptions: {format: 'png', filename: 'steer-ui-logodds', scale: 2}};
+// Drawing is the costly part in the browser: at most 5 redraws a second, the last value always drawn.
+let pending = null, last = 0;
+function schedule() {
+  if (pending) return;
+  const wait = Math.max(0, 200 - (performance.now() - last));
+  pending = setTimeout(() => { pending = null; last = performance.now(); draw(); }, wait);
+}
+function draw() {
+  const v = props.value;
+  if (!v || !v.data || !window.Plotly) return;
+  // react diffs against what is drawn: no re-mount, and uirevision (one per run) keeps the zoom.
+  window.Plotly.react(div, v.data, v.layout, config);
+  div.dataset.points = String(v.data.reduce((n, t) => n + (t.yaxis ? 0 : t.x.length), 0));
+  div.dataset.run = v.run;
+}
+function whenReady(tries) {
+  if (window.Plotly) { draw(); return; }
+  if (tries > 0) setTimeout(() => whenReady(tries - 1), 100);
+}
+whenReady(100);
+watch('value', schedule);
+"""
+
+
+def plotly_head() -> str:
+    # Relative URL: works behind a proxy or a Space's sub-path; the file is the installed plotly's, no CDN.
+    return f'<script src="gradio_api/file={PLOTLY_JS}"></script>'
+
+
+def static_paths() -> list[Path]:
+    return [PLOTLY_JS]
+
+
+def streams(**kwargs) -> gr.HTML:
+    return gr.HTML(value=None, html_template=STREAMS_TEMPLATE, css_template=STREAMS_CSS, js_on_load=STREAMS_JS,
+                   **kwargs)
+
+
+def chart(**kwargs) -> gr.HTML:
+    return gr.HTML(value=None, html_template=CHART_TEMPLATE, css_template=CHART_CSS, js_on_load=CHART_JS,
+                   head=plotly_head(), **kwargs)

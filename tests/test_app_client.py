@@ -1,0 +1,64 @@
+"""The app over HTTP, as scripts use it: gradio_client against the dashboard served on 127.0.0.1."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+from gradio_client import Client
+from gradio_client.exceptions import AppError
+
+from helpers import collect
+from steer_ui.datasets import preset_vector_path
+from steer_ui.settings import ProbeSettings, RunSettings
+from steer_ui.vectors import load_vector
+
+warnings.filterwarnings("ignore", message=".*Pandas4Warning.*")
+
+PROMPT = "Is 7 larger than 5? Answer Yes or No."
+
+
+@pytest.fixture(scope="module")
+def client(app_server) -> Client:
+    return Client(app_server[0], verbose=False)
+
+
+def test_api_names_every_parameter(client):
+    api = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
+    assert {"/generate", "/stop", "/load_model", "/compute_vector", "/open_run"} <= set(api)
+    names = [p["parameter_name"] for p in api["/generate"]["parameters"]]
+    assert names[:8] == ["prompt", "system_prompt", "chat_template", "vector", "vector_file", "layers", "coefs",
+                         "scope"]
+    assert not [n for n in names if n.startswith("parameter_")]
+    required = [p["parameter_name"] for p in api["/generate"]["parameters"] if not p["parameter_has_default"]]
+    assert required == ["prompt"]
+
+
+def test_generate_returns_texts_and_probe_series(client, bundled, app_server):
+    job = client.submit(prompt=PROMPT, vector="confidence", layers="16-19", coefs="6, -6", max_new_tokens=16,
+                        api_name="/generate")
+    outputs = job.result()
+    result = outputs[3]
+    settings = RunSettings(PROMPT, vector=load_vector(preset_vector_path("confidence", "smollm2-135m")),
+                           layers=(16, 17, 18, 19), coefs=(6.0, -6.0), max_new_tokens=16,
+                           probe=ProbeSettings(None, ("Yes", "No"), 4))
+    _, _, probes, done = collect(bundled, settings)
+    assert [r["text"] for r in result["rows"]] == [r.text for r in done.rows]
+    assert [r["label"] for r in result["rows"]] == ["baseline", "coef +6", "coef -6"]
+    for row in result["rows"]:
+        assert row["probe"]["logodds"] == pytest.approx([p.logodds for p in probes if p.row == row["row"]],
+                                                        abs=1e-3)
+    assert result["status"] == "finished"
+    assert len(outputs[4]) == 5  # chart HTML, JSONL, three CSVs, downloaded by the client
+    assert app_server[1].ctx.store.get_run(result["run_id"]).status == "finished"
+
+
+def test_errors_reach_the_client_as_one_message(client):
+    with pytest.raises(AppError, match="the prompt is empty"):
+        client.predict(prompt="  ", api_name="/generate")
+    with pytest.raises(AppError, match="out of range"):
+        client.predict(prompt=PROMPT, vector="confidence", layers="0-99", coefs="2", api_name="/generate")
+    with pytest.raises(AppError, match="cannot load model|unreachable|no such"):
+        client.predict(model="/no/such/model", api_name="/load_model")
+    with pytest.raises(AppError, match="no run"):
+        client.predict(run_id="nope", browser_id="", api_name="/open_run")

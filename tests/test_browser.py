@@ -1,0 +1,165 @@
+"""End to end in a real browser: Playwright driving Debian's chromium against the dashboard on 127.0.0.1.
+
+Screenshots of each stage go to $STEER_UI_SHOTS (default: the test's tmp folder); look at them after
+UI changes. ``scripts/setup.sh --dev`` installs chromium and Playwright; set STEER_UI_SKIP_BROWSER=1 to
+skip these tests on a machine without them (CI never does).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = os.environ.get("STEER_UI_CHROMIUM", "/usr/bin/chromium")
+if os.environ.get("STEER_UI_SKIP_BROWSER") == "1":
+    pytest.skip("STEER_UI_SKIP_BROWSER=1", allow_module_level=True)
+
+from playwright.sync_api import Page, expect, sync_playwright  # noqa: E402
+
+XSS = '<img src=x onerror="window.__pwned=1"><script>window.__pwned=2</script>'
+LONG = "Write a long story about a dragon who learns arithmetic."
+
+
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory) -> Path:
+    folder = Path(os.environ.get("STEER_UI_SHOTS") or tmp_path_factory.mktemp("shots"))
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not Path(CHROMIUM).exists() or shutil.which(CHROMIUM) is None and not os.access(CHROMIUM, os.X_OK):
+        pytest.fail(f"no chromium at {CHROMIUM}: run scripts/setup.sh --dev (or set STEER_UI_SKIP_BROWSER=1)")
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"])
+        yield b
+        b.close()
+
+
+@pytest.fixture()
+def page(browser, app_server) -> Page:
+    context = browser.new_context(viewport={"width": 1440, "height": 1000}, accept_downloads=True)
+    pg = context.new_page()
+    pg.goto(app_server[0])
+    expect(pg.get_by_label("Prompt")).to_be_visible(timeout=30_000)
+    yield pg
+    context.close()
+
+
+def fill_form(page: Page, prompt: str, vector: str, coefs: str, max_new_tokens: int) -> None:
+    page.get_by_label("Prompt").fill(prompt)
+    page.get_by_label("Steering vector").click()
+    page.get_by_role("option", name=vector).click()
+    expect(page.get_by_label("Layers")).not_to_have_value("", timeout=10_000)  # the suggested band arrives
+    page.get_by_label("Coefficients").fill(coefs)
+    tokens = page.get_by_label("Max new tokens").and_(page.locator("input[type=number]"))
+    tokens.fill(str(max_new_tokens))
+    tokens.press("Enter")
+
+
+def pane_lengths(page: Page) -> list[int]:
+    return page.locator(".su-body").evaluate_all("els => els.map(e => e.textContent.length)")
+
+
+def status(page: Page):
+    return page.locator(".prose", has_text=re.compile(r"streaming|finished|stopped|Error"))
+
+
+def test_generate_streams_both_panes_and_the_chart_then_downloads(page: Page, shots: Path):
+    fill_form(page, f"{XSS} Is 91 a prime number? Answer Yes or No.", "reconsideration", "4, 8", 48)
+    page.get_by_role("button", name="Generate", exact=True).click()
+    expect(page.locator(".su-pane")).to_have_count(3, timeout=30_000)
+    page.wait_for_function("() => [...document.querySelectorAll('.su-body')].every(e => e.textContent.length > 0)",
+                           timeout=30_000)
+    page.screenshot(path=str(shots / "1-streaming.png"), full_page=True)
+    expect(page.get_by_text(re.compile(r"^finished:"))).to_be_visible(timeout=120_000)
+    page.screenshot(path=str(shots / "2-finished.png"), full_page=True)
+
+    assert all(n > 0 for n in pane_lengths(page))
+    assert int(page.locator(".su-chart").get_attribute("data-points")) >= 3
+    assert page.locator(".su-chart .main-svg").count() >= 1
+    assert page.locator(".su-pane .su-meta").first.text_content().startswith("48 tokens") or \
+        "finished" in page.locator(".su-pane .su-meta").first.text_content()
+    run_id = re.search(r"\?run=(\w+)", page.get_by_text("Link to this run").text_content()).group(1)
+
+    with page.expect_download() as dl:
+        page.locator("a[download$='.jsonl']").click()
+    record = json.loads(Path(dl.value.path()).read_text())
+    assert record["id"] == run_id and record["status"] == "finished"
+    assert [s["text"] for s in record["streams"]] == page.locator(".su-body").evaluate_all(
+        "els => els.map(e => e.textContent)")
+
+    # The HTML in the prompt stayed text everywhere: nothing ran, and History shows it literally.
+    page.get_by_role("tab", name="History").click()
+    expect(page.get_by_text("<img src=x", exact=False).filter(visible=True).first).to_be_visible(timeout=10_000)
+    page.screenshot(path=str(shots / "3-history.png"), full_page=True)
+    assert page.evaluate("() => window.__pwned") is None
+    assert page.locator("img[src='x']").count() == 0
+
+    # Clicking the run in the table opens it on the Generate tab, exactly as it streamed.
+    live = page.locator(".su-body").evaluate_all("els => els.map(e => e.textContent)")
+    page.get_by_text(run_id).filter(visible=True).first.click()
+    expect(page.get_by_text(re.compile(rf"Run {run_id} from"))).to_be_visible(timeout=15_000)
+    assert page.locator(".su-body").evaluate_all("els => els.map(e => e.textContent)") == live
+    with page.expect_download() as dl:
+        page.get_by_role("tab", name="History").click()
+        page.get_by_role("button", name="Export session (JSONL)").click()
+        page.locator("a[download$='.jsonl']").filter(visible=True).first.click()
+    assert json.loads(Path(dl.value.path()).read_text().splitlines()[0])["id"] == run_id
+
+
+def test_stop_ends_the_run_and_the_chart_keeps_its_zoom(page: Page, shots: Path, app_server):
+    fill_form(page, LONG, "verbosity", "6", 1500)
+    page.get_by_role("button", name="Generate", exact=True).click()
+    chart = page.locator(".su-chart")
+    page.wait_for_function("() => +document.querySelector('.su-chart').dataset.points >= 4", timeout=60_000)
+    # Zoom in, and mark the plot element: neither may change while points keep arriving.
+    chart.evaluate("el => { el.__mark = 42; return window.Plotly.relayout(el, {'xaxis.range': [0, 6]}); }")
+    before = int(chart.get_attribute("data-points"))
+    page.wait_for_function(f"() => +document.querySelector('.su-chart').dataset.points >= {before + 4}",
+                           timeout=60_000)
+    assert chart.evaluate("el => el.__mark") == 42
+    assert chart.evaluate("el => el._fullLayout.xaxis.range") == [0, 6]
+
+    page.get_by_role("button", name="Stop", exact=True).click()
+    expect(page.get_by_text(re.compile(r"^stopped:"))).to_be_visible(timeout=10_000)
+    page.wait_for_timeout(500)
+    lengths = pane_lengths(page)
+    page.wait_for_timeout(1000)
+    assert pane_lengths(page) == lengths  # nothing arrives after Stop
+    assert all("stopped" in t for t in page.locator(".su-meta").all_text_contents())
+    page.screenshot(path=str(shots / "4-stopped.png"), full_page=True)
+    assert not app_server[1].ctx.model_lock.locked()
+
+
+def test_a_run_link_reopens_it_and_model_html_is_shown_as_text(page: Page, app_server, tmp_path, shots):
+    from steer_ui.history import export, import_jsonl
+
+    dash = app_server[1]
+    store = dash.ctx.store
+    source = store.list_runs(limit=1)
+    if not source:  # this test alone: make a run to copy
+        list(dash.generate("Is 2 even?", max_new_tokens=4, browser_id="seed"))
+        source = store.list_runs(limit=1)
+    (path,) = export(store, tmp_path / "one.jsonl", "jsonl", run_id=source[0].id)
+    record = json.loads(path.read_text())
+    record["id"] = "htmlrun0001"
+    for s in record["streams"]:
+        s["text"] = f"Model says {XSS} and <b>bold</b>"
+    path.write_text(json.dumps(record) + "\n")
+    import_jsonl(store, path)
+
+    page.goto(app_server[0] + "?run=htmlrun0001")
+    body = page.locator(".su-body").first
+    expect(body).to_contain_text("<script>window.__pwned=2</script>", timeout=30_000)
+    assert page.locator(".su-body img, .su-body b, .su-body script").count() == 0
+    assert page.evaluate("() => window.__pwned") is None
+    expect(page.get_by_text("htmlrun0001").filter(visible=True).first).to_be_visible()
+    page.screenshot(path=str(shots / "5-linked-run.png"), full_page=True)
