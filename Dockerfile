@@ -16,5 +16,7 @@ USER app
 # Convert the bundled GGUF once at build time so the first start is fast.
 RUN python -c "from steer_ui.models import load_model; load_model('smollm2-135m', device='cpu')"
 VOLUME /data
-ENTRYPOINT ["python", "-m", "steer_ui"]
-CMD ["generate", "--prompt", "Is 17 a prime number? Answer yes or no."]
+# The dashboard, on every interface inside the container only (the app's own default is 127.0.0.1).
+ENV GRADIO_SERVER_NAME=0.0.0.0 GRADIO_SERVER_PORT=7860 GRADIO_ANALYTICS_ENABLED=False
+EXPOSE 7860
+CMD ["python", "app.py"]

@@ -11,6 +11,7 @@ import math
 import tempfile
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from html import escape
@@ -29,12 +30,13 @@ from steer_ui.recorder import RunRecorder
 from steer_ui.settings import ProbeSettings, RunSettings, Sampling, Scope, parse_choices, parse_layers
 from steer_ui.store import Store
 from steer_ui.vectors import SteeringVector, load_vector, save_vector
-from steer_ui.view import RunView
+from steer_ui.view import RunView, Windower
 
 NO_VECTOR = "(none)"
 FILE_VECTOR = "uploaded or computed file"
 SCOPES = ["all", "generated", "kick:8", "think", "answer"]
 UPDATES_PER_S = 15  # what a browser comfortably renders; the engine may be much faster or slower
+KEEP_VIEWS = 32  # runs whose full view a browser can fetch again (Dashboard.snapshot)
 
 EXAMPLES = [
     # prompt, vector, coefficients, scope, max new tokens
@@ -58,6 +60,7 @@ class AppContext:
     dtype: str = "auto"
     model_lock: threading.Lock = field(default_factory=threading.Lock)  # hooks on the shared model
     active: dict[str, LiveRun] = field(default_factory=dict)  # by Gradio session hash: what Stop stops
+    views: OrderedDict[str, RunView] = field(default_factory=OrderedDict)  # recent runs, for snapshots
     files: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="steer-ui-")))
     any_run_link: bool = True  # ?run=ID may open runs of other sessions (a local, single-user app)
 
@@ -194,7 +197,8 @@ class Dashboard:
     # --- generation -----------------------------------------------------------------------------
     def settings(self, prompt: str, system_prompt: str, chat_template: bool, vector: str, vector_file: str | None,
                  layers: str, coefs: str, scope: str, max_new_tokens: float, temperature: float, top_p: float,
-                 seed: float, probe_suffix: str, probe_choices: str, probe_every: float) -> RunSettings:
+                 seed: float, probe_suffix: str, probe_choices: str, probe_every: float,
+                 ignore_eos: bool = False) -> RunSettings:
         coef_list = _parse_coefs(coefs)
         vec = self.resolve_vector(vector, vector_file)
         if coef_list and vec is None:
@@ -204,6 +208,7 @@ class Dashboard:
             raw=not chat_template, vector=vec,
             layers=parse_layers(layers or "all", self.ctx.lm.n_layers) if vec is not None else None,
             coefs=tuple(coef_list), scope=Scope.parse(scope or "all"), max_new_tokens=_int(max_new_tokens, "max new tokens"),
+            ignore_eos=bool(ignore_eos),
             sampling=Sampling(float(temperature), float(top_p), 0, _int(seed, "seed")),
             probe=ProbeSettings((probe_suffix or None), parse_choices(probe_choices or "Yes,No"),
                                 _int(probe_every, "probe cadence")),
@@ -221,12 +226,12 @@ class Dashboard:
                  vector_file: str | None = None, layers: str = "", coefs: str = "", scope: str = "all",
                  max_new_tokens: float = 96, temperature: float = 0.0, top_p: float = 1.0, seed: float = 0,
                  probe_suffix: str = "", probe_choices: str = "Yes,No", probe_every: float = 4,
-                 browser_id: str | None = None, request: gr.Request | None = None) -> Iterator[tuple]:
+                 ignore_eos: bool = False, browser_id: str | None = None, request: gr.Request | None = None) -> Iterator[tuple]:
         """Yields (streams, chart, status, result, files, link, browser_id) about 15 times a second."""
         try:
             settings = self.settings(prompt, system_prompt, chat_template, vector, vector_file, layers, coefs, scope,
                                      max_new_tokens, temperature, top_p, seed, probe_suffix, probe_choices,
-                                     probe_every)
+                                     probe_every, ignore_eos)
             sid = self.session_for(browser_id, "browser" if browser_id else "api")
             recorder = RunRecorder(self.ctx.store, sid, self.ctx.lm, settings)
             live = LiveRun(self.ctx.lm, settings, self.ctx.model_lock, recorder)
@@ -234,6 +239,8 @@ class Dashboard:
             raise _err(err) from None
         tab = getattr(request, "session_hash", None) or live.run_id
         self.ctx.active[tab] = live
+        self._remember(live.view)
+        window = Windower()
         notes = _dose_notes(settings)
         started = time.monotonic()
         skip = gr.skip()
@@ -241,13 +248,26 @@ class Dashboard:
             for view in live.frames(1 / UPDATES_PER_S):
                 if view.finished:
                     break
-                yield (view.streams_value(), view.figure(), _status(view, notes, started), skip, skip, skip, sid)
+                yield (*window(view), _status(view, notes, started), skip, skip, skip, sid)
         finally:
             live.stop()  # Stop, a closed tab, or the end: the run is saved and the model free on return
             self.ctx.active.pop(tab, None)
         view = live.view
-        yield (view.streams_value(), view.figure(), _status(view, notes, started), self._result(live),
+        yield (*window(view), _status(view, notes, started), self._result(live),
                self._downloads(live.run_id, view), _link(live.run_id), sid)
+
+    def _remember(self, view: RunView) -> None:
+        self.ctx.views[view.key] = view
+        self.ctx.views.move_to_end(view.key)
+        while len(self.ctx.views) > KEEP_VIEWS:
+            self.ctx.views.popitem(last=False)
+
+    def snapshot(self, key: str) -> dict:
+        """A run's whole streams and chart values, for a browser that missed live updates."""
+        view = self.ctx.views.get(str(key))
+        if view is None:
+            return {}
+        return {"streams": view.streams_value(), "chart": view.figure()}
 
     def stop(self, request: gr.Request | None = None) -> None:
         live = self.ctx.active.get(getattr(request, "session_hash", None) or "")
@@ -295,6 +315,7 @@ class Dashboard:
         for event in record_events(record, self.ctx.lm.tokenizer if same_model else None):
             view.apply(event)
         view.warnings = [] if same_model else [f"logged with {run.model_id}; tokens are not split on this model"]
+        self._remember(view)
         s = run.settings
         vector, vector_file = NO_VECTOR, None
         if run.vector_hash:  # the exact vector the run used, ready to run again

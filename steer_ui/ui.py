@@ -45,6 +45,10 @@ PAIRS_PLACEHOLDER = ('{"positive": "Wait, let me double-check that step.", '
 
 def build(dash: Dashboard) -> gr.Blocks:
     lm = dash.ctx.lm
+
+    def snapshot(run_key: str) -> dict:  # a plain function: Gradio marks server functions with an attribute
+        return dash.snapshot(run_key)
+
     with gr.Blocks(title="steer-ui", fill_width=True) as demo:
         browser_id = gr.BrowserState("", storage_key="steer-ui-session")
         gr.Markdown("## steer-ui", elem_id="su-title")
@@ -91,6 +95,8 @@ def build(dash: Dashboard) -> gr.Blocks:
                             temperature = gr.Slider(0, 2, value=0, step=0.05, label="Temperature (0 = greedy)")
                             top_p = gr.Slider(0.05, 1, value=1, step=0.05, label="Top-p")
                             seed = gr.Number(value=0, precision=0, label="Seed")
+                            ignore_eos = gr.Checkbox(label="Keep generating past end-of-sequence", value=False,
+                                                     info="every row runs to max new tokens (fixed-length comparisons)")
                         with gr.Accordion("Probe", open=False):
                             probe_suffix = gr.Textbox(label="Probe suffix", value=lm.profile.probe_suffix)
                             probe_choices = gr.Textbox(label="Probe choices (first is positive)", value="Yes,No")
@@ -101,14 +107,14 @@ def build(dash: Dashboard) -> gr.Blocks:
                             stop_btn = gr.Button("Stop", variant="stop")
                     with gr.Column(scale=5, min_width=480):
                         status = gr.Markdown("", label="Status")
-                        streams = widgets.streams(label="Streams")
-                        chart = widgets.chart(label="Log-odds chart")
+                        streams = widgets.streams(snapshot, label="Streams")
+                        chart = widgets.chart(snapshot, label="Log-odds chart")
                         link = gr.Markdown("", label="Run link")
                         downloads = gr.File(label="Downloads",
                                             file_count="multiple", interactive=False)
                         with gr.Accordion("Run data (JSON, what the API returns)", open=False):
                             result = gr.JSON(label="Run data")
-                gr.Examples(EXAMPLES, inputs=[prompt, vector, coefs, scope, max_new_tokens], label="Examples",
+                gr.Examples(_examples(dash), inputs=[prompt, vector, coefs, scope, max_new_tokens], label="Examples",
                             cache_examples=False)
             with gr.Tab("History", id="history"):
                 gr.Markdown("Runs from this browser, newest first. Click a row to open it.")
@@ -126,7 +132,7 @@ def build(dash: Dashboard) -> gr.Blocks:
 
         run_outputs = [streams, chart, status, result, downloads, link]
         form = [prompt, system_prompt, chat_template, vector, vector_file, layers, coefs, scope, max_new_tokens,
-                temperature, top_p, seed, probe_suffix, probe_choices, probe_every]
+                temperature, top_p, seed, probe_suffix, probe_choices, probe_every, ignore_eos]
 
         gen = generate_btn.click(dash.generate, inputs=[*form, browser_id], outputs=[*run_outputs, browser_id],
                                  api_name="generate", concurrency_id="gpu", concurrency_limit=1,
@@ -160,6 +166,12 @@ def build(dash: Dashboard) -> gr.Blocks:
         demo.load(dash.on_page_load, inputs=browser_id, outputs=[browser_id, history, *opened, tabs],
                   api_visibility="private")
     return demo
+
+
+def _examples(dash: Dashboard) -> list[list]:
+    """The examples, with their preset vectors where the loaded model has them (else baseline only)."""
+    presets = dash.presets()
+    return [ex if ex[1] in presets else [ex[0], NO_VECTOR, "", ex[3], ex[4]] for ex in EXAMPLES]
 
 
 def _selected_run(table, evt: gr.SelectData) -> str:

@@ -8,6 +8,7 @@ diff sends each update as a few appended items, whatever the run's length.
 from __future__ import annotations
 
 import math
+from collections import deque
 from dataclasses import dataclass, field
 
 from steer_ui.events import DoneEvent, Event, ProbeEvent, StartEvent, TokenEvent
@@ -103,30 +104,42 @@ class RunView:
         return self.done is not None or self.error is not None
 
     # --- what the browser components get --------------------------------------------------------
-    def streams_value(self) -> dict:
+    # Both values carry, per row, only the items from ``start`` on and say where that is ("from"):
+    # the browser keeps what it has and appends, so an update's size does not grow with the run.
+    def counts(self) -> tuple[list[int], list[int]]:
+        """(tokens, probe readings) per row so far."""
+        return [len(r.pieces) for r in self.rows], [len(r.steps) for r in self.rows]
+
+    def streams_value(self, start: list[int] | None = None) -> dict:
+        start = start or [0] * len(self.rows)
         return {
             "run": self.key,
             "choices": self.choices,
-            "rows": [{"label": r.display_label, "colour": row_colour(r.row), "t": r.pieces, "lo": r.shade,
-                      "div": r.diverge, "think": r.think_end, "end": r.finish} for r in self.rows],
+            "rows": [{"label": r.display_label, "colour": row_colour(r.row), "from": k, "t": r.pieces[k:],
+                      "lo": r.shade[k:], "div": r.diverge, "think": r.think_end, "end": r.finish}
+                     for r, k in zip(self.rows, start)],
         }
 
-    def figure(self) -> dict:
-        """The plotly figure (data + layout) as plain JSON: live in the browser and in the HTML export."""
+    def figure(self, start: list[int] | None = None) -> dict:
+        """The plotly figure (data + layout) as plain JSON: live in the browser and in the HTML export.
+
+        ``from`` gives, per trace, the index of its first point included (0: the whole figure).
+        """
+        start = start or [0] * len(self.rows)
         yes, no = self.choices[:2] if len(self.choices) >= 2 else ("Yes", "No")
         data: list[dict] = []
-        for r in self.rows:
+        for r, k in zip(self.rows, start):
             colour = row_colour(r.row)
             data.append({
                 "type": "scatter", "mode": "lines+markers", "name": r.display_label, "legendgroup": str(r.row),
-                "x": r.steps, "y": r.logodds, "line": {"color": colour, "width": 2},
+                "x": r.steps[k:], "y": r.logodds[k:], "line": {"color": colour, "width": 2},
                 "marker": {"color": colour, "size": 5,
-                           "symbol": ["circle" if ok else "x-open" for ok in r.reliable]},
+                           "symbol": ["circle" if ok else "x-open" for ok in r.reliable[k:]]},
                 "hovertemplate": f"{r.display_label}<br>token %{{x}}<br>log-odds %{{y:.2f}}<extra></extra>",
             })
             data.append({
                 "type": "scatter", "mode": "lines", "name": f"{r.display_label} mass", "legendgroup": str(r.row),
-                "showlegend": False, "x": r.steps, "y": r.mass, "yaxis": "y2",
+                "showlegend": False, "x": r.steps[k:], "y": r.mass[k:], "yaxis": "y2",
                 "line": {"color": colour, "width": 1, "dash": "dot"},
                 "hovertemplate": f"{r.display_label}<br>token %{{x}}<br>mass %{{y:.2f}}<extra></extra>",
             })
@@ -145,7 +158,7 @@ class RunView:
             # Same revision for a whole run: Plotly.react keeps the user's zoom while points arrive.
             "uirevision": self.key,
         }
-        return {"run": self.key, "data": data, "layout": layout}
+        return {"run": self.key, "data": data, "layout": layout, "from": [k for k in start for _ in (0, 1)]}
 
     def result(self, run_id: str | None = None, status: str | None = None) -> dict:
         """The API's answer: each row's final text and its probe series."""
@@ -159,3 +172,23 @@ class RunView:
                       "probe": {"step": r.steps, "logodds": r.logodds, "mass": r.mass, "reliable": r.reliable}}
                      for r in self.rows],
         }
+
+
+class Windower:
+    """Live values for the browser that repeat only the last ``keep`` updates' worth of items.
+
+    The repeat covers updates the browser coalesced or missed; one that misses more finds a gap
+    (its "from" is past what it has) and fetches the whole value once (``Dashboard.snapshot``).
+    """
+
+    def __init__(self, keep: int = 8):
+        self._past: deque[tuple[list[int], list[int]]] = deque(maxlen=keep)
+
+    def __call__(self, view: RunView) -> tuple[dict, dict]:
+        tokens, probes = view.counts()
+        if len(self._past) < (self._past.maxlen or 0) or len(self._past[0][0]) != len(tokens):
+            start_t, start_p = [0] * len(tokens), [0] * len(probes)
+        else:
+            start_t, start_p = self._past[0]
+        self._past.append((tokens, probes))
+        return view.streams_value(start_t), view.figure(start_p)

@@ -8,6 +8,7 @@ looks like HTML is shown as text and never run.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import gradio as gr
@@ -55,7 +56,7 @@ const toggle = element.querySelector('.su-shade-toggle');
 toggle.addEventListener('change', () => {
   element.querySelector('.su-streams').classList.toggle('plain', !toggle.checked);
 });
-let run = null, built = [];
+let run = null, built = [], updates = 0, fetching = false;
 
 function shade(lo) {
   if (lo === null || lo === undefined) return '';
@@ -82,26 +83,25 @@ function setKey(choices) {
   key.append(y, ' ', n, ' ', d);
 }
 
-function render() {
-  const v = props.value;
-  if (!v || !v.rows || typeof v !== 'object') return;
+// Each update holds a row's tokens from index r.from on; append the ones not shown yet.
+function apply(v) {
   if (v.run !== run || v.rows.length !== built.length) {
     panes.replaceChildren(); built = v.rows.map(pane); run = v.run; setKey(v.choices);
   }
+  if (v.rows.some((r, i) => r.from > built[i].n)) return false;  // missed updates: a gap
   v.rows.forEach((r, i) => {
     const p = built[i];
     p.title.textContent = r.label; p.title.style.color = r.colour;
-    p.box.dataset.row = String(i);
     const stick = p.body.scrollTop + p.body.clientHeight >= p.body.scrollHeight - 24;
     const frag = document.createDocumentFragment();
-    for (let k = p.n; k < r.t.length; k++) {
+    for (let k = p.n - r.from; k < r.t.length; k++) {
       const s = document.createElement('span');
-      s.textContent = r.t[k];
+      s.textContent = r.t[k];  // text, never markup
       const bg = shade(r.lo[k]);
       if (bg) { s.style.background = bg; s.title = 'log-odds ' + r.lo[k].toFixed(2); }
       frag.append(s);
     }
-    p.body.append(frag); p.n = r.t.length;
+    p.body.append(frag); p.n = Math.max(p.n, r.from + r.t.length);
     if (r.div !== null && r.div !== p.div && p.body.children[r.div]) {
       const s = p.body.children[r.div]; s.classList.add('d');
       s.title = 'first token that differs from the baseline' + (s.title ? ' | ' + s.title : '');
@@ -112,13 +112,27 @@ function render() {
     }
     const status = r.end ? ({eos: 'finished', length: 'length limit', cancelled: 'stopped'}[r.end] || r.end) : 'streaming';
     const diverged = (i > 0 && r.div !== null) ? ` | departs at token ${r.div}` : '';
-    p.meta.textContent = `${r.t.length} tokens | ${status}${diverged}`;
+    p.meta.textContent = `${p.n} tokens | ${status}${diverged}`;
     if (stick) p.body.scrollTop = p.body.scrollHeight;
   });
+  return true;
+}
+
+function render() {
+  const v = props.value;
+  if (!v || typeof v !== 'object' || !v.rows) return;
+  element.dataset.updates = String(++updates);  // tests count what the browser was sent
+  if (window.__suSkipUpdates > 0) { window.__suSkipUpdates--; return; }  // tests: simulate missed updates
+  if (fetching || apply(v)) return;
+  fetching = true;  // fetch the whole run once, then carry on with the live updates
+  server.snapshot(v.run).then(full => {
+    if (full && full.streams && full.streams.run === run) apply(full.streams);
+  }).finally(() => { fetching = false; if (props.value && props.value.run === run) apply(props.value); });
 }
 render();
 watch('value', render);
 """
+
 
 CHART_TEMPLATE = """
 <div class="su-chart-wrap">
@@ -137,6 +151,37 @@ CHART_JS = r"""
 const div = element.querySelector('.su-chart');
 const config = {responsive: true, displaylogo: false,
                 toImageButtonOptions: {format: 'png', filename: 'steer-ui-logodds', scale: 2}};
+let run = null, acc = [], fetching = false, latest = null;
+
+// Each update holds, per trace, its points from index v.from[i] on: keep the full series here.
+function merge(v) {
+  if (v.run !== run || acc.length !== v.data.length) {
+    run = v.run; acc = v.data.map(() => ({x: [], y: [], s: []}));
+  }
+  if (v.data.some((t, i) => v.from[i] > acc[i].x.length)) return false;  // missed updates: a gap
+  v.data.forEach((t, i) => {
+    const a = acc[i], skip = a.x.length - v.from[i];
+    a.x.push(...t.x.slice(skip)); a.y.push(...t.y.slice(skip));
+    if (t.marker && Array.isArray(t.marker.symbol)) a.s.push(...t.marker.symbol.slice(skip));
+  });
+  latest = v;
+  return true;
+}
+
+function draw() {
+  if (!latest || !window.Plotly) return;
+  const data = latest.data.map((t, i) => {
+    const trace = {...t, x: acc[i].x, y: acc[i].y};
+    if (t.marker && Array.isArray(t.marker.symbol)) trace.marker = {...t.marker, symbol: acc[i].s};
+    return trace;
+  });
+  const points = acc.reduce((n, a, i) => n + (latest.data[i].yaxis ? 0 : a.x.length), 0);
+  // react diffs against what is drawn: no re-mount, and uirevision (one per run) keeps the zoom.
+  window.Plotly.react(div, data, {...latest.layout, datarevision: points}, config);
+  div.dataset.points = String(points);
+  div.dataset.run = latest.run;
+}
+
 // Drawing is the costly part in the browser: at most 5 redraws a second, the last value always drawn.
 let pending = null, last = 0;
 function schedule() {
@@ -144,20 +189,24 @@ function schedule() {
   const wait = Math.max(0, 200 - (performance.now() - last));
   pending = setTimeout(() => { pending = null; last = performance.now(); draw(); }, wait);
 }
-function draw() {
+
+function update() {
   const v = props.value;
-  if (!v || !v.data || !window.Plotly) return;
-  // react diffs against what is drawn: no re-mount, and uirevision (one per run) keeps the zoom.
-  window.Plotly.react(div, v.data, v.layout, config);
-  div.dataset.points = String(v.data.reduce((n, t) => n + (t.yaxis ? 0 : t.x.length), 0));
-  div.dataset.run = v.run;
+  if (!v || !v.data) return;
+  if (window.__suSkipUpdates > 0) return;  // tests: simulate missed updates (the streams pane counts them)
+  if (fetching) return;
+  if (merge(v)) { schedule(); return; }
+  fetching = true;
+  server.snapshot(v.run).then(full => {
+    if (full && full.chart && full.chart.run === v.run) { acc = []; run = null; merge(full.chart); }
+  }).finally(() => { fetching = false; if (props.value && props.value.run === run) merge(props.value); schedule(); });
 }
 function whenReady(tries) {
-  if (window.Plotly) { draw(); return; }
+  if (window.Plotly) { update(); return; }
   if (tries > 0) setTimeout(() => whenReady(tries - 1), 100);
 }
 whenReady(100);
-watch('value', schedule);
+watch('value', update);
 """
 
 
@@ -170,11 +219,12 @@ def static_paths() -> list[Path]:
     return [PLOTLY_JS]
 
 
-def streams(**kwargs) -> gr.HTML:
+def streams(snapshot: Callable[[str], dict], **kwargs) -> gr.HTML:
+    """``snapshot(run_key)`` returns {"streams": ..., "chart": ...} in full, for a browser that missed updates."""
     return gr.HTML(value=None, html_template=STREAMS_TEMPLATE, css_template=STREAMS_CSS, js_on_load=STREAMS_JS,
-                   **kwargs)
+                   server_functions=[snapshot], **kwargs)
 
 
-def chart(**kwargs) -> gr.HTML:
+def chart(snapshot: Callable[[str], dict], **kwargs) -> gr.HTML:
     return gr.HTML(value=None, html_template=CHART_TEMPLATE, css_template=CHART_CSS, js_on_load=CHART_JS,
-                   head=plotly_head(), **kwargs)
+                   head=plotly_head(), server_functions=[snapshot], **kwargs)

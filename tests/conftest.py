@@ -53,19 +53,17 @@ def random_vector(lm: LoadedModel, layers, scale: float = 1.0, seed: int = 0) ->
     return SteeringVector(dirs, model_hint=lm.model.config.model_type, name="random")
 
 
-@pytest.fixture(scope="session")
-def app_server(bundled, tmp_path_factory):
-    """The dashboard on the bundled model, served on 127.0.0.1 with its own session log: (url, dashboard)."""
+def serve_dashboard(lm, root: Path):
+    """The dashboard on ``lm`` with its own session log, served on a free port of 127.0.0.1."""
     import socket
+
+    import gradio as gr
 
     from steer_ui.dashboard import AppContext, Dashboard
     from steer_ui.store import Store
     from steer_ui.ui import build, launch_kwargs, widgets
 
-    import gradio as gr
-
-    root = tmp_path_factory.mktemp("app")
-    dash = Dashboard(AppContext(lm=bundled, store=Store(str(root / "log.sqlite")), files=root))
+    dash = Dashboard(AppContext(lm=lm, store=Store(str(root / "log.sqlite")), files=root))
     gr.set_static_paths(widgets.static_paths())
     demo = build(dash)
     with socket.socket() as s:
@@ -73,5 +71,12 @@ def app_server(bundled, tmp_path_factory):
         port = s.getsockname()[1]
     demo.queue(default_concurrency_limit=4).launch(server_name="127.0.0.1", server_port=port,
                                                    prevent_thread_lock=True, quiet=True, **launch_kwargs())
-    yield f"http://127.0.0.1:{port}/", dash
+    return demo, f"http://127.0.0.1:{port}/", dash
+
+
+@pytest.fixture(scope="session")
+def app_server(bundled, tmp_path_factory):
+    """The dashboard on the bundled model: (url, dashboard)."""
+    demo, url, dash = serve_dashboard(bundled, tmp_path_factory.mktemp("app"))
+    yield url, dash
     demo.close()

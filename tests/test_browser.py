@@ -127,6 +127,15 @@ def test_stop_ends_the_run_and_the_chart_keeps_its_zoom(page: Page, shots: Path,
                            timeout=60_000)
     assert chart.evaluate("el => el.__mark") == 42
     assert chart.evaluate("el => el._fullLayout.xaxis.range") == [0, 6]
+    # A browser that misses many updates in a row (a busy or hidden tab) notices the gap and refetches.
+    calls = []
+    original = app_server[1].snapshot
+    app_server[1].snapshot = lambda key: calls.append(key) or original(key)
+    page.evaluate("() => { window.__suSkipUpdates = 25; }")
+    page.wait_for_function("() => window.__suSkipUpdates === 0", timeout=60_000)
+    page.wait_for_timeout(1500)
+    del app_server[1].snapshot
+    assert calls  # the gap was seen and filled from the server
 
     page.get_by_role("button", name="Stop", exact=True).click()
     expect(page.get_by_text(re.compile(r"^stopped:"))).to_be_visible(timeout=10_000)
@@ -135,6 +144,12 @@ def test_stop_ends_the_run_and_the_chart_keeps_its_zoom(page: Page, shots: Path,
     page.wait_for_timeout(1000)
     assert pane_lengths(page) == lengths  # nothing arrives after Stop
     assert all("stopped" in t for t in page.locator(".su-meta").all_text_contents())
+    run_id = re.search(r"\?run=(\w+)", page.get_by_text("Link to this run").text_content()).group(1)
+    stored = app_server[1].ctx.store.get_run(run_id)
+    assert page.locator(".su-body").evaluate_all("els => els.map(e => e.textContent)") == [
+        s.text for s in stored.streams]  # every token, the missed ones included
+    probes = app_server[1].ctx.store.probe_points(run_id)
+    assert int(chart.get_attribute("data-points")) == len(probes)
     page.screenshot(path=str(shots / "4-stopped.png"), full_page=True)
     assert not app_server[1].ctx.model_lock.locked()
 
@@ -163,3 +178,47 @@ def test_a_run_link_reopens_it_and_model_html_is_shown_as_text(page: Page, app_s
     assert page.evaluate("() => window.__pwned") is None
     expect(page.get_by_text("htmlrun0001").filter(visible=True).first).to_be_visible()
     page.screenshot(path=str(shots / "5-linked-run.png"), full_page=True)
+
+
+def test_a_2000_token_run_streams_every_token_at_a_bounded_update_rate(browser, tmp_path, shots):
+    """A tiny random model decodes far faster than a browser should repaint: updates stay <= 20 a second."""
+    import time
+
+    from conftest import random_vector, serve_dashboard
+    from steer_ui.models import load_model
+    from steer_ui.vectors import save_vector
+    from tiny import build_tiny_model
+
+    lm = load_model(str(build_tiny_model("llama", tmp_path / "llama", max_positions=4096)), device="cpu",
+                    dtype="float32")
+    vec = save_vector(random_vector(lm, range(lm.n_layers), scale=4.0), tmp_path / "random.safetensors")
+    demo, url, dash = serve_dashboard(lm, tmp_path)
+    try:
+        context = browser.new_context(viewport={"width": 1440, "height": 1000})
+        page = context.new_page()
+        page.goto(url)
+        page.get_by_label("Prompt").fill("Count to a thousand.")
+        page.get_by_text("Upload a vector file").click()
+        page.locator("input[type=file]").first.set_input_files(str(vec))
+        expect(page.get_by_label("Steering vector")).to_have_value("uploaded or computed file", timeout=15_000)
+        page.get_by_label("Layers").fill("1-2")
+        page.get_by_label("Coefficients").fill("8")
+        tokens = page.get_by_label("Max new tokens").and_(page.locator("input[type=number]"))
+        tokens.fill("2000")
+        tokens.press("Enter")
+        page.get_by_text("Sampling").click()
+        page.get_by_label("Keep generating past end-of-sequence").check()
+        started = time.monotonic()
+        page.get_by_role("button", name="Generate", exact=True).click()
+        expect(page.get_by_text(re.compile(r"^finished:"))).to_be_visible(timeout=300_000)
+        elapsed = time.monotonic() - started
+        page.wait_for_timeout(500)
+        spans = page.locator(".su-body").evaluate_all("els => els.map(e => e.children.length)")
+        assert spans == [2000, 2000]
+        updates = int(page.locator(".su-streams").locator("xpath=..").get_attribute("data-updates"))
+        assert 2 <= updates <= 20 * elapsed + 5
+        assert int(page.locator(".su-chart").get_attribute("data-points")) == 2 * (2000 // 4 + 1)
+        page.screenshot(path=str(shots / "6-2000-tokens.png"), full_page=True)
+        context.close()
+    finally:
+        demo.close()

@@ -43,12 +43,12 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
     return fast
 
 
-def _config(arch: str, vocab: int, eos: int):
+def _config(arch: str, vocab: int, eos: int, max_positions: int = 512):
     common = dict(vocab_size=vocab, eos_token_id=eos, bos_token_id=eos, pad_token_id=eos)
     if arch == "llama":
         return LlamaForCausalLM, LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=4,
                                              num_attention_heads=4, num_key_value_heads=2,
-                                             max_position_embeddings=512, **common)
+                                             max_position_embeddings=max_positions, **common)
     if arch == "qwen2":
         return Qwen2ForCausalLM, Qwen2Config(hidden_size=64, intermediate_size=128, num_hidden_layers=4,
                                              num_attention_heads=4, num_key_value_heads=2,
@@ -61,10 +61,10 @@ def _config(arch: str, vocab: int, eos: int):
     raise ValueError(arch)
 
 
-def build_tiny_model(arch: str, path: Path, seed: int = 0) -> Path:
+def build_tiny_model(arch: str, path: Path, seed: int = 0, max_positions: int = 512) -> Path:
     """Save a random ``arch`` model and the tokenizer to ``path``; load it with steer_ui's loader."""
     tok = build_tokenizer()
-    cls, cfg = _config(arch, len(tok), tok.convert_tokens_to_ids("<|im_end|>"))
+    cls, cfg = _config(arch, len(tok), tok.convert_tokens_to_ids("<|im_end|>"), max_positions)
     torch.manual_seed(seed)
     model = cls(cfg)
     # Random init gives near-uniform logits; a larger output scale makes greedy choices decisive.
