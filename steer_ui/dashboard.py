@@ -267,7 +267,7 @@ class Dashboard:
         view = self.ctx.views.get(str(key))
         if view is None:
             return {}
-        return {"streams": view.streams_value(), "chart": view.figure()}
+        return {"streams": view.streams_value(), "chart": view.chart_value()}
 
     def stop(self, request: gr.Request | None = None) -> None:
         live = self.ctx.active.get(getattr(request, "session_hash", None) or "")
@@ -324,7 +324,7 @@ class Dashboard:
             vector = FILE_VECTOR
         status = (f"Run `{run.id}` from {run.created:%Y-%m-%d %H:%M:%S} UTC: **{run.status}**"
                   + (f" ({escape(run.error)})" if run.error else "") + "".join(f"  \n{escape(w)}" for w in view.warnings))
-        return (view.streams_value(), view.figure(), status, view.result(run.id, run.status),
+        return (view.streams_value(), view.chart_value(), status, view.result(run.id, run.status),
                 self._downloads(run.id, view), _link(run.id), s.get("prompt", ""), s.get("system") or "",
                 ",".join(map(str, run.layers)) if run.layers else "", ", ".join(f"{c:g}" for c in s.get("coefs", [])),
                 s.get("scope", "all"), vector, vector_file)

@@ -7,6 +7,7 @@ diff sends each update as a few appended items, whatever the run's length.
 
 from __future__ import annotations
 
+import json
 import math
 from collections import deque
 from dataclasses import dataclass, field
@@ -104,8 +105,10 @@ class RunView:
         return self.done is not None or self.error is not None
 
     # --- what the browser components get --------------------------------------------------------
-    # Both values carry, per row, only the items from ``start`` on and say where that is ("from"):
-    # the browser keeps what it has and appends, so an update's size does not grow with the run.
+    # Live values carry, per row, only the items from ``start`` on and say where that is ("from"): the
+    # browser keeps what it has and appends, so an update's size does not grow with the run. The items
+    # travel as JSON strings: Gradio's streaming diff garbles lists that shrink inside other lists
+    # (gradio 6.31 utils.diff adjusts nested delete indices twice), while a string is replaced whole.
     def counts(self) -> tuple[list[int], list[int]]:
         """(tokens, probe readings) per row so far."""
         return [len(r.pieces) for r in self.rows], [len(r.steps) for r in self.rows]
@@ -115,13 +118,24 @@ class RunView:
         return {
             "run": self.key,
             "choices": self.choices,
-            "rows": [{"label": r.display_label, "colour": row_colour(r.row), "from": k, "t": r.pieces[k:],
-                      "lo": r.shade[k:], "div": r.diverge, "think": r.think_end, "end": r.finish}
+            "rows": [{"label": r.display_label, "colour": row_colour(r.row), "from": k,
+                      "t": json.dumps(r.pieces[k:]), "lo": json.dumps(r.shade[k:]), "div": r.diverge,
+                      "think": r.think_end, "end": r.finish}
                      for r, k in zip(self.rows, start)],
         }
 
+    def chart_value(self, start: list[int] | None = None) -> dict:
+        """The figure for the live chart: per trace its static properties, "from", and its points from
+        there as a JSON string ``[x, y, marker symbols or null]``."""
+        fig = self.figure(start)
+        points = []
+        for trace in fig["data"]:
+            symbols = trace.get("marker", {}).pop("symbol", None)
+            points.append(json.dumps([trace.pop("x"), trace.pop("y"), symbols]))
+        return {"run": self.key, "data": fig["data"], "layout": fig["layout"], "from": fig["from"], "points": points}
+
     def figure(self, start: list[int] | None = None) -> dict:
-        """The plotly figure (data + layout) as plain JSON: live in the browser and in the HTML export.
+        """The plotly figure (data + layout) as plain JSON, for the HTML export (and ``chart_value``).
 
         ``from`` gives, per trace, the index of its first point included (0: the whole figure).
         """
@@ -191,4 +205,4 @@ class Windower:
         else:
             start_t, start_p = self._past[0]
         self._past.append((tokens, probes))
-        return view.streams_value(start_t), view.figure(start_p)
+        return view.streams_value(start_t), view.chart_value(start_p)

@@ -94,14 +94,15 @@ function apply(v) {
     p.title.textContent = r.label; p.title.style.color = r.colour;
     const stick = p.body.scrollTop + p.body.clientHeight >= p.body.scrollHeight - 24;
     const frag = document.createDocumentFragment();
-    for (let k = p.n - r.from; k < r.t.length; k++) {
+    const t = JSON.parse(r.t), lo = JSON.parse(r.lo);
+    for (let k = p.n - r.from; k < t.length; k++) {
       const s = document.createElement('span');
-      s.textContent = r.t[k];  // text, never markup
-      const bg = shade(r.lo[k]);
-      if (bg) { s.style.background = bg; s.title = 'log-odds ' + r.lo[k].toFixed(2); }
+      s.textContent = t[k];  // text, never markup
+      const bg = shade(lo[k]);
+      if (bg) { s.style.background = bg; s.title = 'log-odds ' + lo[k].toFixed(2); }
       frag.append(s);
     }
-    p.body.append(frag); p.n = Math.max(p.n, r.from + r.t.length);
+    p.body.append(frag); p.n = Math.max(p.n, r.from + t.length);
     if (r.div !== null && r.div !== p.div && p.body.children[r.div]) {
       const s = p.body.children[r.div]; s.classList.add('d');
       s.title = 'first token that differs from the baseline' + (s.title ? ' | ' + s.title : '');
@@ -161,8 +162,9 @@ function merge(v) {
   if (v.data.some((t, i) => v.from[i] > acc[i].x.length)) return false;  // missed updates: a gap
   v.data.forEach((t, i) => {
     const a = acc[i], skip = a.x.length - v.from[i];
-    a.x.push(...t.x.slice(skip)); a.y.push(...t.y.slice(skip));
-    if (t.marker && Array.isArray(t.marker.symbol)) a.s.push(...t.marker.symbol.slice(skip));
+    const [x, y, s] = JSON.parse(v.points[i]);
+    a.x.push(...x.slice(skip)); a.y.push(...y.slice(skip));
+    if (s) a.s.push(...s.slice(skip));
   });
   latest = v;
   return true;
@@ -172,7 +174,7 @@ function draw() {
   if (!latest || !window.Plotly) return;
   const data = latest.data.map((t, i) => {
     const trace = {...t, x: acc[i].x, y: acc[i].y};
-    if (t.marker && Array.isArray(t.marker.symbol)) trace.marker = {...t.marker, symbol: acc[i].s};
+    if (t.marker && acc[i].s.length) trace.marker = {...t.marker, symbol: acc[i].s};
     return trace;
   });
   const points = acc.reduce((n, a, i) => n + (latest.data[i].yaxis ? 0 : a.x.length), 0);

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import threading
 import time
@@ -9,6 +10,7 @@ import time
 import gradio as gr
 import pytest
 from gradio.utils import diff
+from gradio_client.utils import apply_diff
 
 from conftest import random_vector
 from helpers import collect
@@ -61,11 +63,11 @@ def merge(frames: list[tuple]) -> tuple[list[list[str]], list[list[float]]]:
         for held, r in zip(pieces, streams["rows"]):
             if r["from"] > len(held):
                 return None
-            held.extend(r["t"][len(held) - r["from"]:])
-        for held, trace, k in zip(ys, chart["data"], chart["from"]):
+            held.extend(json.loads(r["t"])[len(held) - r["from"]:])
+        for held, points, k in zip(ys, chart["points"], chart["from"]):
             if k > len(held):
                 return None
-            held.extend(trace["y"][len(held) - k:])
+            held.extend(json.loads(points)[1][len(held) - k:])
     return pieces, ys
 
 
@@ -89,7 +91,8 @@ def test_generate_streams_the_engines_run_and_logs_it(dash, bundled):
     assert ys[::2] == [pytest.approx([p.logodds for p in probes if p.row == r.row], abs=1e-3) for r in done.rows]
     # Every update carries the same static parts; its items start where the windowing says.
     full = dash.snapshot(result["run_id"])
-    assert [r["t"] for r in full["streams"]["rows"]] == pieces and full["chart"]["from"] == [0] * len(ys)
+    assert [json.loads(r["t"]) for r in full["streams"]["rows"]] == pieces
+    assert full["chart"]["from"] == [0] * len(ys)
     assert "finished" in status and sid == "browser-a"
     # The run is in the log under this browser's session, and its link and downloads point at it.
     stored = dash.ctx.store.get_run(result["run_id"], "browser-a")
@@ -128,7 +131,12 @@ def test_updates_are_throttled_and_each_sends_only_what_is_new(dash):
     early, late = slice(9, len(frames) // 3), slice(-len(frames) // 3, -1)
     assert max(sent[late]) < 2 * max(sent[early]) + 500
     assert max(held[late]) < 2 * max(held[early]) + 500
-    assert sum(len(r["t"]) for r in frames[-2][0]["rows"]) < 64 * 2  # a window, not the run
+    assert sum(len(json.loads(r["t"])) for r in frames[-2][0]["rows"]) < 64 * 2  # a window, not the run
+    # What Gradio's client rebuilds from the diffs is exactly what the server yielded.
+    rebuilt = copy.deepcopy(frames[0][:2])
+    for prev, new in zip(frames, frames[1:]):
+        rebuilt = [apply_diff(copy.deepcopy(rebuilt[i]), diff(prev[i], new[i])) for i in (0, 1)]
+        assert rebuilt == list(new[:2])
     assert merge(frames) is not None and ["".join(p) for p in merge(frames)[0]] == [
         r["text"] for r in frames[-1][3]["rows"]]
 
@@ -259,7 +267,7 @@ def test_open_run_replays_streams_and_chart_exactly(dash):
     opened = dash.open_run(run_id, "browser-a")
     streams, figure = opened[0], opened[1]
     assert streams["rows"] == full["streams"]["rows"]  # same tokens, colours, divergence marks
-    assert figure["data"] == full["chart"]["data"]
+    assert figure["data"] == full["chart"]["data"] and figure["points"] == full["chart"]["points"]
     assert opened[3]["rows"] == live[3]["rows"]
     assert opened[6] == PROMPT and opened[8] == "15,16,17,18" and opened[9] == "4, 8"
     assert opened[11] == FILE_VECTOR  # the stored copy of the vector, so Generate runs it again exactly
@@ -306,7 +314,7 @@ def test_history_text_is_shown_as_text(bundled):
                            "finish_reason": "eos"}], "probes": [], "timing": {}}
     for ev in record_events(record):
         view.apply(ev)
-    assert view.streams_value()["rows"][0]["t"] == [record_text, ""]
+    assert json.loads(view.streams_value()["rows"][0]["t"]) == [record_text, ""]
     html = figure_html(view.figure())
     assert "<script>alert(2)" not in html
 

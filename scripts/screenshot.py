@@ -1,0 +1,45 @@
+"""Regenerate the README's screenshot: the dashboard on the bundled model, the first example run to the end.
+
+    python scripts/screenshot.py assets/screenshot.png
+
+Needs chromium and Playwright (scripts/setup.sh --dev). Uses a throwaway session log.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from playwright.sync_api import expect, sync_playwright  # noqa: E402
+
+from steer_ui.ui import create_app, launch_kwargs  # noqa: E402
+
+
+def main(out: str) -> None:
+    db = Path(tempfile.mkdtemp()) / "screenshot.sqlite"
+    demo, dash = create_app(db=str(db), device="cpu", dtype="float32")
+    demo.queue().launch(server_name="127.0.0.1", server_port=7869, prevent_thread_lock=True, quiet=True,
+                        **launch_kwargs())
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=["--no-sandbox", "--disable-gpu"])
+            page = browser.new_page(viewport={"width": 1440, "height": 1000})
+            page.goto("http://127.0.0.1:7869/")
+            page.get_by_text("Is 91 a prime number? Think it through").first.click()  # the first example
+            expect(page.get_by_label("Layers")).not_to_have_value("", timeout=15_000)
+            page.get_by_role("button", name="Generate", exact=True).click()
+            expect(page.get_by_text(re.compile(r"^finished:"))).to_be_visible(timeout=300_000)
+            page.evaluate("() => window.scrollTo(0, 0)")
+            page.wait_for_timeout(1000)
+            page.screenshot(path=out, clip={"x": 0, "y": 0, "width": 1440, "height": 1000})
+            browser.close()
+    finally:
+        demo.close()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1] if len(sys.argv) > 1 else "assets/screenshot.png")
