@@ -62,3 +62,24 @@ def test_errors_reach_the_client_as_one_message(client):
         client.predict(model="/no/such/model", api_name="/load_model")
     with pytest.raises(AppError, match="no run"):
         client.predict(run_id="nope", browser_id="", api_name="/open_run")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--model", "/no/such/model"], "no such model path"),
+    (["--db", "{garbage}"], "cannot open database"),
+])
+def test_app_launcher_bad_arguments_are_one_line_and_exit_2(args, message, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    garbage = tmp_path / "not-a-database.sqlite"
+    garbage.write_text("this is not SQLite\n" * 100)
+    args = [a.format(garbage=garbage) for a in args]
+    proc = subprocess.run([sys.executable, "app.py", *args, "--port", "0"], cwd=root, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 2
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and message in errors[0]
+    assert "Traceback" not in proc.stderr
