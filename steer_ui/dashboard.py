@@ -21,7 +21,7 @@ import gradio as gr
 
 from steer_ui.datasets import ASSETS, preset_names
 from steer_ui.errors import UserError
-from steer_ui.extract import METHODS, compute_vector, parse_pair
+from steer_ui.extract import compute_vector, parse_pair
 from steer_ui.guidance import dose_summary
 from steer_ui.history import export, record_events, run_record, stored_vector
 from steer_ui.live import LiveRun
@@ -136,7 +136,8 @@ class Dashboard:
 
     def layer_table(self, vec: SteeringVector | None) -> str:
         if vec is None:
-            return "<p class='su-hint'>No vector: only the baseline runs. Pick a preset, upload a file, or compute one.</p>"
+            return ("<p class='su-hint'>No vector: only the baseline runs. Pick a preset, upload a file, "
+                    "or compute one.</p>")
         stats = {s["layer"]: s for s in json.loads(vec.metadata.get("layer_stats", "[]"))}
         head = (f"<p class='su-hint'><b>{escape(vec.name or 'vector')}</b>: {len(vec.layers)} layers, "
                 f"hidden {vec.hidden_size}")
@@ -207,7 +208,8 @@ class Dashboard:
             prompt=prompt or "", system=(system_prompt or None) if (system_prompt or "").strip() else None,
             raw=not chat_template, vector=vec,
             layers=parse_layers(layers or "all", self.ctx.lm.n_layers) if vec is not None else None,
-            coefs=tuple(coef_list), scope=Scope.parse(scope or "all"), max_new_tokens=_int(max_new_tokens, "max new tokens"),
+            coefs=tuple(coef_list), scope=Scope.parse(scope or "all"),
+            max_new_tokens=_int(max_new_tokens, "max new tokens"),
             ignore_eos=bool(ignore_eos),
             sampling=Sampling(float(temperature), float(top_p), 0, _int(seed, "seed")),
             probe=ProbeSettings((probe_suffix or None), parse_choices(probe_choices or "Yes,No"),
@@ -226,7 +228,8 @@ class Dashboard:
                  vector_file: str | None = None, layers: str = "", coefs: str = "", scope: str = "all",
                  max_new_tokens: float = 96, temperature: float = 0.0, top_p: float = 1.0, seed: float = 0,
                  probe_suffix: str = "", probe_choices: str = "Yes,No", probe_every: float = 4,
-                 ignore_eos: bool = False, browser_id: str | None = None, request: gr.Request | None = None) -> Iterator[tuple]:
+                 ignore_eos: bool = False, browser_id: str | None = None,
+                 request: gr.Request | None = None) -> Iterator[tuple]:
         """Yields (streams, chart, status, result, files, link, browser_id) about 15 times a second."""
         try:
             settings = self.settings(prompt, system_prompt, chat_template, vector, vector_file, layers, coefs, scope,
@@ -323,7 +326,8 @@ class Dashboard:
                                           self.ctx.files / f"vector-{run.vector_hash[:12]}.safetensors"))
             vector = FILE_VECTOR
         status = (f"Run `{run.id}` from {run.created:%Y-%m-%d %H:%M:%S} UTC: **{run.status}**"
-                  + (f" ({escape(run.error)})" if run.error else "") + "".join(f"  \n{escape(w)}" for w in view.warnings))
+                  + (f" ({escape(run.error)})" if run.error else "")
+                  + "".join(f"  \n{escape(w)}" for w in view.warnings))
         return (view.streams_value(), view.chart_value(), status, view.result(run.id, run.status),
                 self._downloads(run.id, view), _link(run.id), s.get("prompt", ""), s.get("system") or "",
                 ",".join(map(str, run.layers)) if run.layers else "", ", ".join(f"{c:g}" for c in s.get("coefs", [])),

@@ -111,7 +111,8 @@ function apply(v) {
     if (r.think !== null && r.think !== p.think && p.body.children[r.think - 1]) {
       p.body.children[r.think - 1].classList.add('t'); p.think = r.think;
     }
-    const status = r.end ? ({eos: 'finished', length: 'length limit', cancelled: 'stopped'}[r.end] || r.end) : 'streaming';
+    const ends = {eos: 'finished', length: 'length limit', cancelled: 'stopped'};
+    const status = r.end ? (ends[r.end] || r.end) : 'streaming';
     const diverged = (i > 0 && r.div !== null) ? ` | departs at token ${r.div}` : '';
     p.meta.textContent = `${p.n} tokens | ${status}${diverged}`;
     if (stick) p.body.scrollTop = p.body.scrollHeight;
@@ -138,8 +139,9 @@ watch('value', render);
 CHART_TEMPLATE = """
 <div class="su-chart-wrap">
   <div class="su-chart"></div>
-  <div class="su-chart-note">Solid: log-odds of the probe's first choice over its second (left axis). Dotted: probability mass on
-  the choices (right axis). x markers: too little mass to trust. Dashed verticals: end of thinking.</div>
+  <div class="su-chart-note">Solid: log-odds of the probe's first choice over its second (left axis).
+  Dotted: probability mass on the choices (right axis). x markers: too little mass to trust.
+  Dashed verticals: end of thinking.</div>
 </div>
 """
 

@@ -16,7 +16,7 @@ from conftest import random_vector
 from helpers import collect
 from steer_ui.dashboard import FILE_VECTOR, NO_VECTOR, UPDATES_PER_S, AppContext, Dashboard, figure_html
 from steer_ui.datasets import preset_vector_path
-from steer_ui.history import record_events, run_record
+from steer_ui.history import record_events
 from steer_ui.settings import ProbeSettings, RunSettings
 from steer_ui.store import Store
 from steer_ui.vectors import load_vector, save_vector
