@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import signal
 import sys
 import threading
@@ -108,12 +109,54 @@ def _add_vector(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--dtype", default="auto")
 
 
+def _add_experiments(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("sweep", help="every question at every coefficient: accuracy and chain-of-thought length")
+    p.add_argument("--model", default=BUNDLED_ALIAS)
+    p.add_argument("--vector", default=None, help="vector file or preset name (needed for nonzero coefficients)")
+    p.add_argument("--layers", default="all")
+    p.add_argument("--coefs", required=True, help="comma-separated, e.g. '-4,-2,0,2,4' (0 is the baseline)")
+    p.add_argument("--questions", required=True,
+                   help='JSONL file of {"question": ..., "answer": ...}, or a generated set: yesno, '
+                        "wordproblems (optionally with a size: yesno:40)")
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--samples", type=int, default=1, help="samples per question and coefficient (needs --temperature)")
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0, help="sample k uses seed + k")
+    p.add_argument("--scope", default="all")
+    p.add_argument("--system", default=None)
+    p.add_argument("--probe-every", type=int, default=1,
+                   help="probe cadence on yes/no questions (default every token: the last reading is the forced "
+                        "answer; 0 = off)")
+    p.add_argument("--out", required=True, help="folder for results.csv, summary.csv/.txt, figure.html/.png")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="auto")
+    _add_db(p)
+    p.add_argument("--no-log", action="store_true", help="do not record the runs in the session log")
+
+    q = sub.add_parser("analyze", help="where did the reasoning go wrong: the probe at each step of a logged run")
+    q.add_argument("run")
+    q.add_argument("--row", type=int, default=None, help="row to analyse (default: every row)")
+    q.add_argument("--commit", type=float, default=2.0, help="|log-odds| at which the answer counts as emerged")
+    q.add_argument("--drop", type=float, default=2.0, help="a fall in log-odds this large flags a step")
+    q.add_argument("--rollouts", type=int, default=0,
+                   help="K continuations sampled from each step to estimate its value (needs --answer)")
+    q.add_argument("--rollout-tokens", type=int, default=128)
+    q.add_argument("--answer", default=None, help="the right answer, to score rollouts (Yes/No or a number)")
+    q.add_argument("--json", default=None, help="also write the analysis to this JSON file")
+    q.add_argument("--plot", default=None, help="also write the step chart: FILE.html (or FILE.png with kaleido)")
+    q.add_argument("--device", default="auto")
+    q.add_argument("--dtype", default="auto")
+    _add_db(q)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m steer_ui", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     _add_generate(sub)
     _add_vector(sub)
     _add_log(sub)
+    _add_experiments(sub)
     return parser
 
 
@@ -293,11 +336,116 @@ def cmd_inspect_vector(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from steer_ui.models import load_model
+    from steer_ui.questions import load_questions
+    from steer_ui.settings import Scope, parse_layers
+    from steer_ui.sweep import SweepConfig, run_sweep, summary_table
+    from steer_ui.vectors import load_vector
+
+    coefs = tuple(_float_list(args.coefs))
+    config = SweepConfig(
+        questions=load_questions(args.questions), coefs=coefs, max_new_tokens=args.max_new_tokens,
+        vector=load_vector(_vector_path(args.vector, args.model)) if args.vector else None,
+        layers=parse_layers(args.layers), scope=Scope.parse(args.scope), samples=args.samples,
+        temperature=args.temperature, top_p=args.top_p, seed=args.seed, probe_every=args.probe_every,
+        system=args.system,
+        label={"model": args.model, "vector_source": args.vector, "questions_source": args.questions,
+               "title": f"{args.model} | {args.vector or 'no vector'} | {args.questions}"},
+    )
+    config.validate()
+    store = None if args.no_log else _open_store(args.db)
+    print(f"loading {args.model} ...", file=sys.stderr, flush=True)
+    lm = load_model(args.model, device=args.device, dtype=args.dtype)
+    if config.vector is not None:
+        config.vector.check_against(lm.n_layers, lm.hidden_size, config.layers)
+    with _progress_bar(f"{len(config.questions)} questions x {len(coefs)} coefs", unit="run") as progress:
+        result = run_sweep(lm, config, args.out, store, progress)
+    print(summary_table(result.summary))
+    for note in result.notes:
+        print(f"note: {note}", file=sys.stderr)
+    print(f"wrote {', '.join(p.name for p in result.files)} in {result.out}", file=sys.stderr)
+    return 0
+
+
+def _float_list(text: str) -> list[float]:
+    out = []
+    for part in text.split(","):
+        if part.strip():
+            try:
+                out.append(float(part))
+            except ValueError:
+                raise UserError(f"cannot read coefficient {part.strip()!r}: write them like '-4,0,4'") from None
+    return out
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    import json as _json
+
+    from steer_ui.analysis import analyse, report, rollout_values
+    from steer_ui.analysis import figure as step_figure
+    from steer_ui.history import record_events, replay_settings, run_record
+    from steer_ui.models import load_model
+    from steer_ui.questions import Question, kind_of
+    from steer_ui.view import RunView
+
+    store = _open_store(args.db)
+    record = run_record(store, store.get_run(args.run))
+    model_id, settings = replay_settings(store, args.run)
+    if args.rollouts and not args.answer:
+        raise UserError("--rollouts needs --answer (the right answer, to score each continuation)")
+    lm = load_model(model_id, device=args.device, dtype=args.dtype)
+    view = RunView(args.run, lm.profile.think_close)
+    for event in record_events(record, lm.tokenizer):
+        view.apply(event)
+    rows = view.rows if args.row is None else [r for r in view.rows if r.row == args.row]
+    if not rows:
+        raise UserError(f"run {args.run} has no row {args.row} (rows 0-{len(view.rows) - 1})")
+    out, figures = [], []
+    for r in rows:
+        result = analyse(r.pieces, r.steps, r.logodds, r.mass, r.reliable, args.commit, args.drop)
+        if args.rollouts:
+            question = Question("q", settings.prompt, args.answer, kind_of(args.answer))
+            with _progress_bar(f"rollouts for {r.display_label}", unit="step") as progress:
+                result = rollout_values(lm, record["prompt_text"], result, question, args.rollouts,
+                                        args.rollout_tokens, settings, r.coef, progress)
+        print(report(result, r.display_label))
+        print()
+        figures.append(step_figure(result, r.display_label))
+        out.append({"row": r.row, "label": r.label, "coef": r.coef, "first_flag": result.first_flag,
+                    "emergence": result.emergence, "steps": [s.__dict__ for s in result.steps]})
+    if args.json:
+        Path(args.json).write_text(_json.dumps({"run": args.run, "rows": out}, indent=1), encoding="utf-8")
+    if args.plot:
+        _write_plot(figures, Path(args.plot), f"run {args.run}")
+    return 0
+
+
+def _write_plot(figures: list[dict], path: Path, title: str) -> None:
+    import plotly.graph_objects as go
+
+    fig = go.Figure(figures[0])
+    for extra in figures[1:]:
+        fig.add_traces(extra["data"])
+    fig.update_layout(title_text=f"{title}: probe at step boundaries (x = flagged step, dashed = answer emerges)")
+    if path.suffix.lower() == ".png":
+        from steer_ui.sweep import find_browser
+
+        find_browser()
+        try:
+            fig.write_image(path, width=1000, height=420, scale=2)
+        except Exception as err:  # noqa: BLE001 - kaleido or its browser missing
+            raise UserError(f"cannot write {path} ({type(err).__name__}); write .html instead") from None
+    else:
+        fig.write_html(path, include_plotlyjs=True)
+    print(f"wrote {path}", file=sys.stderr)
+
+
 @contextmanager
-def _progress_bar(desc: str) -> Iterator[Callable[[int, int], None]]:
+def _progress_bar(desc: str, unit: str = "text") -> Iterator[Callable[[int, int], None]]:
     from tqdm import tqdm
 
-    bar = tqdm(total=0, desc=desc, unit="text", file=sys.stderr, disable=None)
+    bar = tqdm(total=0, desc=desc, unit=unit, file=sys.stderr, disable=None)
 
     def update(done: int, total: int) -> None:
         bar.total = total
@@ -309,14 +457,26 @@ def _progress_bar(desc: str) -> Iterator[Callable[[int, int], None]]:
         bar.close()
 
 
+def _join_negative_lists(argv: list[str]) -> list[str]:
+    """``--coefs -4,0,4`` as ``--coefs=-4,0,4``: argparse takes '-4,0,4' for an option otherwise."""
+    out: list[str] = []
+    for arg in argv:
+        if out and out[-1] == "--coefs" and re.match(r"-\d|-\.\d", arg):
+            out[-1] = f"--coefs={arg}"
+        else:
+            out.append(arg)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(_join_negative_lists(sys.argv[1:] if argv is None else argv))
     from huggingface_hub.utils import logging as hub_logging
 
     hub_logging.set_verbosity_error()  # retry chatter; our own error line says what went wrong
     try:
         commands = {"generate": cmd_generate, "vector": cmd_vector, "inspect-vector": cmd_inspect_vector,
-                    "runs": cmd_runs, "export": cmd_export, "import": cmd_import, "replay": cmd_replay}
+                    "runs": cmd_runs, "export": cmd_export, "import": cmd_import, "replay": cmd_replay,
+                    "sweep": cmd_sweep, "analyze": cmd_analyze}
         return commands[args.command](args)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -1,0 +1,244 @@
+"""Sweeps and where-it-went-wrong analysis: answer extraction, generated question sets, a real sweep."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from steer_ui.analysis import analyse, split_steps
+from steer_ui.answers import extract, is_correct, last_boxed
+from steer_ui.datasets import preset_vector_path
+from steer_ui.errors import UserError
+from steer_ui.questions import Question, load_questions, read_questions_jsonl, word_problems, yesno_questions
+from steer_ui.store import Store
+from steer_ui.sweep import SweepConfig, run_sweep, wilson
+from steer_ui.vectors import load_vector
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.parametrize("text, kind, want, how", [
+    ("No, 91 is not prime: 91 = 7 x 13.", "yesno", "No", "opening"),
+    ("Yes or no? Let me check. 91 = 7 x 13, so the answer is No.", "yesno", "No", "phrase"),
+    ("**Answer:** Yes", "yesno", "Yes", "phrase"),
+    ("Maybe yes at first... the final answer: \\boxed{No}", "yesno", "No", "boxed"),
+    ("<think>Is it yes? Could be.</think>\n\nThe answer is no.", "yesno", "No", "phrase"),
+    ("I cannot tell.", "yesno", None, "none"),
+    ("To answer this we add 5 and 3, which gives 8. The answer is 8.", "number", "8", "phrase"),
+    ("So the total is \\boxed{1,250} apples.", "number", "1250", "boxed"),
+    ("\\boxed{\\frac{3}{4}}", "number", "3/4", "boxed"),
+    ("First 12, then 7 more: 19 pages remain.", "number", "19", "last-number"),
+    ("The answer is -4.5.", "number", "-9/2", "phrase"),
+    ("\\boxed{x^{2} + 1}", "text", "x^{2} + 1", "boxed"),
+    ("no digits here", "number", None, "none"),
+])
+def test_answer_extraction(text, kind, want, how):
+    got = extract(text, kind)
+    assert (got.value, got.how) == (want, how)
+
+
+def test_scoring():
+    q = Question("q", "?", "1250", "number")
+    assert is_correct("1250", q) and is_correct("1,250", q) and not is_correct("125", q) and not is_correct(None, q)
+    assert is_correct("3/4", Question("f", "?", "0.75", "number"))
+    assert is_correct("No", Question("n", "?", "no", "yesno"))
+    assert not is_correct("Yes", Question("n", "?", "No", "yesno"))
+    assert is_correct("x^{2}+1", Question("t", "?", "x^{2} + 1", "text"))
+    assert last_boxed("\\boxed{a{b}c} and \\boxed{\\frac{1}{2}}") == "\\frac{1}{2}"
+    assert last_boxed("\\boxed{unclosed") is None
+
+
+def _sieve(n: int) -> set[int]:
+    flags = [True] * (n + 1)
+    flags[0:2] = [False, False]
+    for i in range(2, int(n ** 0.5) + 1):
+        if flags[i]:
+            flags[i * i::i] = [False] * len(flags[i * i::i])
+    return {i for i, f in enumerate(flags) if f}
+
+
+def test_generated_yes_no_answers_are_right_and_balanced():
+    primes = _sieve(1000)
+    qs = yesno_questions(80)
+    assert len({q.question for q in qs}) >= 70
+    assert sum(q.answer == "Yes" for q in qs) == 40  # balanced
+    for q in qs:  # recompute each answer from the question's own text
+        nums = list(map(int, re.findall(r"\d+", q.question)))
+        if "prime" in q.question:
+            truth = nums[0] in primes
+        elif "divisible" in q.question:
+            truth = nums[0] % nums[1] == 0
+        elif "greater" in q.question:
+            truth = nums[0] * nums[1] > nums[2]
+        else:
+            truth = nums[0] + nums[1] == nums[2]
+        assert q.answer == ("Yes" if truth else "No"), q.question
+
+
+def test_generated_word_problems_are_right():
+    for q in word_problems(40):
+        n = list(map(int, re.findall(r"\d+", q.question)))
+        if q.question.startswith("Sam"):
+            want = n[0] + n[1] * n[2] - n[3]
+        elif "train" in q.question:
+            want = n[0] * n[1]
+        elif "pen" in q.question:
+            want = n[2] - n[0] * n[1]
+        else:
+            want = n[0] - n[1] * n[2]
+        assert int(q.answer) == want, q.question
+
+
+def test_question_files_and_names(tmp_path):
+    f = tmp_path / "q.jsonl"
+    f.write_text('{"question": "Is 4 even?", "answer": "Yes"}\n\n{"id": "m1", "question": "2+2?", "answer": 4}\n')
+    qs = read_questions_jsonl(f)
+    assert [(q.id, q.kind, q.answer) for q in qs] == [("1", "yesno", "Yes"), ("m1", "number", "4")]
+    assert len(load_questions("yesno:7")) == 7 and len(load_questions("wordproblems")) == 50
+    for bad, message in [('{"question": "x"}', "expected"), ("not json", "not valid JSON"),
+                         ('{"question": "", "answer": "1"}', "empty"), ("", "no questions")]:
+        f.write_text(bad + "\n")
+        with pytest.raises(UserError, match=message):
+            read_questions_jsonl(f)
+    with pytest.raises(UserError, match="no such questions file"):
+        load_questions("nope.jsonl")
+    with pytest.raises(UserError, match="size"):
+        load_questions("yesno:many")
+
+
+def test_wilson_interval():
+    lo, hi = wilson(9, 10)
+    assert lo == pytest.approx(0.596, abs=1e-3) and hi == pytest.approx(0.982, abs=1e-3)
+    assert wilson(0, 0) == (0.0, 0.0)
+
+
+def test_steps_flags_and_emergence():
+    pieces = ["First", " step", ".\n", "\n", "Second", ".\n", "Third", " one", ".\n", "End"]
+    assert split_steps(pieces) == [(0, 3), (3, 6), (6, 9), (9, 10)]
+    # Readings after 3, 6, 9 and 10 tokens: leaning yes, then a sharp drop, then a flip, then committed.
+    result = analyse(pieces, [0, 3, 6, 9, 10], [0.5, 3.0, 0.4, -1.0, -2.5], [0.9] * 5, [True] * 5,
+                     commit=2.0, drop=2.0)
+    assert [s.flag for s in result.steps] == [None, "drop", "flip", None]
+    assert result.first_flag == 1 and result.emergence == 0
+    assert [s.reading_step for s in result.steps] == [3, 6, 9, 10]
+    # Sparse probes: the latest reading before each boundary; unreliable readings flag nothing.
+    sparse = analyse(pieces, [0, 4, 8], [1.0, -1.0, -3.0], [0.9, 0.01, 0.9], [True, False, True])
+    assert [s.reading_step for s in sparse.steps] == [0, 4, 8, 8] and sparse.steps[1].flag is None
+    assert sparse.emergence == 2
+
+
+@pytest.fixture(scope="module")
+def sweep_setup(bundled, tmp_path_factory):
+    vec = load_vector(preset_vector_path("reconsideration", "smollm2-135m"))
+    qs = yesno_questions(2) + word_problems(1)
+    cfg = SweepConfig(questions=qs, coefs=(-4.0, 0.0, 4.0), max_new_tokens=12, vector=vec, layers=(15, 16, 17, 18))
+    root = tmp_path_factory.mktemp("sweep")
+    return cfg, root, Store(str(root / "log.sqlite"))
+
+
+def test_a_small_sweep_writes_everything_and_logs_every_run(bundled, sweep_setup):
+    cfg, root, store = sweep_setup
+    result = run_sweep(bundled, cfg, root / "out", store)
+    assert result.ran == 3
+    names = {p.name for p in result.files}
+    assert {"results.csv", "summary.csv", "summary.txt", "figure.html", "sweep.json"} <= names
+    rows = list(csv.DictReader((root / "out" / "results.csv").open()))
+    assert len(rows) == 3 * 3
+    assert {(r["question_id"], float(r["coef"])) for r in rows} == {(q.id, c) for q in cfg.questions
+                                                                    for c in cfg.coefs}
+    for r in rows:  # each row's score is its own extraction, and its run is in the log with that text
+        q = next(q for q in cfg.questions if q.id == r["question_id"])
+        assert int(r["correct"]) == is_correct(extract(r["text"], q.kind).value, q)
+        stream = store.get_run(r["run_id"]).streams
+        assert r["text"] in [s.text for s in stream]
+        if q.kind == "yesno":
+            assert r["final_logodds"] != ""
+    assert len(store.list_runs()) == 3
+    summary = {s.coef: s for s in result.summary}
+    assert summary[0.0].n == 3 and 0 <= summary[4.0].accuracy <= 1
+    assert summary[0.0].mean_tokens == pytest.approx(
+        sum(int(r["cot_tokens"]) for r in rows if float(r["coef"]) == 0) / 3)
+
+
+def test_a_sweep_resumes_where_it_stopped(bundled, sweep_setup, tmp_path):
+    cfg, root, store = sweep_setup
+    out = root / "out"
+    run_sweep(bundled, cfg, out, store)  # done already when the test above ran: then nothing runs
+    before = (out / "results.csv").read_text()
+    again = run_sweep(bundled, cfg, out, store)
+    assert again.ran == 0 and (out / "results.csv").read_text() == before
+    # An interruption after the first question: only the rest is run, and the results are the same.
+    body = list(csv.DictReader(io.StringIO(before, newline="")))
+    keep = [i for i, r in enumerate(body) if r["question_id"] == cfg.questions[0].id]
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    (partial / "sweep.json").write_text((out / "sweep.json").read_text())
+    with (partial / "results.csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(body[0]))
+        w.writeheader()
+        w.writerows(body[i] for i in keep)
+    resumed = run_sweep(bundled, cfg, partial, None)
+    assert resumed.ran == 2
+    strip = lambda rows: sorted((r["question_id"], r["coef"], r["text"], r["correct"]) for r in rows)  # noqa: E731
+    assert strip(csv.DictReader((partial / "results.csv").open())) == strip(body)
+    # A different sweep into the same folder is refused, and nothing is written.
+    other = SweepConfig(questions=cfg.questions, coefs=(0.0, 8.0), max_new_tokens=12, vector=cfg.vector,
+                        layers=cfg.layers)
+    with pytest.raises(UserError, match="different sweep.*coefs"):
+        run_sweep(bundled, other, out, store)
+    assert (out / "results.csv").read_text() == before
+
+
+@pytest.mark.parametrize("cfg_kwargs, message", [
+    ({"coefs": ()}, "at least one coefficient"),
+    ({"coefs": (0.0, 4.0), "vector": None}, "need a steering vector"),
+    ({"coefs": (0.0, float("nan"))}, "finite"),
+    ({"samples": 3}, "temperature"),
+    ({"coefs": (1.0, 1.0)}, "repeat"),
+])
+def test_sweep_bad_settings(bundled, sweep_setup, tmp_path, cfg_kwargs, message):
+    cfg, _, _ = sweep_setup
+    kwargs = {"questions": cfg.questions, "coefs": (0.0,), "max_new_tokens": 4, "vector": cfg.vector, **cfg_kwargs}
+    with pytest.raises(UserError, match=message):
+        run_sweep(bundled, SweepConfig(**kwargs), tmp_path / "o")
+    assert not (tmp_path / "o").exists()
+
+
+def cli(*args: str, env_db: Path) -> subprocess.CompletedProcess:
+    import os
+
+    return subprocess.run([sys.executable, "-m", "steer_ui", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=600, env={**os.environ, "STEER_UI_DB": str(env_db)})
+
+
+def test_sweep_and_analyze_from_the_command_line(tmp_path):
+    db = tmp_path / "log.sqlite"
+    out = tmp_path / "sweep"
+    proc = cli("sweep", "--questions", "yesno:2", "--vector", "reconsideration", "--layers", "15-18",
+               "--coefs", "-4,0", "--max-new-tokens", "10", "--out", str(out), env_db=db)
+    assert proc.returncode == 0, proc.stderr
+    assert "accuracy" in proc.stdout and "forced acc" in proc.stdout
+    assert len(list(csv.DictReader((out / "results.csv").open()))) == 4
+    run_id = list(csv.DictReader((out / "results.csv").open()))[0]["run_id"]
+    proc = cli("analyze", run_id, "--json", str(tmp_path / "a.json"), "--plot", str(tmp_path / "a.html"),
+               env_db=db)
+    assert proc.returncode == 0, proc.stderr
+    assert "steps | first flagged step" in proc.stdout
+    data = json.loads((tmp_path / "a.json").read_text())
+    assert data["run"] == run_id and data["rows"][0]["steps"]
+    assert (tmp_path / "a.html").stat().st_size > 100_000
+    for args, message in [(("sweep", "--questions", "yesno:2", "--coefs", "0,4", "--out", str(tmp_path / "x")),
+                           "need a steering vector"),
+                          (("sweep", "--questions", "missing.jsonl", "--coefs", "0", "--out", str(tmp_path / "x")),
+                           "no such questions file"),
+                          (("analyze", "nope"), "no run"),
+                          (("analyze", run_id, "--rollouts", "2"), "needs --answer")]:
+        proc = cli(*args, env_db=db)
+        assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
