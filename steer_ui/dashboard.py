@@ -37,6 +37,7 @@ FILE_VECTOR = "uploaded or computed file"
 SCOPES = ["all", "generated", "kick:8", "think", "answer"]
 UPDATES_PER_S = 15  # what a browser comfortably renders; the engine may be much faster or slower
 KEEP_VIEWS = 32  # runs whose full view a browser can fetch again (Dashboard.snapshot)
+MAX_SWEEP_QUESTIONS = 50  # the Sweep tab is for a quick look; the CLI runs big sweeps
 
 EXAMPLES = [
     # prompt, vector, coefficients, scope, max new tokens
@@ -291,6 +292,52 @@ class Dashboard:
         paths = export(self.ctx.store, folder / f"steer-ui-{run_id}.jsonl", "jsonl", run_id=run_id)
         paths += export(self.ctx.store, folder / f"steer-ui-{run_id}.csv", "csv", run_id=run_id)
         return [str(fig), *map(str, paths)]
+
+    # --- sweeps ---------------------------------------------------------------------------------
+    def sweep(self, questions: str, questions_file: str | None, sweep_coefs: str, sweep_tokens: float,
+              vector: str, vector_file: str | None, layers: str, scope: str, browser_id: str | None = None,
+              progress: gr.Progress | None = gr.Progress()) -> tuple:  # noqa: B008
+        """A small sweep with the Generate tab's vector, layers and scope: (table, figure, files, status)."""
+        from steer_ui.questions import load_questions
+        from steer_ui.sweep import SweepConfig, run_sweep
+
+        try:
+            qs = load_questions(questions_file or (questions or "").strip() or "yesno:8")
+            if len(qs) > MAX_SWEEP_QUESTIONS:
+                raise UserError(f"the dashboard runs at most {MAX_SWEEP_QUESTIONS} questions; use "
+                                "'python -m steer_ui sweep' for more")
+            coefs = tuple(_parse_coefs(sweep_coefs))
+            vec = self.resolve_vector(vector, vector_file) if any(c != 0 for c in coefs) else None
+            cfg = SweepConfig(questions=qs, coefs=coefs, max_new_tokens=_int(sweep_tokens, "max new tokens"),
+                              vector=vec, layers=parse_layers(layers or "all", self.ctx.lm.n_layers) if vec else None,
+                              scope=Scope.parse(scope or "all"),
+                              label={"title": f"{self.ctx.lm.model_id} | {vec.name if vec else 'no vector'}"})
+            cfg.validate()
+            if vec is not None:
+                vec.check_against(self.ctx.lm.n_layers, self.ctx.lm.hidden_size, cfg.layers)
+            sid = self.session_for(browser_id)
+            out = Path(tempfile.mkdtemp(prefix="sweep-", dir=self.ctx.files))
+
+            def report(done: int, total: int) -> None:
+                if progress is not None:
+                    progress((done, total), desc="sweeping", unit="questions")
+
+            with self.ctx.model_lock:
+                result = run_sweep(self.ctx.lm, cfg, out, self.ctx.store, report, session_id=sid)
+        except UserError as err:
+            raise _err(err) from None
+        from steer_ui.sweep import figure as sweep_figure
+
+        table = [[f"{s.coef:+g}", s.n, f"{s.accuracy:.0%}", f"{s.ci_low:.0%}-{s.ci_high:.0%}",
+                  f"{s.mean_tokens:.1f}", f"{s.mean_tokens_correct:.1f}" if s.mean_tokens_correct is not None else "-",
+                  f"{s.mean_final_logodds_gold:+.2f}" if s.mean_final_logodds_gold is not None else "-",
+                  f"{s.forced_accuracy:.0%}" if s.forced_accuracy is not None else "-"] for s in result.summary]
+        import plotly.graph_objects as go
+
+        files = [str(p) for p in result.files if p.suffix in (".csv", ".html", ".png")]
+        status = (f"**finished**: {len(qs)} questions x {len(coefs)} coefficients, {result.ran} runs, logged in this "
+                  "browser's History." + "".join(f"  \n{escape(n)}" for n in result.notes))
+        return table, go.Figure(sweep_figure(result.summary, cfg.label["title"])), files, status
 
     # --- history --------------------------------------------------------------------------------
     def history(self, browser_id: str | None) -> list[list]:

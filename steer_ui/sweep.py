@@ -58,7 +58,7 @@ class SweepConfig:
         if any(not math.isfinite(c) for c in self.coefs):
             raise UserError("a coefficient is not a finite number")
         if any(c != 0 for c in self.coefs) and self.vector is None:
-            raise UserError("nonzero coefficients need a steering vector (--vector FILE)")
+            raise UserError("nonzero coefficients need a steering vector")
         if self.samples < 1:
             raise UserError(f"samples must be >= 1, got {self.samples}")
         if self.samples > 1 and self.temperature <= 0:
@@ -112,7 +112,7 @@ class SweepResult:
 
 
 def run_sweep(lm: LoadedModel, cfg: SweepConfig, out: str | Path, store: Store | None = None,
-              progress: Progress | None = None) -> SweepResult:
+              progress: Progress | None = None, session_id: str | None = None) -> SweepResult:
     """Run what ``out/results.csv`` does not have yet, then write the summary and the figure."""
     cfg.validate()
     out = _prepare(Path(out).expanduser(), cfg)
@@ -120,7 +120,7 @@ def run_sweep(lm: LoadedModel, cfg: SweepConfig, out: str | Path, store: Store |
     done = {(r["question_id"], float(r["coef"]), int(r["sample"])) for r in _read(results)}
     todo = [(q, s) for q in cfg.questions for s in range(cfg.samples)
             if any((q.id, c, s) not in done for c in cfg.coefs)]
-    session = store.new_session("sweep", str(out)[:200]) if store is not None else None
+    session = (session_id or store.new_session("sweep", str(out)[:200])) if store is not None else None
     total = len(cfg.questions) * cfg.samples
     if progress is not None:
         progress(total - len(todo), total)

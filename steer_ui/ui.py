@@ -116,6 +116,26 @@ def build(dash: Dashboard) -> gr.Blocks:
                             result = gr.JSON(label="Run data")
                 gr.Examples(_examples(dash), inputs=[prompt, vector, coefs, scope, max_new_tokens], label="Examples",
                             cache_examples=False)
+            with gr.Tab("Sweep", id="sweep"):
+                gr.Markdown("Run every question at every coefficient with the vector, layers and scope chosen on "
+                            "the Generate tab; each run is logged in History. Big sweeps: "
+                            "`python -m steer_ui sweep` (see README).")
+                with gr.Row():
+                    sweep_questions = gr.Dropdown(["yesno:8", "yesno:20", "wordproblems:8"], value="yesno:8",
+                                                  allow_custom_value=True, label="Questions",
+                                                  info="a generated set (name:size)")
+                    sweep_file = gr.File(label="or a questions file (.jsonl)", file_types=[".jsonl"],
+                                         type="filepath")
+                    sweep_coefs = gr.Textbox("-4, 0, 4", label="Sweep coefficients", info="0 is the baseline")
+                    sweep_tokens = gr.Slider(8, 1024, value=64, step=1, label="Max new tokens per answer")
+                sweep_btn = gr.Button("Run sweep", variant="primary")
+                sweep_status = gr.Markdown("", label="Sweep status")
+                sweep_table = gr.Dataframe(headers=["coef", "n", "accuracy", "95% CI", "CoT tokens",
+                                                    "CoT tokens (correct)", "final log-odds to gold",
+                                                    "forced accuracy"],
+                                           interactive=False, label="Summary")
+                sweep_plot = gr.Plot(label="Accuracy and chain-of-thought length against the coefficient")
+                sweep_files = gr.File(label="Sweep files", file_count="multiple", interactive=False)
             with gr.Tab("History", id="history"):
                 gr.Markdown("Runs from this browser, newest first. Click a row to open it.")
                 history = gr.Dataframe(headers=["run", "started (UTC)", "status", "prompt", "coefs", "tokens"],
@@ -150,6 +170,12 @@ def build(dash: Dashboard) -> gr.Blocks:
         compute_btn.click(dash.compute, inputs=[pairs_text, pairs_file, method, compute_layers],
                           outputs=[vector, vector_file, layer_info, layers], api_name="compute_vector",
                           concurrency_id="gpu", concurrency_limit=1)
+
+        sweep_btn.click(dash.sweep, inputs=[sweep_questions, sweep_file, sweep_coefs, sweep_tokens, vector,
+                                            vector_file, layers, scope, browser_id],
+                        outputs=[sweep_table, sweep_plot, sweep_files, sweep_status], api_name="sweep",
+                        concurrency_id="gpu", concurrency_limit=1).then(
+            dash.history, inputs=browser_id, outputs=history, api_visibility="private", queue=False)
 
         opened = [*run_outputs, prompt, system_prompt, layers, coefs, scope, vector, vector_file]
         open_btn.click(dash.open_run, inputs=[run_id, browser_id], outputs=opened, api_name="open_run").then(

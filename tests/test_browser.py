@@ -222,3 +222,21 @@ def test_a_2000_token_run_streams_every_token_at_a_bounded_update_rate(browser, 
         context.close()
     finally:
         demo.close()
+
+
+def test_the_sweep_tab_shows_its_table_and_figure(page: Page, shots: Path):
+    page.get_by_label("Steering vector").click()
+    page.get_by_role("option", name="reconsideration").click()
+    expect(page.get_by_label("Layers")).not_to_have_value("", timeout=10_000)
+    page.get_by_role("tab", name="Sweep").click()
+    page.get_by_label("Questions").fill("yesno:2")
+    page.get_by_label("Sweep coefficients").fill("0, 4")
+    tokens = page.get_by_label("Max new tokens per answer").and_(page.locator("input[type=number]"))
+    tokens.fill("8")
+    tokens.press("Enter")
+    page.get_by_role("button", name="Run sweep").click()
+    expect(page.get_by_text(re.compile(r"^finished: 2 questions x 2 coefficients"))).to_be_visible(timeout=120_000)
+    table = page.get_by_label("Summary")
+    expect(table.get_by_text("+4", exact=True).filter(visible=True).first).to_be_visible()
+    expect(page.locator(".js-plotly-plot").filter(visible=True).first).to_be_visible(timeout=15_000)
+    page.screenshot(path=str(shots / "7-sweep.png"), full_page=True)

@@ -323,3 +323,18 @@ def test_vector_names_are_escaped_in_the_layer_table(dash, tmp_path):
     vec = load_vector(preset_vector_path("confidence", "smollm2-135m"))
     vec.name = "<b onmouseover=x>evil</b>"
     assert "<b onmouseover" not in dash.layer_table(vec) and "&lt;b onmouseover" in dash.layer_table(vec)
+
+
+def test_sweep_tab_handler_runs_a_small_sweep_and_logs_it(dash):
+    table, fig, files, status = dash.sweep("yesno:2", None, "0, 4", 8, "reconsideration", None, "15-18", "all",
+                                           "browser-a", progress=None)
+    assert [row[0] for row in table] == ["+0", "+4"] and all(row[1] == 2 for row in table)
+    assert "finished" in status and len(dash.history("browser-a")) == 2  # one run per question, in History
+    assert {p.rsplit("/", 1)[1] for p in files} >= {"results.csv", "summary.csv", "figure.html"}
+    assert [t.name for t in fig.data][:1] == ["accuracy"]
+    for args, message in [(("yesno:2", None, "0, 4", 8, NO_VECTOR, None, "", "all"), "need a steering vector"),
+                          (("yesno:500", None, "0", 8, NO_VECTOR, None, "", "all"), "at most"),
+                          (("nope.jsonl", None, "0", 8, NO_VECTOR, None, "", "all"), "no such questions file"),
+                          (("yesno:2", None, "x", 8, NO_VECTOR, None, "", "all"), "not a number")]:
+        with pytest.raises(gr.Error, match=message):
+            dash.sweep(*args, "browser-a", progress=None)
