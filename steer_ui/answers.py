@@ -1,8 +1,8 @@
 """Reading the final answer out of a chain of thought, and scoring it.
 
 Order of trust: a ``\\boxed{...}`` answer (the last one), then an explicit "answer is / answer:" phrase
-(the last one), then, for yes/no, a reply that opens with Yes or No, and for numbers, the last number
-after the thinking block. Anything else is no answer (scored wrong), never a guess.
+(the last one), then, for yes/no, the last line that opens with Yes or No, and for numbers, the last
+number after the thinking block. Anything else is no answer (scored wrong), never a guess.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ _YESNO = re.compile(r"\b(yes|no|true|false)\b", re.IGNORECASE)
 @dataclass(frozen=True)
 class Extracted:
     value: str | None  # normalised: "Yes"/"No", a number as text, or text; None when nothing was found
-    how: str  # boxed | phrase | opening | last-number | none
+    how: str  # boxed | phrase | line | last-number | none
 
 
 def after_thinking(text: str, think_close: str | None = "</think>") -> str:
@@ -87,9 +87,9 @@ def extract(text: str, kind: str, think_close: str | None = "</think>") -> Extra
         if value is not None:
             return Extracted(value, "phrase")
     if kind == "yesno":
-        opening = re.match(r"\s*(?:\*\*)?\s*(yes|no)\b", answer, re.IGNORECASE)
-        if opening:
-            return Extracted("Yes" if opening.group(1).lower() == "yes" else "No", "opening")
+        openings = re.findall(r"^\s*(?:\*\*)?\s*(yes|no)\b", answer, re.IGNORECASE | re.MULTILINE)
+        if openings:  # the last line that opens with Yes or No
+            return Extracted("Yes" if openings[-1].lower() == "yes" else "No", "line")
     elif kind == "number":
         numbers = re.findall(_NUMBER, answer)
         if numbers:

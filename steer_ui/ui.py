@@ -50,7 +50,7 @@ def build(dash: Dashboard) -> gr.Blocks:
         return dash.snapshot(run_key)
 
     with gr.Blocks(title="steer-ui", fill_width=True) as demo:
-        browser_id = gr.BrowserState("", storage_key="steer-ui-session")
+        browser_id = gr.BrowserState("", storage_key="steer-ui-session", secret=browser_secret())
         gr.Markdown("## steer-ui", elem_id="su-title")
         gr.Markdown(INTRO)
         with gr.Tabs() as tabs:
@@ -192,6 +192,34 @@ def build(dash: Dashboard) -> gr.Blocks:
         demo.load(dash.on_page_load, inputs=browser_id, outputs=[browser_id, history, *opened, tabs],
                   api_visibility="private")
     return demo
+
+
+def browser_secret() -> str:
+    """The key that encrypts each browser's session id in its local storage, kept across restarts.
+
+    Gradio's default is a new random key per launch, which would give every browser a new, empty
+    History after each restart.
+    """
+    import secrets
+
+    from steer_ui.models import default_cache_dir
+
+    env = os.environ.get("STEER_UI_SECRET")
+    if env:
+        return env
+    path = default_cache_dir() / "browser-secret"
+    try:
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                with os.fdopen(fd, "w") as f:
+                    f.write(secrets.token_hex(32))
+            except FileExistsError:  # another process made it first: use theirs
+                pass
+        return path.read_text().strip()
+    except OSError:  # an unwritable cache: sessions last until the next restart
+        return secrets.token_hex(32)
 
 
 def _examples(dash: Dashboard) -> list[list]:

@@ -103,8 +103,13 @@ def test_generate_streams_both_panes_and_the_chart_then_downloads(page: Page, sh
     assert page.evaluate("() => window.__pwned") is None
     assert page.locator("img[src='x']").count() == 0
 
-    # Clicking the run in the table opens it on the Generate tab, exactly as it streamed.
+    # The browser keeps its session: after a reload, History still lists the run.
     live = page.locator(".su-body").evaluate_all("els => els.map(e => e.textContent)")
+    page.reload()
+    page.get_by_role("tab", name="History").click()
+    expect(page.get_by_text(run_id).filter(visible=True).first).to_be_visible(timeout=15_000)
+
+    # Clicking the run in the table opens it on the Generate tab, exactly as it streamed.
     page.get_by_text(run_id).filter(visible=True).first.click()
     expect(page.get_by_text(re.compile(rf"Run {run_id} from"))).to_be_visible(timeout=15_000)
     assert page.locator(".su-body").evaluate_all("els => els.map(e => e.textContent)") == live

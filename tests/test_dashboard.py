@@ -338,3 +338,15 @@ def test_sweep_tab_handler_runs_a_small_sweep_and_logs_it(dash):
                           (("yesno:2", None, "x", 8, NO_VECTOR, None, "", "all"), "not a number")]:
         with pytest.raises(gr.Error, match=message):
             dash.sweep(*args, "browser-a", progress=None)
+
+
+def test_the_browser_session_key_survives_a_restart(tmp_path, monkeypatch):
+    from steer_ui.ui import browser_secret
+
+    monkeypatch.setenv("STEER_UI_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("STEER_UI_SECRET", raising=False)
+    first = browser_secret()
+    assert len(first) == 64 and browser_secret() == first
+    assert oct((tmp_path / "cache" / "browser-secret").stat().st_mode & 0o777) == "0o600"
+    monkeypatch.setenv("STEER_UI_SECRET", "from-env")
+    assert browser_secret() == "from-env"

@@ -25,7 +25,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.parametrize("text, kind, want, how", [
-    ("No, 91 is not prime: 91 = 7 x 13.", "yesno", "No", "opening"),
+    ("No, 91 is not prime: 91 = 7 x 13.", "yesno", "No", "line"),
+    ("Let me check 91 = 7 x 13.\n\nNo. It is not prime.", "yesno", "No", "line"),
+    ("Yes, at first glance.\nWait.\nNo, 91 = 7 x 13.", "yesno", "No", "line"),
     ("Yes or no? Let me check. 91 = 7 x 13, so the answer is No.", "yesno", "No", "phrase"),
     ("**Answer:** Yes", "yesno", "Yes", "phrase"),
     ("Maybe yes at first... the final answer: \\boxed{No}", "yesno", "No", "boxed"),
@@ -234,11 +236,23 @@ def test_sweep_and_analyze_from_the_command_line(tmp_path):
     data = json.loads((tmp_path / "a.json").read_text())
     assert data["run"] == run_id and data["rows"][0]["steps"]
     assert (tmp_path / "a.html").stat().st_size > 100_000
-    for args, message in [(("sweep", "--questions", "yesno:2", "--coefs", "0,4", "--out", str(tmp_path / "x")),
-                           "need a steering vector"),
-                          (("sweep", "--questions", "missing.jsonl", "--coefs", "0", "--out", str(tmp_path / "x")),
+    for args, message in [(("sweep", "--questions", "missing.jsonl", "--coefs", "0", "--out", str(tmp_path / "x")),
                            "no such questions file"),
-                          (("analyze", "nope"), "no run"),
                           (("analyze", run_id, "--rollouts", "2"), "needs --answer")]:
         proc = cli(*args, env_db=db)
         assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_rollouts_score_continuations_from_each_step(bundled):
+    from steer_ui.analysis import rollout_values
+    from steer_ui.settings import RunSettings
+
+    q = Question("q", "Is 91 a prime number?", "No", "yesno")
+    result = analyse(["Let", " me", " think", ".\n", "No", "."], [0, 4, 6], [0.1, -0.5, -2.5], [0.9] * 3,
+                     [True] * 3)
+    calls = []
+    valued = rollout_values(bundled, "Q: Is 91 a prime number? Answer Yes or No.\nA:", result, q, 2, 4,
+                            RunSettings("x"), 0.0, progress=lambda d, t: calls.append((d, t)))
+    assert [s.index for s in valued.steps] == [0, 1] and calls == [(1, 2), (2, 2)]
+    # The second step's prefix already says "No.": every continuation from it is scored correct.
+    assert valued.steps[1].value == 1.0 and 0.0 <= valued.steps[0].value <= 1.0
