@@ -245,3 +245,26 @@ def test_the_sweep_tab_shows_its_table_and_figure(page: Page, shots: Path):
     expect(table.get_by_text("+4", exact=True).filter(visible=True).first).to_be_visible()
     expect(page.locator(".js-plotly-plot").filter(visible=True).first).to_be_visible(timeout=15_000)
     page.screenshot(path=str(shots / "7-sweep.png"), full_page=True)
+
+
+def test_closing_the_tab_stops_the_run_and_frees_the_model(browser, app_server):
+    import time
+
+    url, dash = app_server
+    context = browser.new_context()
+    page = context.new_page()
+    page.goto(url)
+    page.get_by_label("Prompt").fill(LONG)
+    tokens = page.get_by_label("Max new tokens").and_(page.locator("input[type=number]"))
+    tokens.fill("1500")
+    tokens.press("Enter")
+    page.get_by_role("button", name="Generate", exact=True).click()
+    page.wait_for_function("() => (document.querySelector('.su-body') || {textContent: ''}).textContent.length > 10",
+                           timeout=60_000)
+    context.close()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and (dash.ctx.model_lock.locked() or dash.ctx.active):
+        time.sleep(0.2)
+    assert not dash.ctx.model_lock.locked() and not dash.ctx.active
+    latest = dash.ctx.store.list_runs(limit=1)[0]
+    assert latest.status == "cancelled" and 0 < latest.tokens < 1500
