@@ -71,8 +71,8 @@ def build(dash: Dashboard) -> gr.Blocks:
                         with gr.Group():
                             vector = gr.Dropdown(dash.vector_choices(), value=NO_VECTOR, label="Steering vector")
                             layer_info = gr.HTML(dash.layer_table(None), label="Separation by layer")
-                        with gr.Accordion("Upload a vector file", open=False):
-                            vector_file = gr.File(label="Vector file (.gguf, .safetensors, .pt, .npy)",
+                        with gr.Accordion("Upload a vector file (.gguf, .safetensors, .pt, .npy)", open=False):
+                            vector_file = gr.File(label="Vector file",
                                                   file_types=[".gguf", ".safetensors", ".pt", ".pth", ".npy", ".npz"],
                                                   type="filepath")
                         with gr.Accordion("Compute a vector from contrastive pairs", open=False):
@@ -244,6 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="interface to listen on (0.0.0.0 to serve your network)")
     p.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
     p.add_argument("--share", action="store_true", help="also open a temporary public gradio.live link")
+    p.add_argument("--auth", default=os.environ.get("STEER_UI_AUTH"),
+                   help="require a login: 'user:password' (several: 'a:pw1,b:pw2'; default $STEER_UI_AUTH)")
     p.add_argument("--db", default=None, help="session log: path or SQLAlchemy URL (default $STEER_UI_DB)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
     p.add_argument("--dtype", default="auto", help="auto | float32 | bfloat16 | float16")
@@ -263,6 +265,19 @@ def create_app(model: str = BUNDLED_ALIAS, db: str | None = None, device: str = 
     return build(dash), dash
 
 
+def parse_auth(text: str | None) -> list[tuple[str, str]] | None:
+    """'user:password[,user2:password2]' as Gradio's auth list; None when empty."""
+    if not text or not text.strip():
+        return None
+    pairs = []
+    for item in text.split(","):
+        user, sep, password = item.strip().partition(":")
+        if not sep or not user or not password:
+            raise UserError("--auth wants 'user:password' (several separated by commas), with neither part empty")
+        pairs.append((user, password))
+    return pairs
+
+
 def launch_kwargs() -> dict:
     return {"css": CSS, "run_history": False, "show_error": True, "allowed_paths": []}
 
@@ -271,11 +286,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     print(f"loading {args.model} ...", file=sys.stderr, flush=True)
     try:
+        auth = parse_auth(args.auth)  # a malformed --auth fails before the model loads
         demo, dash = create_app(args.model, args.db, args.device, args.dtype)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(dash.ctx.lm.describe(), file=sys.stderr)
     demo.queue(default_concurrency_limit=4).launch(server_name=args.host, server_port=args.port, share=args.share,
-                                                   **launch_kwargs())
+                                                   auth=auth, **launch_kwargs())
     return 0
