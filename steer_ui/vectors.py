@@ -135,7 +135,7 @@ def read_repeng_gguf(path: Path) -> SteeringVector:
     try:
         reader = gguf.GGUFReader(str(path))
     except Exception as err:  # the reader raises many types on malformed input
-        raise UserError(f"{path}: not a readable GGUF file ({type(err).__name__}: {err})") from None
+        raise UserError(f"{path}: not a readable GGUF file ({type(err).__name__}: {_why(err)})") from None
 
     def text_field(key: str) -> str:
         f = reader.get_field(key)
@@ -153,7 +153,6 @@ def read_repeng_gguf(path: Path) -> SteeringVector:
 
 
 def read_safetensors(path: Path) -> SteeringVector:
-    from safetensors import SafetensorError
     from safetensors.torch import safe_open
 
     directions: dict[int, torch.Tensor] = {}
@@ -164,8 +163,10 @@ def read_safetensors(path: Path) -> SteeringVector:
                 m = _LAYER_KEY.fullmatch(key)
                 if m:
                     directions[int(m.group(1))] = _checked(int(m.group(1)), f.get_tensor(key), str(path))
-    except (SafetensorError, OSError, ValueError) as err:
-        raise UserError(f"{path}: not a readable safetensors file ({err})") from None
+    except UserError:
+        raise
+    except Exception as err:  # noqa: BLE001 - a damaged file is "unreadable", whatever raised
+        raise UserError(f"{path}: not a readable safetensors file ({_why(err)})") from None
     return _finish(directions, str(path), meta.get("model_hint", ""), meta)
 
 
@@ -185,15 +186,19 @@ def _from_matrix(arr: np.ndarray | torch.Tensor, where: str) -> dict[int, torch.
     return {i: _checked(i, arr[i], where) for i in range(arr.shape[0])}
 
 
+def _why(err: BaseException) -> str:
+    """The first line of an exception's message (some have none), for a one-line error."""
+    lines = str(err).strip().splitlines()
+    return (lines[0] if lines else type(err).__name__)[:200]
+
+
 def read_torch(path: Path) -> SteeringVector:
     """``torch.load(weights_only=True)``: tensors and plain containers only, never arbitrary pickles."""
-    import pickle
-
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as err:
+    except Exception as err:  # noqa: BLE001 - pickles and damaged files raise many types: all are refused
         raise UserError(f"{path}: refused or unreadable .pt file (only plain tensors are accepted, never "
-                        f"pickled code): {str(err).splitlines()[0][:200]}") from None
+                        f"pickled code): {_why(err)}") from None
     if isinstance(obj, torch.Tensor):
         return _finish(_from_matrix(obj, str(path)), str(path), "", {})
     if isinstance(obj, dict):
@@ -205,12 +210,16 @@ def read_numpy(path: Path) -> SteeringVector:
     """``numpy.load(allow_pickle=False)``: object arrays (pickles) are refused."""
     try:
         data = np.load(str(path), allow_pickle=False)
-    except (ValueError, OSError, EOFError) as err:
-        raise UserError(f"{path}: refused or unreadable numpy file: {str(err).splitlines()[0][:200]}") from None
-    if isinstance(data, np.lib.npyio.NpzFile):
-        with data:
-            return _finish(_from_mapping({k: data[k] for k in data.files}, str(path)), str(path), "", {})
-    return _finish(_from_matrix(data, str(path)), str(path), "", {})
+        if isinstance(data, np.lib.npyio.NpzFile):
+            with data:  # members are read lazily: a damaged zip fails here, inside the try
+                arrays: dict | np.ndarray = {k: data[k] for k in data.files}
+        else:
+            arrays = data
+    except Exception as err:  # noqa: BLE001 - numpy's header parser and zipfile raise many types
+        raise UserError(f"{path}: refused or unreadable numpy file: {_why(err)}") from None
+    if isinstance(arrays, dict):
+        return _finish(_from_mapping(arrays, str(path)), str(path), "", {})
+    return _finish(_from_matrix(arrays, str(path)), str(path), "", {})
 
 
 READERS = {".gguf": read_repeng_gguf, ".safetensors": read_safetensors, ".pt": read_torch, ".pth": read_torch,
