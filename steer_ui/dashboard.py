@@ -24,6 +24,7 @@ from steer_ui.errors import UserError
 from steer_ui.extract import compute_vector, parse_pair
 from steer_ui.guidance import dose_summary
 from steer_ui.history import export, record_events, run_record, stored_vector
+from steer_ui.limits import Limits, RateLimiter
 from steer_ui.live import LiveRun
 from steer_ui.models import LoadedModel, load_model
 from steer_ui.recorder import RunRecorder
@@ -64,6 +65,15 @@ class AppContext:
     views: OrderedDict[str, RunView] = field(default_factory=OrderedDict)  # recent runs, for snapshots
     files: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="steer-ui-")))
     any_run_link: bool = True  # ?run=ID may open runs of other sessions (a local, single-user app)
+    limits: Limits | None = None  # hosted mode: caps, rate limit, model allow-list (None: a local install)
+    startup_model: str = ""
+    rate: RateLimiter | None = None
+
+    def __post_init__(self) -> None:
+        if self.limits is not None:
+            self.any_run_link = False  # hosted: a browser opens only its own runs
+            self.rate = self.rate or RateLimiter(self.limits.runs_per_minute)
+        self.startup_model = self.startup_model or self.lm.model_id
 
 
 def _err(err: UserError) -> gr.Error:
@@ -101,6 +111,8 @@ class Dashboard:
         if progress is not None:
             progress(None, desc=f"loading {model} ...")
         try:
+            if self.ctx.limits is not None:
+                self.ctx.limits.check_model(model, self.ctx.startup_model)
             with self.ctx.model_lock:
                 self.ctx.lm = load_model(model, device=self.ctx.device, dtype=self.ctx.dtype)
         except UserError as err:
@@ -163,7 +175,11 @@ class Dashboard:
                 progress: gr.Progress | None = gr.Progress()) -> tuple:  # noqa: B008
         """A vector from contrastive pairs, saved as .safetensors and selected as the file vector."""
         try:
+            if self.ctx.limits is not None:
+                self.ctx.limits.check_file(pairs_file, "pairs file")
             pairs = self._pairs(pairs_text, pairs_file)
+            if self.ctx.limits is not None and len(pairs) > self.ctx.limits.pairs:
+                raise UserError(f"{len(pairs)} pairs; this server's limit is {self.ctx.limits.pairs}")
             lm = self.ctx.lm
             chosen = parse_layers(layers or "all", lm.n_layers) or tuple(range(lm.n_layers))
 
@@ -202,6 +218,9 @@ class Dashboard:
                  seed: float, probe_suffix: str, probe_choices: str, probe_every: float,
                  ignore_eos: bool = False) -> RunSettings:
         coef_list = _parse_coefs(coefs)
+        if self.ctx.limits is not None:
+            self.ctx.limits.check_run(prompt or "", _int(max_new_tokens, "max new tokens"), len(coef_list))
+            self.ctx.limits.check_file(vector_file, "vector file")
         vec = self.resolve_vector(vector, vector_file)
         if coef_list and vec is None:
             raise UserError("choose a steering vector for the steered rows, or clear the coefficients")
@@ -237,6 +256,7 @@ class Dashboard:
                                      max_new_tokens, temperature, top_p, seed, probe_suffix, probe_choices,
                                      probe_every, ignore_eos)
             sid = self.session_for(browser_id, "browser" if browser_id else "api")
+            self.admit(sid)
             recorder = RunRecorder(self.ctx.store, sid, self.ctx.lm, settings)
             live = LiveRun(self.ctx.lm, settings, self.ctx.model_lock, recorder)
         except UserError as err:
@@ -273,6 +293,11 @@ class Dashboard:
             return {}
         return {"streams": view.streams_value(), "chart": view.chart_value()}
 
+    def admit(self, session_id: str) -> None:
+        """Hosted mode's rate limit, per session (UserError when over)."""
+        if self.ctx.rate is not None:
+            self.ctx.rate.admit(session_id)
+
     def stop(self, request: gr.Request | None = None) -> None:
         live = self.ctx.active.get(getattr(request, "session_hash", None) or "")
         if live is not None:
@@ -302,9 +327,12 @@ class Dashboard:
         from steer_ui.sweep import SweepConfig, run_sweep
 
         try:
+            if self.ctx.limits is not None:
+                self.ctx.limits.check_file(questions_file, "questions file")
             qs = load_questions(questions_file or (questions or "").strip() or "yesno:8")
-            if len(qs) > MAX_SWEEP_QUESTIONS:
-                raise UserError(f"the dashboard runs at most {MAX_SWEEP_QUESTIONS} questions; use "
+            most = self.ctx.limits.sweep_questions if self.ctx.limits is not None else MAX_SWEEP_QUESTIONS
+            if len(qs) > most:
+                raise UserError(f"the dashboard runs at most {most} questions; use "
                                 "'python -m steer_ui sweep' for more")
             coefs = tuple(_parse_coefs(sweep_coefs))
             vec = self.resolve_vector(vector, vector_file) if any(c != 0 for c in coefs) else None
@@ -316,6 +344,7 @@ class Dashboard:
             if vec is not None:
                 vec.check_against(self.ctx.lm.n_layers, self.ctx.lm.hidden_size, cfg.layers)
             sid = self.session_for(browser_id)
+            self.admit(sid)
             out = Path(tempfile.mkdtemp(prefix="sweep-", dir=self.ctx.files))
 
             def report(done: int, total: int) -> None:

@@ -23,6 +23,7 @@ from steer_ui.dashboard import (EXAMPLES, FILE_VECTOR, NO_VECTOR, SCOPES, AppCon
 from steer_ui.errors import UserError  # noqa: E402
 from steer_ui.extract import METHODS  # noqa: E402
 from steer_ui.known_models import BUNDLED_ALIAS  # noqa: E402
+from steer_ui.limits import Limits  # noqa: E402
 
 CSS = """
 .su-hint { color: var(--body-text-color-subdued); font-size: 13px; margin: 4px 0; }
@@ -90,7 +91,8 @@ def build(dash: Dashboard) -> gr.Blocks:
                         with gr.Row():
                             scope = gr.Dropdown(SCOPES, value="all", label="Scope", allow_custom_value=True,
                                                 info="where the vector is added")
-                            max_new_tokens = gr.Slider(1, 2048, value=96, step=1, label="Max new tokens")
+                            max_new_tokens = gr.Slider(1, dash.ctx.limits.max_new_tokens if dash.ctx.limits else 2048,
+                                                       value=96, step=1, label="Max new tokens")
                         with gr.Accordion("Sampling", open=False):
                             temperature = gr.Slider(0, 2, value=0, step=0.05, label="Temperature (0 = greedy)")
                             top_p = gr.Slider(0.05, 1, value=1, step=0.05, label="Top-p")
@@ -247,20 +249,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--auth", default=os.environ.get("STEER_UI_AUTH"),
                    help="require a login: 'user:password' (several: 'a:pw1,b:pw2'; default $STEER_UI_AUTH)")
     p.add_argument("--db", default=None, help="session log: path or SQLAlchemy URL (default $STEER_UI_DB)")
+    p.add_argument("--hosted", action="store_true", default=os.environ.get("STEER_UI_HOSTED", "") not in ("", "0"),
+                   help="a shared server: request caps, a rate limit, a model allow-list, runs private to each "
+                        "browser (also $STEER_UI_HOSTED=1; caps from $STEER_UI_MAX_NEW_TOKENS etc.)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
     p.add_argument("--dtype", default="auto", help="auto | float32 | bfloat16 | float16")
     return p
 
 
 def create_app(model: str = BUNDLED_ALIAS, db: str | None = None, device: str = "auto",
-               dtype: str = "auto") -> tuple[gr.Blocks, Dashboard]:
+               dtype: str = "auto", limits: Limits | None = None) -> tuple[gr.Blocks, Dashboard]:
     """Load the model, open the log and build the app (UserError on bad arguments)."""
     from steer_ui.models import load_model
     from steer_ui.store import Store
 
     store = Store(db)  # a bad --db fails before the model loads
     lm = load_model(model, device=device, dtype=dtype)
-    dash = Dashboard(AppContext(lm=lm, store=store, device=device, dtype=dtype))
+    dash = Dashboard(AppContext(lm=lm, store=store, device=device, dtype=dtype, limits=limits))
     gr.set_static_paths(widgets.static_paths())
     return build(dash), dash
 
@@ -278,8 +283,15 @@ def parse_auth(text: str | None) -> list[tuple[str, str]] | None:
     return pairs
 
 
-def launch_kwargs() -> dict:
-    return {"css": CSS, "run_history": False, "show_error": True, "allowed_paths": []}
+def launch_kwargs(limits: Limits | None = None) -> dict:
+    kwargs = {"css": CSS, "run_history": False, "show_error": True, "allowed_paths": []}
+    if limits is not None:
+        kwargs["max_file_size"] = f"{limits.upload_mb}mb"  # Gradio refuses bigger uploads before they land
+    return kwargs
+
+
+def queue_kwargs(limits: Limits | None = None) -> dict:
+    return {"default_concurrency_limit": 4, **({"max_size": limits.queue_size} if limits is not None else {})}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -287,11 +299,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"loading {args.model} ...", file=sys.stderr, flush=True)
     try:
         auth = parse_auth(args.auth)  # a malformed --auth fails before the model loads
-        demo, dash = create_app(args.model, args.db, args.device, args.dtype)
+        limits = Limits.from_env() if args.hosted else None
+        demo, dash = create_app(args.model, args.db, args.device, args.dtype, limits)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(dash.ctx.lm.describe(), file=sys.stderr)
-    demo.queue(default_concurrency_limit=4).launch(server_name=args.host, server_port=args.port, share=args.share,
-                                                   auth=auth, **launch_kwargs())
+    if limits is not None:
+        print(f"hosted mode: {limits}", file=sys.stderr)
+    demo.queue(**queue_kwargs(limits)).launch(server_name=args.host, server_port=args.port, share=args.share,
+                                              auth=auth, **launch_kwargs(limits))
     return 0

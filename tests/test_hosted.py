@@ -1,0 +1,135 @@
+"""Hosted mode (a shared server): caps, rate limit, model allow-list, private runs; steering per run."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import gradio as gr
+import pytest
+
+from helpers import collect
+from steer_ui.dashboard import AppContext, Dashboard
+from steer_ui.datasets import preset_vector_path
+from steer_ui.errors import UserError
+from steer_ui.limits import Limits, RateLimiter
+from steer_ui.settings import ProbeSettings, RunSettings
+from steer_ui.store import Store
+from steer_ui.vectors import load_vector
+
+PROMPT = "Is 7 a prime number?"
+
+
+@pytest.fixture()
+def hosted(bundled, tmp_path) -> Dashboard:
+    limits = Limits(max_new_tokens=16, prompt_chars=200, steered_rows=2, pairs=3, sweep_questions=2,
+                    runs_per_minute=3, allowed_models=("smollm2-135m",))
+    return Dashboard(AppContext(lm=bundled, store=Store(str(tmp_path / "log.sqlite")), files=tmp_path,
+                                limits=limits))
+
+
+def gen(dash: Dashboard, browser: str = "a", **over):
+    args = dict(prompt=PROMPT, vector="confidence", layers="16-19", coefs="4", max_new_tokens=4)
+    args.update(over)
+    return list(dash.generate(**args, browser_id=browser))
+
+
+def test_limits_from_the_environment(monkeypatch):
+    monkeypatch.setenv("STEER_UI_MAX_NEW_TOKENS", "1024")
+    monkeypatch.setenv("STEER_UI_ALLOWED_MODELS", "Qwen/Qwen3-0.6B, deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B")
+    limits = Limits.from_env()
+    assert limits.max_new_tokens == 1024 and limits.allowed_models == ("Qwen/Qwen3-0.6B",
+                                                                       "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B")
+    monkeypatch.setenv("STEER_UI_QUEUE_SIZE", "lots")
+    with pytest.raises(UserError, match="STEER_UI_QUEUE_SIZE must be a whole number"):
+        Limits.from_env()
+
+
+@pytest.mark.parametrize("over, message", [
+    ({"max_new_tokens": 17}, "limit of 16"),
+    ({"prompt": "x" * 201}, "limit is 200"),
+    ({"coefs": "1, 2, 3"}, "3 steered rows asked; this server's limit is 2"),
+])
+def test_requests_over_a_cap_are_refused_naming_the_limit(hosted, over, message):
+    with pytest.raises(gr.Error, match=message):
+        gen(hosted, **over)
+    assert hosted.ctx.store.list_runs() == []
+
+
+def test_other_caps(hosted, tmp_path):
+    pairs = "\n".join(json.dumps({"positive": f"p{i}", "negative": f"n{i}"}) for i in range(4))
+    with pytest.raises(gr.Error, match="4 pairs; this server's limit is 3"):
+        hosted.compute(pairs, None, "mean_diff", "all", progress=None)
+    with pytest.raises(gr.Error, match="at most 2 questions"):
+        hosted.sweep("yesno:3", None, "0", 4, "(none)", None, "", "all", "a", progress=None)
+    with pytest.raises(gr.Error, match="this server only loads: smollm2-135m"):
+        hosted.load("Qwen/Qwen3-0.6B", progress=None)
+    big = tmp_path / "big.npy"
+    big.write_bytes(b"\0" * (16 * 2**20 + 1))
+    with pytest.raises(gr.Error, match="upload limit of 16 MB"):
+        gen(hosted, vector="uploaded or computed file", vector_file=str(big))
+
+
+def test_rate_limit_per_session(hosted):
+    for _ in range(3):
+        assert "finished" in gen(hosted)[-1][2]
+    with pytest.raises(gr.Error, match="rate limit: 3 runs a minute per session"):
+        gen(hosted)
+    assert "finished" in gen(hosted, browser="b")[-1][2]  # another session is not affected
+    limiter = RateLimiter(2)
+    limiter.admit("k", now=0)
+    limiter.admit("k", now=1)
+    with pytest.raises(UserError, match="try again in 59 s"):
+        limiter.admit("k", now=1)
+    limiter.admit("k", now=60.5)  # the first one has left the window
+
+
+def test_a_browser_sees_only_its_own_runs(hosted):
+    run_id = gen(hosted, browser="a")[-1][3]["run_id"]
+    assert hosted.open_run(run_id, "a")[3]["run_id"] == run_id
+    with pytest.raises(gr.Error, match="no run .* in this session"):
+        hosted.open_run(run_id, "b")
+
+    class Link:
+        query_params = {"run": run_id}
+
+    out = hosted.on_page_load("b", Link())
+    assert "Cannot open the linked run" in out[4] and out[1] == []
+    assert hosted.history("b") == [] and hosted.export_session("b", "jsonl")["value"]
+    (only_b,) = hosted.export_session("b", "jsonl")["value"]
+    assert open(only_b).read() == ""
+
+
+def test_two_clients_steering_at_once_each_get_their_solo_result(app_server, bundled):
+    """Steering is per run: two users with different vectors at the same moment get what they get alone."""
+    from gradio_client import Client
+
+    url = app_server[0]
+    jobs = {"confidence": ("16-19", (16, 17, 18, 19)), "verbosity": ("16-19", (16, 17, 18, 19))}
+    results: dict[str, dict] = {}
+
+    def call(name: str) -> None:
+        out = Client(url, verbose=False).predict(prompt=PROMPT, vector=name, layers=jobs[name][0], coefs="6",
+                                                 max_new_tokens=12, api_name="/generate")
+        results[name] = out[3]
+
+    threads = [threading.Thread(target=call, args=(name,)) for name in jobs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(300)
+    for name, (_, layers) in jobs.items():
+        solo = collect(bundled, RunSettings(PROMPT, vector=load_vector(preset_vector_path(name, "smollm2-135m")),
+                                            layers=layers, coefs=(6.0,), max_new_tokens=12,
+                                            probe=ProbeSettings(None, ("Yes", "No"), 4)))[3]
+        assert [r["text"] for r in results[name]["rows"]] == [r.text for r in solo.rows]
+    assert results["confidence"]["rows"][1]["text"] != results["verbosity"]["rows"][1]["text"]
+
+
+def test_hosted_launch_settings():
+    from steer_ui.ui import build_parser, launch_kwargs, queue_kwargs
+
+    limits = Limits(upload_mb=8, queue_size=5)
+    assert launch_kwargs(limits)["max_file_size"] == "8mb" and "max_file_size" not in launch_kwargs(None)
+    assert queue_kwargs(limits)["max_size"] == 5 and "max_size" not in queue_kwargs(None)
+    assert build_parser().parse_args(["--hosted"]).hosted and not build_parser().parse_args([]).hosted
