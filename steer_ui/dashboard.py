@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import tempfile
 import threading
 import time
@@ -312,11 +313,19 @@ class Dashboard:
             return []
         folder = self.ctx.files / run_id
         folder.mkdir(exist_ok=True)
+        self._prune_downloads()
         fig = folder / f"steer-ui-{run_id}-chart.html"
         fig.write_text(figure_html(view.figure()), encoding="utf-8")
         paths = export(self.ctx.store, folder / f"steer-ui-{run_id}.jsonl", "jsonl", run_id=run_id)
         paths += export(self.ctx.store, folder / f"steer-ui-{run_id}.csv", "csv", run_id=run_id)
         return [str(fig), *map(str, paths)]
+
+    def _prune_downloads(self, keep: int = KEEP_VIEWS) -> None:
+        """Only the newest run folders stay on disk: a long-lived server must not fill its temp space."""
+        folders = sorted((p for p in self.ctx.files.iterdir() if p.is_dir() and not p.name.startswith("sweep-")),
+                         key=lambda p: p.stat().st_mtime)
+        for old in folders[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
 
     # --- sweeps ---------------------------------------------------------------------------------
     def sweep(self, questions: str, questions_file: str | None, sweep_coefs: str, sweep_tokens: float,

@@ -12,6 +12,8 @@ import threading
 import time
 from collections.abc import Iterator
 
+import torch
+
 from steer_ui.engine import run as engine_run
 from steer_ui.errors import UserError
 from steer_ui.models import LoadedModel
@@ -56,8 +58,14 @@ class LiveRun:
         except UserError as err:
             self._fail(str(err))
         except Exception as err:  # noqa: BLE001 - e.g. out of memory: the run ends, the app stays up
-            self._fail(f"{type(err).__name__}: {err}")
+            message = str(err).strip().splitlines()[0] if str(err).strip() else ""
+            if isinstance(err, torch.OutOfMemoryError):
+                message = f"out of memory ({message}); try fewer tokens, fewer rows or a smaller model"
+            self._fail(f"{type(err).__name__}: {message}")
         finally:
+            self._events = None  # drop the generator (and its cache) before anything else runs
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()  # give an out-of-memory run's blocks back for the next one
             if self.recorder is not None:
                 self.recorder.close()
             self._queue.put(_END)

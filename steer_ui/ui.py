@@ -50,7 +50,9 @@ def build(dash: Dashboard) -> gr.Blocks:
     def snapshot(run_key: str) -> dict:  # a plain function: Gradio marks server functions with an attribute
         return dash.snapshot(run_key)
 
-    with gr.Blocks(title="steer-ui", fill_width=True) as demo:
+    # Hosted: Gradio's copies of downloads older than 2 h are deleted hourly (our own folders are pruned too).
+    cleanup = {"delete_cache": (3600, 7200)} if dash.ctx.limits is not None else {}
+    with gr.Blocks(title="steer-ui", fill_width=True, **cleanup) as demo:
         browser_id = gr.BrowserState("", storage_key="steer-ui-session", secret=browser_secret())
         gr.Markdown("## steer-ui", elem_id="su-title")
         gr.Markdown(INTRO)

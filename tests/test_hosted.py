@@ -133,3 +133,56 @@ def test_hosted_launch_settings():
     assert launch_kwargs(limits)["max_file_size"] == "8mb" and "max_file_size" not in launch_kwargs(None)
     assert queue_kwargs(limits)["max_size"] == 5 and "max_size" not in queue_kwargs(None)
     assert build_parser().parse_args(["--hosted"]).hosted and not build_parser().parse_args([]).hosted
+
+
+def test_out_of_memory_ends_the_run_with_a_message_and_the_next_run_works(hosted, monkeypatch):
+    import torch
+
+    model = hosted.ctx.lm.model
+    real = model.forward
+    calls = {"n": 0}
+
+    def flaky(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(model, "forward", flaky)
+    final = gen(hosted, max_new_tokens=8)[-1]
+    assert "out of memory" in final[2] and "try fewer tokens" in final[2]
+    assert final[3]["status"] == "error"
+    run = hosted.ctx.store.get_run(final[3]["run_id"])
+    assert run.status == "error" and "OutOfMemoryError" in run.error
+    assert not hosted.ctx.model_lock.locked() and not hosted.ctx.active
+    monkeypatch.setattr(model, "forward", real)
+    assert "finished" in gen(hosted, max_new_tokens=4)[-1][2]
+
+
+def test_soak_fifty_generations_keep_memory_and_files_flat(app_server):
+    """50 short runs through the served app: open file descriptors and memory stay flat."""
+    import gc
+    import os
+
+    import psutil
+    from gradio_client import Client
+
+    client = Client(app_server[0], verbose=False, download_files=False)
+    proc = psutil.Process()
+
+    def one() -> None:
+        out = client.predict(prompt=PROMPT, vector="confidence", layers="16-19", coefs="4", max_new_tokens=1,
+                             probe_every=0, api_name="/generate")
+        assert out[3]["status"] == "finished"
+
+    for _ in range(10):  # warm up: caches, thread pools, lazily imported modules
+        one()
+    gc.collect()
+    fds, rss = proc.num_fds(), proc.memory_info().rss
+    for _ in range(40):
+        one()
+    gc.collect()
+    assert proc.num_fds() - fds <= 5
+    assert proc.memory_info().rss - rss < 150 * 2**20
+    assert len([p for p in app_server[1].ctx.files.iterdir() if p.is_dir()]) <= 40  # pruned
+    assert os.path.isdir(app_server[1].ctx.files)
