@@ -6,6 +6,8 @@ the core modules and leave as ``gr.Error`` (a visible message in the browser, an
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import math
 import shutil
@@ -13,7 +15,7 @@ import tempfile
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from html import escape
 from pathlib import Path
@@ -257,7 +259,6 @@ class Dashboard:
                                      max_new_tokens, temperature, top_p, seed, probe_suffix, probe_choices,
                                      probe_every, ignore_eos)
             sid = self.session_for(browser_id, "browser" if browser_id else "api")
-            self.admit(sid)
             recorder = RunRecorder(self.ctx.store, sid, self.ctx.lm, settings)
             live = LiveRun(self.ctx.lm, settings, self.ctx.model_lock, recorder)
         except UserError as err:
@@ -294,10 +295,33 @@ class Dashboard:
             return {}
         return {"streams": view.streams_value(), "chart": view.chart_value()}
 
-    def admit(self, session_id: str) -> None:
-        """Hosted mode's rate limit, per session (UserError when over)."""
-        if self.ctx.rate is not None:
-            self.ctx.rate.admit(session_id)
+    def validator_for(self, handler: Callable) -> Callable:
+        """Hosted mode's rate limit as a Gradio validator for ``handler``'s event: it runs before the
+        request takes a queue slot. It takes the handler's own signature (so Gradio passes the same
+        inputs and the request) and keys the limit by the browser session, else the client's address.
+        """
+        @functools.wraps(handler)
+        def validator(*args, **kwargs) -> list[dict]:
+            bound = inspect.signature(handler).bind(*args, **kwargs)
+            bound.apply_defaults()
+            inputs = [v for k, v in bound.arguments.items() if k not in ("request", "progress")]
+            request = bound.arguments.get("request")
+            client = getattr(getattr(request, "client", None), "host", None)
+            key = bound.arguments.get("browser_id") or client or "anonymous"
+            return self.admit(str(key), len(inputs))
+
+        return validator
+
+    def admit(self, key: str, n_inputs: int) -> list[dict]:
+        """One ``gr.validate`` per input; the first carries the refusal when ``key`` is over the limit."""
+        ok = [gr.validate(True, "") for _ in range(n_inputs)]
+        if self.ctx.rate is None:
+            return ok
+        try:
+            self.ctx.rate.admit(key)
+        except UserError as err:
+            return [gr.validate(False, str(err)), *ok[1:]]
+        return ok
 
     def stop(self, request: gr.Request | None = None) -> None:
         live = self.ctx.active.get(getattr(request, "session_hash", None) or "")
@@ -353,7 +377,6 @@ class Dashboard:
             if vec is not None:
                 vec.check_against(self.ctx.lm.n_layers, self.ctx.lm.hidden_size, cfg.layers)
             sid = self.session_for(browser_id)
-            self.admit(sid)
             out = Path(tempfile.mkdtemp(prefix="sweep-", dir=self.ctx.files))
 
             def report(done: int, total: int) -> None:

@@ -160,6 +160,7 @@ def build(dash: Dashboard) -> gr.Blocks:
 
         gen = generate_btn.click(dash.generate, inputs=[*form, browser_id], outputs=[*run_outputs, browser_id],
                                  api_name="generate", concurrency_id="gpu", concurrency_limit=1,
+                                 validator=dash.validator_for(dash.generate),
                                  show_progress="minimal", show_progress_on=[status])
         gen.then(dash.history, inputs=browser_id, outputs=history, api_visibility="private", queue=False)
         stop_btn.click(dash.stop, api_name="stop", queue=False)
@@ -178,6 +179,7 @@ def build(dash: Dashboard) -> gr.Blocks:
         sweep_btn.click(dash.sweep, inputs=[sweep_questions, sweep_file, sweep_coefs, sweep_tokens, vector,
                                             vector_file, layers, scope, browser_id],
                         outputs=[sweep_table, sweep_plot, sweep_files, sweep_status], api_name="sweep",
+                        validator=dash.validator_for(dash.sweep),
                         concurrency_id="gpu", concurrency_limit=1).then(
             dash.history, inputs=browser_id, outputs=history, api_visibility="private", queue=False)
 

@@ -71,11 +71,14 @@ def test_other_caps(hosted, tmp_path):
 
 
 def test_rate_limit_per_session(hosted):
+    """The validator Gradio runs before a request takes a queue slot."""
+    check = hosted.validator_for(hosted.generate)
     for _ in range(3):
-        assert "finished" in gen(hosted)[-1][2]
-    with pytest.raises(gr.Error, match="rate limit: 3 runs a minute per session"):
-        gen(hosted)
-    assert "finished" in gen(hosted, browser="b")[-1][2]  # another session is not affected
+        assert all(v["is_valid"] for v in check(PROMPT, browser_id="a"))
+    refused = check(PROMPT, browser_id="a")
+    assert not refused[0]["is_valid"] and "rate limit: 3 runs a minute per session" in refused[0]["message"]
+    assert len(refused) == 17 and all(v["is_valid"] for v in refused[1:])  # one per input of generate
+    assert all(v["is_valid"] for v in check(PROMPT, browser_id="b"))  # another session is not affected
     limiter = RateLimiter(2)
     limiter.admit("k", now=0)
     limiter.admit("k", now=1)
@@ -98,6 +101,36 @@ def test_a_browser_sees_only_its_own_runs(hosted):
     assert hosted.history("b") == [] and hosted.export_session("b", "jsonl")["value"]
     (only_b,) = hosted.export_session("b", "jsonl")["value"]
     assert open(only_b).read() == ""
+
+
+def test_a_client_over_the_rate_limit_is_refused_before_queueing(bundled, tmp_path):
+    import socket
+
+    from gradio_client import Client
+    from gradio_client.exceptions import ValidationError
+
+    from steer_ui.ui import build, launch_kwargs, queue_kwargs
+
+    limits = Limits(runs_per_minute=2)
+    dash = Dashboard(AppContext(lm=bundled, store=Store(str(tmp_path / "log.sqlite")), files=tmp_path,
+                                limits=limits))
+    demo = build(dash)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    demo.queue(**queue_kwargs(limits)).launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True,
+                                              quiet=True, **launch_kwargs(limits))
+    try:
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False, download_files=False)
+        for _ in range(2):
+            client.predict(prompt=PROMPT, max_new_tokens=1, api_name="/generate")
+        with pytest.raises(ValidationError, match="rate limit: 2 runs a minute"):
+            client.predict(prompt=PROMPT, max_new_tokens=1, api_name="/generate")
+        assert len(dash.ctx.store.list_runs()) == 2  # the refused request never ran
+        client.predict(prompt=PROMPT, max_new_tokens=1, browser_id="someone-else",
+                       api_name="/generate")  # another browser session is fine
+    finally:
+        demo.close()
 
 
 def test_two_clients_steering_at_once_each_get_their_solo_result(app_server, bundled):
