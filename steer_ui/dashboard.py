@@ -27,6 +27,7 @@ from steer_ui.errors import UserError
 from steer_ui.extract import compute_vector, parse_pair
 from steer_ui.guidance import dose_summary
 from steer_ui.history import export, record_events, run_record, stored_vector
+from steer_ui.jsonl import parse_lines
 from steer_ui.limits import Limits, RateLimiter
 from steer_ui.live import LiveRun
 from steer_ui.models import LoadedModel, load_model
@@ -204,16 +205,10 @@ class Dashboard:
         if file:
             from steer_ui.extract import read_pairs_jsonl
             return read_pairs_jsonl(file)
-        pairs = []
-        for number, line in enumerate((text or "").splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                pairs.append(parse_pair(json.loads(line), f"pairs line {number}"))
-            except json.JSONDecodeError as err:
-                raise UserError(f'pairs line {number} is not JSON ({err.msg}): write one '
-                                '{"positive": "...", "negative": "..."} per line') from None
-        return pairs
+        try:
+            return [parse_pair(obj, where) for where, obj in parse_lines(text or "", "pairs")]
+        except UserError as err:
+            raise UserError(f'{err}: write one {{"positive": "...", "negative": "..."}} per line') from None
 
     # --- generation -----------------------------------------------------------------------------
     def settings(self, prompt: str, system_prompt: str, chat_template: bool, vector: str, vector_file: str | None,

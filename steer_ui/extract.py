@@ -21,6 +21,7 @@ import torch
 
 from steer_ui.errors import UserError
 from steer_ui.guidance import LayerStats, layer_stats, suggest_band
+from steer_ui.jsonl import read_jsonl
 from steer_ui.models import LoadedModel
 from steer_ui.settings import check_layers
 from steer_ui.vectors import SteeringVector
@@ -44,27 +45,7 @@ def pairs_hash(pairs: Sequence[Pair]) -> str:
 
 def read_pairs_jsonl(path: str | Path) -> list[Pair]:
     """One ``{"positive": ..., "negative": ...}`` object a line; the error names the bad line."""
-    p = Path(path).expanduser()
-    if not p.is_file():
-        raise UserError(f"no such pairs file: {p}")
-    if p.stat().st_size > MAX_PAIRS_FILE_BYTES:
-        raise UserError(f"{p}: larger than {MAX_PAIRS_FILE_BYTES} bytes; that is not a pairs file")
-    pairs = []
-    try:
-        lines = p.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError:
-        raise UserError(f"{p}: not UTF-8 text (expected JSON lines)") from None
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise UserError(f"{p}:{number}: not valid JSON ({err.msg})") from None
-        pairs.append(parse_pair(obj, f"{p}:{number}"))
-    if not pairs:
-        raise UserError(f"{p}: no pairs found")
-    return pairs
+    return [parse_pair(obj, where) for where, obj in read_jsonl(path, "pairs", MAX_PAIRS_FILE_BYTES)]
 
 
 def parse_pair(obj: object, where: str) -> Pair:

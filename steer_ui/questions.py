@@ -7,13 +7,13 @@ numeric problems). A name may carry a size: ``yesno:40``.
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from steer_ui.errors import UserError
+from steer_ui.jsonl import read_jsonl
 
 Kind = Literal["yesno", "number", "text"]
 GENERATED = ("yesno", "wordproblems")
@@ -63,34 +63,19 @@ def load_questions(spec: str) -> list[Question]:
 
 
 def read_questions_jsonl(path: str | Path) -> list[Question]:
-    p = Path(path).expanduser()
-    if not p.is_file():
-        raise UserError(f"no such questions file: {p} (or use a generated set: {', '.join(GENERATED)})")
-    if p.stat().st_size > MAX_QUESTIONS_FILE_BYTES:
-        raise UserError(f"{p} is larger than {MAX_QUESTIONS_FILE_BYTES // 2**20} MB")
     out: list[Question] = []
-    try:
-        lines = p.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError:
-        raise UserError(f"{p} is not UTF-8 text") from None
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise UserError(f"{p}:{number}: not valid JSON ({err.msg})") from None
+    hint = f" (or use a generated set: {', '.join(GENERATED)})"
+    for where, obj in read_jsonl(path, "questions", MAX_QUESTIONS_FILE_BYTES, hint):
         if not isinstance(obj, dict) or not isinstance(obj.get("question"), str) or "answer" not in obj:
-            raise UserError(f'{p}:{number}: expected {{"question": "...", "answer": ...}}')
+            raise UserError(f'{where}: expected {{"question": "...", "answer": ...}}')
         answer = str(obj["answer"]).strip()
         if not obj["question"].strip() or not answer:
-            raise UserError(f"{p}:{number}: empty question or answer")
+            raise UserError(f"{where}: empty question or answer")
+        number = where.rsplit(":", 1)[1]
         out.append(Question(str(obj.get("id", number)), obj["question"].strip(), answer, kind_of(answer)))
-    if not out:
-        raise UserError(f"{p} has no questions")
     ids = [q.id for q in out]
     if len(set(ids)) != len(ids):
-        raise UserError(f"{p}: question ids are not unique")
+        raise UserError(f"{path}: question ids are not unique")
     return out
 
 

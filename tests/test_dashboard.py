@@ -234,7 +234,7 @@ def test_compute_vector_from_pairs_then_steer_with_it(dash, tmp_path):
     assert 10 <= lo <= hi <= 20 and html.count("class='su-bar'") == 11
     result = run_to_end(dash, vector=FILE_VECTOR, vector_file=path, layers=band, coefs="6", max_new_tokens=8)[-1][3]
     assert result["status"] == "finished" and result["layers"] == list(range(lo, hi + 1))
-    with pytest.raises(gr.Error, match="not JSON"):
+    with pytest.raises(gr.Error, match="pairs:1: not valid JSON"):
         dash.compute("positive: a, negative: b", None, "mean_diff", "all", progress=None)
     with pytest.raises(gr.Error, match="at least 2 pairs"):
         dash.compute(pairs.splitlines()[0], None, "mean_diff", "all", progress=None)
