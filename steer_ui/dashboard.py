@@ -10,6 +10,7 @@ import functools
 import inspect
 import json
 import math
+import secrets
 import shutil
 import tempfile
 import threading
@@ -255,7 +256,9 @@ class Dashboard:
                                      probe_every, ignore_eos)
             sid = self.session_for(browser_id, "browser" if browser_id else "api")
             recorder = RunRecorder(self.ctx.store, sid, self.ctx.lm, settings)
-            live = LiveRun(self.ctx.lm, settings, self.ctx.model_lock, recorder)
+            # The view's key is what a browser quotes to fetch the whole run (snapshot): a fresh random
+            # token, not the run id, so only the page that streamed or opened the run knows it.
+            live = LiveRun(self.ctx.lm, settings, self.ctx.model_lock, recorder, key=secrets.token_hex(12))
         except UserError as err:
             raise _err(err) from None
         tab = getattr(request, "session_hash", None) or live.run_id
@@ -417,7 +420,7 @@ class Dashboard:
             raise _err(err) from None
         record = run_record(self.ctx.store, run)
         same_model = run.model_id == self.ctx.lm.model_id
-        view = RunView(f"{run.id}@history", self.ctx.lm.profile.think_close if same_model else None)
+        view = RunView(secrets.token_hex(12), self.ctx.lm.profile.think_close if same_model else None)
         for event in record_events(record, self.ctx.lm.tokenizer if same_model else None):
             view.apply(event)
         view.warnings = [] if same_model else [f"logged with {run.model_id}; tokens are not split on this model"]

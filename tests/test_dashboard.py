@@ -90,7 +90,8 @@ def test_generate_streams_the_engines_run_and_logs_it(dash, bundled):
     assert len(figure["data"]) == 2 * len(done.rows)
     assert ys[::2] == [pytest.approx([p.logodds for p in probes if p.row == r.row], abs=1e-3) for r in done.rows]
     # Every update carries the same static parts; its items start where the windowing says.
-    full = dash.snapshot(result["run_id"])
+    full = dash.snapshot(streams["run"])
+    assert streams["run"] != result["run_id"] and dash.snapshot(result["run_id"]) == {}  # not by run id
     assert [json.loads(r["t"]) for r in full["streams"]["rows"]] == pieces
     assert full["chart"]["from"] == [0] * len(ys)
     assert "finished" in status and sid == "browser-a"
@@ -145,7 +146,7 @@ def test_a_browser_that_missed_updates_sees_a_gap_and_the_snapshot_fills_it(dash
     frames = run_to_end(dash, max_new_tokens=64, coefs="4")
     assert len(frames) > 20
     assert merge(frames[:5] + frames[-1:]) is None  # skipped more than the window repeats
-    full = dash.snapshot(frames[-1][3]["run_id"])
+    full = dash.snapshot(frames[-1][0]["run"])
     assert merge([(full["streams"], full["chart"])] + frames[-1:]) == merge(frames)
     assert dash.snapshot("unknown") == {}
 
@@ -263,7 +264,7 @@ def test_load_another_model_updates_the_form(dash, tiny_dirs, tmp_path):
 def test_open_run_replays_streams_and_chart_exactly(dash):
     live = run_to_end(dash)[-1]
     run_id = live[3]["run_id"]
-    full = dash.snapshot(run_id)  # the live run's whole view, as the browser had it
+    full = dash.snapshot(live[0]["run"])  # the live run's whole view, as the browser had it
     opened = dash.open_run(run_id, "browser-a")
     streams, figure = opened[0], opened[1]
     assert streams["rows"] == full["streams"]["rows"]  # same tokens, colours, divergence marks
@@ -284,7 +285,7 @@ def test_page_load_gives_a_session_and_opens_a_linked_run(dash):
         query_params = {"run": run_id}
 
     out = dash.on_page_load("browser-a", Req())
-    assert out[0] == "browser-a" and out[1][0][0] == run_id and out[2]["run"] == f"{run_id}@history"
+    assert out[0] == "browser-a" and out[1][0][0] == run_id and out[2]["run"] != run_id and out[5]["run_id"] == run_id
 
     class Bad:
         query_params = {"run": "missing"}
