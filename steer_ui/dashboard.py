@@ -25,7 +25,7 @@ import gradio as gr
 
 from steer_ui.datasets import ASSETS, preset_names
 from steer_ui.errors import UserError
-from steer_ui.extract import compute_vector, parse_pair
+from steer_ui.extract import compute_vector, parse_pair, read_pairs_jsonl
 from steer_ui.guidance import dose_summary
 from steer_ui.history import export, record_events, run_record, stored_vector
 from steer_ui.jsonl import parse_lines
@@ -204,7 +204,6 @@ class Dashboard:
     @staticmethod
     def _pairs(text: str, file: str | None) -> list:
         if file:
-            from steer_ui.extract import read_pairs_jsonl
             return read_pairs_jsonl(file)
         try:
             return [parse_pair(obj, where) for where, obj in parse_lines(text or "", "pairs")]

@@ -111,7 +111,3 @@ class LiveRun:
         """End the run at its next decode step and wait until it is saved and the model is free."""
         self.cancel.set()
         self._thread.join(timeout)
-
-    @property
-    def running(self) -> bool:
-        return self._thread.is_alive()

@@ -178,7 +178,7 @@ def _one_run(lm: LoadedModel, cfg: SweepConfig, q: Question, sample: int, pendin
                 last[event.row] = event
             elif isinstance(event, DoneEvent):
                 done = event
-    except BaseException as err:
+    except Exception as err:  # Ctrl-C is not an error: close() below saves the run as cancelled
         if recorder is not None:
             recorder.fail(f"{type(err).__name__}: {err}")
         raise

@@ -1,8 +1,8 @@
 """What a run looks like on screen, built from engine events: pane contents, chart figure, final result.
 
-Pure data, no Gradio: the dashboard sends ``streams_value()`` and ``figure()`` to two small browser
-components. Both values only ever grow by appending (new tokens, new points), so Gradio's streaming
-diff sends each update as a few appended items, whatever the run's length.
+Pure data, no Gradio: the dashboard sends ``streams_value()`` and ``chart_value()`` to two small
+browser components, windowed by ``Windower`` so an update's size does not grow with the run;
+``figure()`` is the whole plotly figure, for the HTML download.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The two browser components the dashboard streams into: the side-by-side panes and the live chart.
 
 Both are ``gr.HTML`` elements with a fixed template and a script that updates their DOM in place from
-``props.value`` (``view.RunView.streams_value()`` / ``figure()``). The template never changes, so Gradio
+``props.value`` (``view.RunView.streams_value()`` / ``chart_value()``). The template never changes, so Gradio
 never re-renders it; text reaches the page only through ``textContent``, so model or user text that
 looks like HTML is shown as text and never run.
 """
