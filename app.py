@@ -3,7 +3,11 @@
 Scripts and sweeps use the CLI instead: ``python -m steer_ui generate ...``.
 """
 
+import os
 import sys
+
+if os.environ.get("SPACES_ZERO_GPU"):  # a ZeroGPU Space: spaces patches torch on import, before any CUDA use
+    import spaces  # noqa: F401
 
 from steer_ui.ui import main
 

@@ -23,9 +23,10 @@ from pathlib import Path
 
 import gradio as gr
 
+from steer_ui import gpu
 from steer_ui.datasets import ASSETS, preset_names
 from steer_ui.errors import UserError
-from steer_ui.extract import compute_vector, parse_pair, read_pairs_jsonl
+from steer_ui.extract import parse_pair, read_pairs_jsonl
 from steer_ui.guidance import dose_summary
 from steer_ui.history import export, record_events, run_record, stored_vector
 from steer_ui.jsonl import parse_lines
@@ -116,6 +117,9 @@ class Dashboard:
         if progress is not None:
             progress(None, desc=f"loading {model} ...")
         try:
+            if gpu.ACTIVE and model != self.ctx.lm.model_id:
+                raise UserError(f"on ZeroGPU the model is fixed at startup: this Space runs {self.ctx.lm.model_id} "
+                                "(set STEER_UI_MODEL in the Space's settings to change it)")
             if self.ctx.limits is not None:
                 self.ctx.limits.check_model(model, self.ctx.startup_model)
             with self.ctx.model_lock:
@@ -193,7 +197,7 @@ class Dashboard:
                     progress((done, total), desc="reading hidden states", unit="texts")
 
             with self.ctx.model_lock:
-                computed = compute_vector(lm, pairs, chosen, method, progress=report, source="dashboard")
+                computed = gpu.compute_vector(lm, pairs, chosen, method, progress=report, source="dashboard")
         except UserError as err:
             raise _err(err) from None
         out = self.ctx.files / f"vector-{computed.vector.content_hash()[:12]}.safetensors"

@@ -7,6 +7,7 @@ the engine thread, so a run is saved the same whether the browser stays, stops i
 
 from __future__ import annotations
 
+import contextvars
 import queue
 import threading
 import time
@@ -14,7 +15,7 @@ from collections.abc import Iterator
 
 import torch
 
-from steer_ui.engine import run as engine_run
+from steer_ui import gpu
 from steer_ui.errors import UserError
 from steer_ui.models import LoadedModel
 from steer_ui.recorder import RunRecorder
@@ -33,9 +34,9 @@ class LiveRun:
 
     def __init__(self, lm: LoadedModel, settings: RunSettings, model_lock: threading.Lock,
                  recorder: RunRecorder | None = None, key: str | None = None):
-        self.cancel = threading.Event()
+        self.cancel = gpu.Cancel()
         try:
-            self._events = engine_run(lm, settings, self.cancel)  # raises UserError before anything starts
+            self._events = gpu.stream(lm, settings, self.cancel)  # raises UserError before anything starts
         except BaseException:
             if recorder is not None:
                 recorder.close()  # nothing was written: a run that never started leaves no row
@@ -45,7 +46,9 @@ class LiveRun:
         self.view = RunView(key or self.run_id or f"run-{id(self)}", lm.profile.think_close)
         self._lock = model_lock
         self._queue: queue.Queue = queue.Queue()
-        self._thread = threading.Thread(target=self._work, name=f"live-{self.view.key}", daemon=True)
+        # In the request's context: on ZeroGPU, the GPU is booked against the user who asked.
+        self._thread = threading.Thread(target=contextvars.copy_context().run, args=(self._work,),
+                                        name=f"live-{self.view.key}", daemon=True)
         self._thread.start()
 
     def _work(self) -> None:
@@ -58,10 +61,10 @@ class LiveRun:
         except UserError as err:
             self._fail(str(err))
         except Exception as err:  # noqa: BLE001 - e.g. out of memory: the run ends, the app stays up
-            message = str(err).strip().splitlines()[0] if str(err).strip() else ""
             if isinstance(err, torch.OutOfMemoryError):
-                message = f"out of memory ({message}); try fewer tokens, fewer rows or a smaller model"
-            self._fail(f"{type(err).__name__}: {message}")
+                self._fail(f"{type(err).__name__}: {gpu.out_of_memory_message(err)}")
+            else:
+                self._fail(f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}")
         finally:
             self._events = None  # drop the generator (and its cache) before anything else runs
             if torch.cuda.is_available():

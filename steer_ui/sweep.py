@@ -18,8 +18,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from steer_ui import gpu
 from steer_ui.answers import extract, is_correct
-from steer_ui.engine import run as engine_run
 from steer_ui.errors import UserError
 from steer_ui.events import DoneEvent, ProbeEvent
 from steer_ui.models import LoadedModel
@@ -171,7 +171,7 @@ def _one_run(lm: LoadedModel, cfg: SweepConfig, q: Question, sample: int, pendin
     last: dict[int, ProbeEvent] = {}
     done: DoneEvent | None = None
     try:
-        for event in engine_run(lm, settings):
+        for event in gpu.stream(lm, settings):
             if recorder is not None:
                 recorder(event)
             if isinstance(event, ProbeEvent):
@@ -315,6 +315,6 @@ def write_figure(summary: list[CoefSummary], out: Path, title: str = "") -> list
     try:
         fig.write_image(out / "figure.png", width=900, height=420, scale=2)
     except Exception as err:  # noqa: BLE001 - no kaleido or no browser: the HTML figure is still there
-        return [f"figure.png not written ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); "
-                "figure.html has the same chart"]
+        return [(f"figure.png not written ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); "
+                 "figure.html has the same chart")]
     return []

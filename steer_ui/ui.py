@@ -17,7 +17,7 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 import gradio as gr  # noqa: E402
 
-from steer_ui import widgets  # noqa: E402
+from steer_ui import gpu, widgets  # noqa: E402
 from steer_ui.dashboard import (EXAMPLES, FILE_VECTOR, NO_VECTOR, SCOPES, AppContext,  # noqa: E402
                                 Dashboard)
 from steer_ui.errors import UserError  # noqa: E402
@@ -268,7 +268,9 @@ def create_app(model: str = BUNDLED_ALIAS, db: str | None = None, device: str = 
     from steer_ui.store import Store
 
     store = Store(db)  # a bad --db fails before the model loads
+    device = gpu.startup_device(device)
     lm = load_model(model, device=device, dtype=dtype)
+    gpu.attach(lm)
     dash = Dashboard(AppContext(lm=lm, store=store, device=device, dtype=dtype, limits=limits))
     gr.set_static_paths(widgets.static_paths())
     return build(dash), dash
