@@ -33,7 +33,7 @@ import torch
 
 from steer_ui.engine import _Forward, plan_run, run
 from steer_ui.events import TokenEvent
-from steer_ui.models import LoadedModel, load_model
+from steer_ui.models import LoadedModel, compile_model, load_model
 from steer_ui.settings import ProbeSettings, RunSettings
 from steer_ui.steering import Steerer
 from steer_ui.vectors import SteeringVector
@@ -116,7 +116,9 @@ def _peak_in_fresh_process(case: str, args: argparse.Namespace) -> float:
     import subprocess
 
     cmd = [sys.executable, "-m", "steer_ui.bench", "--memory-case", case, "--new-tokens", str(args.new_tokens),
-           "--model", args.model, "--device", args.device, "--dtype", args.dtype]
+           "--model", args.model, "--device", args.device, "--dtype", args.dtype, "--cache", args.cache]
+    if args.compile:
+        cmd.append("--compile")
     if args.random_shape:
         cmd += ["--random-shape", args.random_shape]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True)
@@ -151,7 +153,7 @@ def _alternative(lm: LoadedModel, plan, vector: SteeringVector, coef: float, n: 
                              use_cache=False, logits_to_keep=1)
 
 
-def _probe_costs(lm: LoadedModel, contexts: list[int], repeats: int) -> list[dict]:
+def _probe_costs(lm: LoadedModel, contexts: list[int], repeats: int, cache: str = "dynamic") -> list[dict]:
     """ms per decode step, per cached probe (suffix on the live cache, cropped) and per re-run probe."""
     plan = plan_run(lm, RunSettings(PROMPT))
     suffix = list(plan.probe.suffix_ids)
@@ -159,12 +161,12 @@ def _probe_costs(lm: LoadedModel, contexts: list[int], repeats: int) -> list[dic
     rows = []
     for length in contexts:
         ctx = (filler * (length // len(filler) + 1))[:length]
-        fw = _Forward(lm, None, torch.zeros(1, device=lm.input_device))
+        fw = _Forward(lm, None, torch.zeros(1, device=lm.input_device), cache, length + len(suffix) + 1)
         fw([ctx], [[0.0] * length], 1, 0)
 
         def step() -> None:
             fw([[ctx[-1]]], [[0.0]], 1, 0)
-            fw.cache.crop(-1)  # keep the context length fixed across repeats
+            fw._crop(1)  # keep the context length fixed across repeats
 
         def cached_probe() -> None:
             fw([suffix], [[0.0] * len(suffix)], 1, len(suffix))
@@ -230,7 +232,7 @@ CASES = {"1": ("model.generate, 1 stream", 1), "2": ("engine, baseline only", 1)
          "5": ("as 3, probe every 4 tokens", 2), "6": ("2x generate + hooks, re-run probe every 4", 2)}
 
 
-def case_functions(lm: LoadedModel, n: int) -> dict[str, Callable[[], object]]:
+def case_functions(lm: LoadedModel, n: int, cache: str = "dynamic") -> dict[str, Callable[[], object]]:
     g = torch.Generator().manual_seed(0)
     layers = list(range(*lm.profile.layer_band))[:4] or [lm.n_layers // 2]
     # Unit-norm random directions at coefficient 1: steering work without derailing the text.
@@ -240,7 +242,7 @@ def case_functions(lm: LoadedModel, n: int) -> dict[str, Callable[[], object]]:
 
     def settings(coefs: tuple[float, ...], every: int) -> RunSettings:
         return RunSettings(PROMPT, vector=vector, layers=tuple(layers), coefs=coefs, max_new_tokens=n,
-                           ignore_eos=True, probe=ProbeSettings(every=every))
+                           ignore_eos=True, probe=ProbeSettings(every=every), cache=cache)
 
     plan = plan_run(lm, settings((coef,), 4))
     prompt_ids = list(plan.prompt_ids)
@@ -257,7 +259,7 @@ def case_functions(lm: LoadedModel, n: int) -> dict[str, Callable[[], object]]:
 
 def run_benchmark(lm: LoadedModel, n: int, repeats: int, contexts: list[int], spec: str | None,
                   args: argparse.Namespace) -> dict:
-    fns = case_functions(lm, n)
+    fns = case_functions(lm, n, args.cache)
     prompt_tokens = len(plan_run(lm, RunSettings(PROMPT)).prompt_ids)
     results = []
     for key, (label, streams) in CASES.items():
@@ -271,9 +273,10 @@ def run_benchmark(lm: LoadedModel, n: int, repeats: int, contexts: list[int], sp
         extra.update(_load_times(spec, device, dtype))
     return {
         "model": lm.model_id, "device": str(lm.device), "dtype": str(lm.dtype).removeprefix("torch."),
-        "threads": torch.get_num_threads(), "new_tokens": n, "repeats": repeats, "prompt_tokens": prompt_tokens,
+        "threads": torch.get_num_threads(), "cache": "static" if args.compile else args.cache,
+        "compiled": bool(args.compile), "new_tokens": n, "repeats": repeats, "prompt_tokens": prompt_tokens,
         "cases": [{**asdict(r), "median_s": r.median_s, "tok_s_per_stream": r.tok_s} for r in results],
-        "probe_cost": _probe_costs(lm, contexts, repeats), **extra,
+        "probe_cost": _probe_costs(lm, contexts, repeats, "static" if args.compile else args.cache), **extra,
     }
 
 
@@ -301,7 +304,8 @@ def markdown(report: dict) -> str:
     ref = report["cases"][0]["tok_s_per_stream"]
     lines = [f"{report['model']} on {report['device']} ({report['dtype']}, {report['threads']} threads), "
              f"{report['prompt_tokens']}-token prompt, {report['new_tokens']} new tokens, greedy, "
-             f"median of {report['repeats']}",
+             f"median of {report['repeats']}, engine cache {report.get('cache', 'dynamic')}"
+             f"{', compiled' if report.get('compiled') else ''}",
              "", "| # | case | tok/s per stream | vs 1 | peak extra memory |", "|---|---|---|---|---|"]
     for c in report["cases"]:
         lines.append(f"| {c['case']} | {c['label']} | {c['tok_s_per_stream']:.1f} | "
@@ -330,6 +334,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="a few tokens, one repeat, no cold load: a smoke run")
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto")
+    p.add_argument("--cache", choices=("dynamic", "static"), default="dynamic",
+                   help="the engine's KV cache in cases 2-5 (1 and 6 use generate's own)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the engine's decode steps (static cache); each case's warm-up run compiles")
     p.add_argument("--json", default=None, help="also write the full report here")
     p.add_argument("--memory-case", default=None, help=argparse.SUPPRESS)  # internal: one case, print peak MB
     args = p.parse_args(argv)
@@ -338,9 +346,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.memory_case:
         lm = random_r1_qwen_shape(args.device, args.dtype) if args.random_shape else \
             load_model(args.model, args.device, args.dtype)
-        fn = case_functions(lm, args.new_tokens)[args.memory_case]
+        fn = case_functions(lm, args.new_tokens, args.cache)[args.memory_case]
         with torch.inference_mode():  # page the mmapped weights in: that is load cost, not the case's
             lm.model(input_ids=torch.tensor([[1, 2]], device=lm.input_device))
+        if args.compile:
+            compile_model(lm)
+            fn()  # compiling is a one-off cost, not the run's memory
         with PeakMemory(lm.device) as mem:
             fn()
         print(f"{mem.peak_mb:.1f}")
@@ -360,6 +371,8 @@ def main(argv: list[str] | None = None) -> int:
             lm = load_model(args.model, args.device, args.dtype)
             spec = args.model if not args.quick and (args.model.endswith(".gguf") or args.model == "smollm2-135m") \
                 else None
+        if args.compile:
+            compile_model(lm)
         print(f"benchmarking {lm.describe()} ...", file=sys.stderr, flush=True)
         report = run_benchmark(lm, args.new_tokens, args.repeats, contexts, spec, args)
     except UserError as err:

@@ -18,6 +18,9 @@ from pathlib import Path
 from steer_ui.errors import UserError
 from steer_ui.known_models import BUNDLED_ALIAS
 
+COMPILE_HELP = ("torch.compile the decode steps (uses the static cache; the first run of each shape compiles: "
+                "~3 minutes for the bundled model on 2 CPU cores; for long runs and sweeps)")
+
 # Quiet the libraries before they are imported: stdout is ours (JSONL), stderr is for the user.
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -40,6 +43,9 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--scope", default="all", help="all | generated | kick:N | think | answer")
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--ignore-eos", action="store_true", help="generate exactly --max-new-tokens per row")
+    p.add_argument("--cache", choices=("dynamic", "static"), default="dynamic",
+                   help="KV cache: dynamic (grows per token) or static (preallocated for the run; no per-step "
+                        "copies; --compile always uses it)")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--top-k", type=int, default=0)
@@ -51,6 +57,7 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
                    help="readings with less probability on the choices are flagged unreliable")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
     p.add_argument("--dtype", default="auto", help="auto | float32 | bfloat16 | float16")
+    p.add_argument("--compile", action="store_true", help=COMPILE_HELP)
     p.add_argument("--jsonl", action="store_true", help="one JSON event per line on stdout, nothing else")
     _add_db(p)
     p.add_argument("--no-log", action="store_true", help="do not record this run in the session log")
@@ -131,6 +138,7 @@ def _add_experiments(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="folder for results.csv, summary.csv/.txt, figure.html/.png")
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto")
+    p.add_argument("--compile", action="store_true", help=COMPILE_HELP)
     _add_db(p)
     p.add_argument("--no-log", action="store_true", help="do not record the runs in the session log")
 
@@ -168,7 +176,7 @@ def _settings_from_args(args: argparse.Namespace):
         prompt=args.prompt, system=args.system, raw=args.raw,
         vector=load_vector(_vector_path(args.vector, args.model)) if args.vector else None,
         layers=parse_layers(args.layers), coefs=tuple(args.coef), scope=Scope.parse(args.scope),
-        max_new_tokens=args.max_new_tokens, ignore_eos=args.ignore_eos,
+        max_new_tokens=args.max_new_tokens, ignore_eos=args.ignore_eos, cache=args.cache,
         sampling=Sampling(args.temperature, args.top_p, args.top_k, args.seed),
         probe=ProbeSettings(args.probe_suffix, parse_choices(args.probe_choices), args.probe_every,
                             args.probe_min_mass),
@@ -187,13 +195,15 @@ def _vector_path(arg: str, model: str) -> str:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from steer_ui.models import load_model
+    from steer_ui.models import compile_model, load_model
 
     settings = _settings_from_args(args)
     store = None if args.no_log else _open_store(args.db)  # a bad --db fails before the model loads
     if not args.jsonl:
         print(f"loading {args.model} ...", file=sys.stderr, flush=True)
     lm = load_model(args.model, device=args.device, dtype=args.dtype)
+    if args.compile:
+        compile_model(lm)
     if settings.vector is not None and not args.jsonl:
         from steer_ui.guidance import dose_summary
 
@@ -337,7 +347,7 @@ def cmd_inspect_vector(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from steer_ui.models import load_model
+    from steer_ui.models import compile_model, load_model
     from steer_ui.questions import load_questions
     from steer_ui.settings import Scope, parse_layers
     from steer_ui.sweep import SweepConfig, run_sweep, summary_table
@@ -357,6 +367,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     store = None if args.no_log else _open_store(args.db)
     print(f"loading {args.model} ...", file=sys.stderr, flush=True)
     lm = load_model(args.model, device=args.device, dtype=args.dtype)
+    if args.compile:
+        compile_model(lm)
     if config.vector is not None:
         config.vector.check_against(lm.n_layers, lm.hidden_size, config.layers)
     with _progress_bar(f"{len(config.questions)} questions x {len(coefs)} coefs", unit="run") as progress:

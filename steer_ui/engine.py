@@ -18,7 +18,8 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import torch
-from transformers import DynamicCache
+from transformers import DynamicCache, StaticCache
+from transformers.cache_utils import StaticLayer
 
 from steer_ui.detokenize import Detokenizer
 from steer_ui.errors import UserError
@@ -44,6 +45,8 @@ class RunPlan:
     probe: ProbeSpec | None
     eos_ids: frozenset[int]
     starts_thinking: bool  # the rendered prompt leaves a <think> block open
+    cache: str  # "dynamic" or "static"
+    max_len: int  # the most positions the cache ever holds: prompt + new tokens + the longest suffix
     warnings: list[str] = field(default_factory=list)
 
 
@@ -95,11 +98,26 @@ def plan_run(lm: LoadedModel, settings: RunSettings) -> RunPlan:
     if limit and len(ids) + settings.max_new_tokens + longest_suffix > limit:
         raise UserError(f"prompt ({len(ids)} tokens) + max new tokens ({settings.max_new_tokens}) exceeds "
                         f"the model's context of {limit} tokens")
+    cache = "static" if lm.step_forward is not None else settings.cache  # compiled steps need fixed shapes
+    if cache == "static":
+        _check_static_cache(lm)
     starts_thinking = bool(profile.has_thinking and text.rfind(profile.think_open) > text.rfind(profile.think_close))
     rows = [RowInfo(0, "baseline", 0.0)] + [
         RowInfo(i + 1, f"coef {c:+g}", float(c)) for i, c in enumerate(settings.coefs)
     ]
-    return RunPlan(settings, ids, text, rows, layers, directions, probe, eos_ids(lm), starts_thinking, warnings)
+    max_len = len(ids) + settings.max_new_tokens + longest_suffix
+    if lm.step_forward is not None:
+        max_len = -(-max_len // 256) * 256  # fewer distinct cache shapes, fewer recompilations
+    return RunPlan(settings, ids, text, rows, layers, directions, probe, eos_ids(lm), starts_thinking, cache,
+                   max_len, warnings)
+
+
+def _check_static_cache(lm: LoadedModel) -> None:
+    """The static cache's crop rewinds plain layers only; sliding-window layers keep a rolling buffer."""
+    cache = StaticCache(config=lm.model.config, max_cache_len=1)
+    if any(type(layer) is not StaticLayer for layer in cache.layers):
+        raise UserError(f"the static cache does not support {lm.model_id}'s sliding-window attention layers; "
+                        "use the default dynamic cache")
 
 
 @dataclass
@@ -137,10 +155,13 @@ def _tag_ends_here(tail: str, piece: str, tag: str) -> bool:
 class _Forward:
     """One model call on the shared cache with this step's steering scale; crops the probe suffix after."""
 
-    def __init__(self, lm: LoadedModel, steerer: Steerer | None, coefs: torch.Tensor):
+    def __init__(self, lm: LoadedModel, steerer: Steerer | None, coefs: torch.Tensor, cache: str = "dynamic",
+                 max_len: int = 0):
         self.lm, self.steerer, self.coefs = lm, steerer, coefs
-        self.cache = DynamicCache(config=lm.model.config)
+        self.cache = (StaticCache(config=lm.model.config, max_cache_len=max_len) if cache == "static"
+                      else DynamicCache(config=lm.model.config))
         self.device = lm.input_device
+        self.stepping = False
 
     @torch.inference_mode()  # here, not around the loop: the loop yields, and grad mode is thread state
     def __call__(self, ids: list[list[int]], mask: list[list[float]], keep: list[list[int]] | int,
@@ -150,13 +171,24 @@ class _Forward:
             self.steerer.scale = ((self.coefs[:, None] * torch.tensor(mask, device=self.device)).to(self.lm.dtype)
                                   if any_steered else None)
         keep_arg = keep if isinstance(keep, int) else torch.tensor(keep, device=self.device)
-        out = self.lm.model(input_ids=torch.tensor(ids, device=self.device), past_key_values=self.cache,
-                            use_cache=True, logits_to_keep=keep_arg)
+        model = self.lm.step_forward if self.lm.step_forward is not None and self.stepping else self.lm.model
+        self.stepping = True  # every call after the prefill is a decode step
+        out = model(input_ids=torch.tensor(ids, device=self.device), past_key_values=self.cache,
+                    use_cache=True, logits_to_keep=keep_arg)
         if self.steerer is not None:
             self.steerer.scale = None
         if crop:
-            self.cache.crop(-crop)
+            self._crop(crop)
         return out.logits
+
+    def _crop(self, n: int) -> None:
+        if isinstance(self.cache, StaticCache):
+            # The suffix stays in the buffer past the length: the causal mask hides it from later tokens,
+            # which overwrite it. Nothing is copied.
+            for layer in self.cache.layers:
+                layer.cumulative_length.sub_(n)
+        else:
+            self.cache.crop(-n)
 
 
 def run(lm: LoadedModel, settings: RunSettings, cancel: threading.Event | None = None) -> Iterator[Event]:
@@ -183,7 +215,7 @@ def decode(lm: LoadedModel, plan: RunPlan, cancel: threading.Event | None = None
     steps = 0
     start = time.perf_counter()
     with steerer or nullcontext():
-        forward = _Forward(lm, steerer, coefs)
+        forward = _Forward(lm, steerer, coefs, plan.cache, plan.max_len)
         # Prefill: the prompt (plus the suffix for the step-0 probe) for every row.
         suffix = _suffix_for(spec, plan.starts_thinking) if spec else ()
         prompt_mask = [float(scope.steers_prompt_position(p, n_prompt)) for p in range(n_prompt)]

@@ -33,7 +33,7 @@ from steer_ui.settings import RunSettings
 spaces = None
 if os.environ.get("SPACES_ZERO_GPU"):  # anywhere else spaces.GPU is the identity: skip the import
     try:
-        import spaces  # must come before CUDA is touched: app.py imports this module first
+        import spaces  # patches torch; app.py imports it before anything touches CUDA
     except ImportError:
         pass
 
@@ -104,14 +104,14 @@ def _current(model_id: str) -> LoadedModel:
     return _model
 
 
+_USER_ERROR_TAG = "steer-ui: "
+
+
 def _to_worker_error(err: UserError) -> Exception:
     """ZeroGPU re-raises only Gradio errors with their message; anything else arrives as a class name."""
     import gradio as gr
 
     return gr.Error(f"{_USER_ERROR_TAG}{err}", print_exception=False)
-
-
-_USER_ERROR_TAG = "steer-ui: "
 
 
 def _from_worker_error(err: Exception) -> Exception:

@@ -12,6 +12,8 @@ from steer_ui.vectors import SteeringVector
 
 ScopeKind = Literal["all", "generated", "kick", "think", "answer"]
 SCOPE_HELP = "all | generated | kick:N | think | answer"
+CacheKind = Literal["dynamic", "static"]
+CACHE_KINDS: tuple[str, ...] = ("dynamic", "static")
 
 
 @dataclass(frozen=True)
@@ -104,6 +106,7 @@ class RunSettings:
     scope: Scope = field(default_factory=Scope)
     max_new_tokens: int = 128
     ignore_eos: bool = False  # keep generating past end-of-sequence (benchmarks, fixed-length sweeps)
+    cache: CacheKind = "dynamic"  # static: preallocated for the whole run (torch.compile, long runs)
     sampling: Sampling = field(default_factory=Sampling)
     probe: ProbeSettings = field(default_factory=ProbeSettings)
 
@@ -114,7 +117,7 @@ class RunSettings:
             "vector_name": self.vector.name if self.vector else None,
             "layers": list(self.layers) if self.layers is not None else None, "coefs": list(self.coefs),
             "scope": str(self.scope), "max_new_tokens": self.max_new_tokens, "ignore_eos": self.ignore_eos,
-            "sampling": asdict(self.sampling),
+            "cache": self.cache, "sampling": asdict(self.sampling),
             "probe": {**asdict(self.probe), "choices": list(self.probe.choices)},
         }
 
@@ -126,7 +129,7 @@ class RunSettings:
                 layers=tuple(d["layers"]) if d.get("layers") is not None else None,
                 coefs=tuple(float(c) for c in d.get("coefs", [])), scope=Scope.parse(d.get("scope", "all")),
                 max_new_tokens=int(d.get("max_new_tokens", 128)), ignore_eos=bool(d.get("ignore_eos", False)),
-                sampling=Sampling(**d.get("sampling", {})),
+                cache=d.get("cache", "dynamic"), sampling=Sampling(**d.get("sampling", {})),
                 probe=ProbeSettings(**{**d.get("probe", {}), "choices": tuple(d.get("probe", {}).get(
                     "choices", ("Yes", "No")))}),
             )
@@ -141,6 +144,8 @@ class RunSettings:
         for c in self.coefs:
             if not math.isfinite(c):
                 raise UserError(f"coefficient {c} is not a finite number")
+        if self.cache not in CACHE_KINDS:
+            raise UserError(f"unknown cache {self.cache!r}: use {' or '.join(CACHE_KINDS)}")
         if self.coefs and self.vector is None:
             raise UserError("steered rows (--coef) need a steering vector (--vector FILE)")
         self.sampling.validate()

@@ -10,12 +10,13 @@ from steer_ui.engine import eos_ids
 from steer_ui.settings import ProbeSettings, RunSettings, Scope
 
 
+@pytest.mark.parametrize("cache", ["dynamic", "static"])
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "gpt2", "gpt_neox"])
-def test_engine_on_architecture(tiny, arch):
+def test_engine_on_architecture(tiny, arch, cache):
     lm = tiny[arch]
     vec = random_vector(lm, [1, 2], scale=4.0)
     s = RunSettings("Is nine a prime number?", vector=vec, coefs=(0.0, 3.0), scope=Scope("all"),
-                    max_new_tokens=12, probe=ProbeSettings(every=4, choices=("Yes", "No")))
+                    max_new_tokens=12, probe=ProbeSettings(every=4, choices=("Yes", "No")), cache=cache)
     start, _, probes, done = collect(lm, s)
     base, zero, steered = (r.token_ids for r in done.rows)
     assert base == generate_greedy(lm, start.prompt_ids, 12, eos_ids(lm))

@@ -80,3 +80,61 @@ def test_scope_steers_exactly_the_named_positions(tiny, scope):
     assert steered == _expected(Scope.parse(scope), len(start.prompt_ids), fed, close)
     for pos in [i for i, f in enumerate(steered) if f]:
         torch.testing.assert_close(added[1, pos], 2.0 * vec.directions[layer], rtol=0, atol=1e-5)
+
+
+def test_static_cache_gives_the_dynamic_cache_run(bundled):
+    """Preallocated cache, suffix left behind the length instead of cut: same tokens, same readings."""
+    vec = random_vector(bundled, list(range(14, 20)), scale=2.0)
+    runs = {}
+    for cache in ("dynamic", "static"):
+        s = RunSettings("Is 7 larger than 5? Answer Yes or No.", vector=vec, coefs=(4.0, -4.0), max_new_tokens=48, ignore_eos=True,
+                        scope=Scope.parse("generated"), probe=ProbeSettings(every=1), cache=cache)
+        runs[cache] = collect(bundled, s)
+    (_, _, probes_d, done_d), (_, _, probes_s, done_s) = runs["dynamic"], runs["static"]
+    assert [r.token_ids for r in done_s.rows] == [r.token_ids for r in done_d.rows]
+    assert len({tuple(r.token_ids) for r in done_d.rows}) == 3  # the rows differ: steering reached both
+    assert [(p.row, p.step) for p in probes_s] == [(p.row, p.step) for p in probes_d]
+    assert max(abs(a.logodds - b.logodds) for a, b in zip(probes_s, probes_d)) < 1e-3
+
+
+def test_static_cache_refuses_sliding_window_models(tiny):
+    import copy
+    from types import SimpleNamespace
+
+    from steer_ui.engine import _check_static_cache
+    from steer_ui.errors import UserError
+
+    config = copy.deepcopy(tiny["qwen2"].model.config)
+    config.sliding_window, config.use_sliding_window = 8, True
+    config.layer_types = ["sliding_attention"] * config.num_hidden_layers
+    with pytest.raises(UserError, match="static cache does not support .*sliding-window"):
+        _check_static_cache(SimpleNamespace(model=SimpleNamespace(config=config), model_id="tiny-qwen2-sliding"))
+    _check_static_cache(tiny["qwen2"])  # full attention: fine
+
+
+def test_compiled_steps_give_the_eager_run(tiny_dirs):
+    """torch.compile'd decode steps (hooks, static cache, fused probe traced by dynamo) change nothing."""
+    from torch._dynamo.utils import counters
+
+    from steer_ui.models import compile_model, load_model
+
+    lm = load_model(str(tiny_dirs["llama"]), device="cpu", dtype="float32")
+    vectors = [random_vector(lm, [1, 2], scale=4.0, seed=s) for s in (1, 2)]
+
+    def runs():
+        out = []
+        for prompt, vec in zip(("Is nine a prime number?", "Is ten even? Answer Yes or No."), vectors):
+            s = RunSettings(prompt, vector=vec, coefs=(3.0, -3.0), max_new_tokens=20, ignore_eos=True,
+                            probe=ProbeSettings(every=3))
+            out.append(collect(lm, s))
+        return out
+
+    eager = runs()
+    torch._dynamo.reset()
+    counters.clear()
+    compile_model(lm, backend="aot_eager")  # dynamo's tracing without inductor's minutes of codegen
+    compiled = runs()
+    assert counters["stats"]["unique_graphs"] >= 2  # the plain step and the probe step were captured
+    for (_, _, probes_e, done_e), (_, _, probes_c, done_c) in zip(eager, compiled):
+        assert [r.token_ids for r in done_c.rows] == [r.token_ids for r in done_e.rows]
+        assert max(abs(a.logodds - b.logodds) for a, b in zip(probes_c, probes_e)) < 1e-3
