@@ -171,10 +171,18 @@ class _Forward:
             self.steerer.scale = ((self.coefs[:, None] * torch.tensor(mask, device=self.device)).to(self.lm.dtype)
                                   if any_steered else None)
         keep_arg = keep if isinstance(keep, int) else torch.tensor(keep, device=self.device)
-        model = self.lm.step_forward if self.lm.step_forward is not None and self.stepping else self.lm.model
+        compiled = self.lm.step_forward is not None and self.stepping
         self.stepping = True  # every call after the prefill is a decode step
-        out = model(input_ids=torch.tensor(ids, device=self.device), past_key_values=self.cache,
-                    use_cache=True, logits_to_keep=keep_arg)
+        try:
+            out = (self.lm.step_forward if compiled else self.lm.model)(
+                input_ids=torch.tensor(ids, device=self.device), past_key_values=self.cache, use_cache=True,
+                logits_to_keep=keep_arg)
+        except (torch._dynamo.exc.TorchDynamoException, torch._inductor.exc.InductorError) as err:
+            if not compiled:
+                raise
+            cause = getattr(err, "inner_exception", None) or err.__cause__ or err  # dynamo wraps the real error
+            first = str(cause).strip().splitlines()[0][:300] if str(cause).strip() else ""
+            raise UserError(f"torch.compile failed ({type(cause).__name__}: {first}); run without --compile") from None
         if self.steerer is not None:
             self.steerer.scale = None
         if crop:

@@ -138,3 +138,18 @@ def test_compiled_steps_give_the_eager_run(tiny_dirs):
     for (_, _, probes_e, done_e), (_, _, probes_c, done_c) in zip(eager, compiled):
         assert [r.token_ids for r in done_c.rows] == [r.token_ids for r in done_e.rows]
         assert max(abs(a.logodds - b.logodds) for a, b in zip(probes_c, probes_e)) < 1e-3
+
+
+def test_a_failing_compiler_is_one_message(tiny_dirs):
+    """No C compiler, a broken backend: the run ends with a UserError naming --compile, no traceback."""
+    from steer_ui.errors import UserError
+    from steer_ui.models import compile_model, load_model
+
+    def broken_backend(graph, example_inputs):
+        raise RuntimeError("no C compiler found")
+
+    lm = load_model(str(tiny_dirs["llama"]), device="cpu", dtype="float32")
+    torch._dynamo.reset()
+    compile_model(lm, backend=broken_backend)
+    with pytest.raises(UserError, match=r"torch.compile failed .*no C compiler.*run without --compile"):
+        collect(lm, RunSettings("Is nine a prime number?", max_new_tokens=4, ignore_eos=True))
