@@ -173,21 +173,22 @@ class _Forward:
         keep_arg = keep if isinstance(keep, int) else torch.tensor(keep, device=self.device)
         compiled = self.lm.step_forward is not None and self.stepping
         self.stepping = True  # every call after the prefill is a decode step
-        try:
-            out = (self.lm.step_forward if compiled else self.lm.model)(
-                input_ids=torch.tensor(ids, device=self.device), past_key_values=self.cache, use_cache=True,
-                logits_to_keep=keep_arg)
-        except (torch._dynamo.exc.TorchDynamoException, torch._inductor.exc.InductorError) as err:
-            if not compiled:
-                raise
-            cause = getattr(err, "inner_exception", None) or err.__cause__ or err  # dynamo wraps the real error
-            first = str(cause).strip().splitlines()[0][:300] if str(cause).strip() else ""
-            raise UserError(f"torch.compile failed ({type(cause).__name__}: {first}); run without --compile") from None
+        out = (self._compiled_step if compiled else self.lm.model)(
+            input_ids=torch.tensor(ids, device=self.device), past_key_values=self.cache, use_cache=True,
+            logits_to_keep=keep_arg)
         if self.steerer is not None:
             self.steerer.scale = None
         if crop:
             self._crop(crop)
         return out.logits
+
+    def _compiled_step(self, **inputs):
+        try:
+            return self.lm.step_forward(**inputs)
+        except (torch._dynamo.exc.TorchDynamoException, torch._inductor.exc.InductorError) as err:
+            cause = getattr(err, "inner_exception", None) or err.__cause__ or err  # dynamo wraps the real error
+            first = str(cause).strip().splitlines()[0][:300] if str(cause).strip() else ""
+            raise UserError(f"torch.compile failed ({type(cause).__name__}: {first}); run without --compile") from None
 
     def _crop(self, n: int) -> None:
         if isinstance(self.cache, StaticCache):
