@@ -12,8 +12,9 @@ Same model, prompt and number of new tokens (greedy, end-of-sequence ignored) in
   8  time to first token; model load cold (GGUF conversion) and from the conversion cache
 Speeds are tokens per second per stream (a run of 2 rows x N tokens in T s is N / T), medians of
 ``--repeats`` runs. Peak memory is the peak growth over the memory held once the model is loaded,
-measured for each case in a fresh process (CPU: RSS sampled every 2 ms; CUDA: the allocator's peak),
-because an allocator that already grew for one case hides the next case's growth.
+measured for each case in a fresh process, because an allocator that already grew for one case hides
+the next case's growth: live tensor memory (CPU: the profiler's allocation events; CUDA: the
+allocator's peak), and on CPU also the process's RSS, sampled every 2 ms.
 """
 
 from __future__ import annotations
@@ -31,8 +32,10 @@ from pathlib import Path
 
 import torch
 
+from steer_ui import cpu_matmul
 from steer_ui.engine import _Forward, plan_run, run
 from steer_ui.events import TokenEvent
+from steer_ui.kv_cache import crop
 from steer_ui.models import LoadedModel, compile_model, load_model
 from steer_ui.settings import ProbeSettings, RunSettings
 from steer_ui.steering import Steerer
@@ -47,7 +50,8 @@ class Result:
     label: str
     streams: int
     seconds: list[float] = field(default_factory=list)
-    peak_mb: float | None = None
+    peak_mb: float | None = None  # peak growth of live tensor memory (CPU: profiler; CUDA: allocator)
+    rss_mb: float | None = None  # CPU only: peak growth of the process's resident memory
     tokens: int = 0
 
     @property
@@ -60,7 +64,7 @@ class Result:
 
 
 class PeakMemory:
-    """Peak memory growth while the block runs (CPU: sampled RSS; CUDA: allocator peak)."""
+    """Peak growth of process memory while the block runs (CPU: RSS sampled every 2 ms; CUDA: allocator peak)."""
 
     def __init__(self, device: torch.device):
         self.device = device
@@ -95,24 +99,59 @@ class PeakMemory:
             self.peak_mb = (self._peak - self._base) / 2**20
 
 
+def peak_tensor_mb(fn: Callable[[], object]) -> float:
+    """Peak growth of live CPU tensor memory while ``fn`` runs: the CPU twin of CUDA's allocator peak.
+
+    RSS also counts what glibc keeps after a free, which depends on the order of allocations more than
+    on their size; the profiler's allocation events count tensors only.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
+                    if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU)
+    live = peak = 0
+    for _, nbytes in events:
+        live += nbytes
+        peak = max(peak, live)
+    return peak / 2**20
+
+
 def _sync(lm: LoadedModel) -> None:
     if lm.device.type == "cuda":
         torch.cuda.synchronize()
 
 
+def _time_once(lm: LoadedModel, fn: Callable[[], object]) -> float:
+    _sync(lm)
+    start = time.perf_counter()
+    fn()
+    _sync(lm)
+    return time.perf_counter() - start
+
+
 def _timed(lm: LoadedModel, fn: Callable[[], object], repeats: int, result: Result) -> Result:
     fn()  # warm-up: first calls pay for allocator growth and kernel selection
-    for _ in range(repeats):
-        _sync(lm)
-        start = time.perf_counter()
-        fn()
-        _sync(lm)
-        result.seconds.append(time.perf_counter() - start)
+    result.seconds += [_time_once(lm, fn) for _ in range(repeats)]
     return result
 
 
-def _peak_in_fresh_process(case: str, args: argparse.Namespace) -> float:
-    """Run one case once in a new process; its peak memory growth in MB."""
+def _timed_round_robin(lm: LoadedModel, fns: dict[str, Callable[[], object]], repeats: int,
+                       results: dict[str, Result]) -> None:
+    """Time every case once per round, ``repeats`` rounds: a machine that slows down for a while
+    (shared cores) slows every case alike instead of skewing the ratios between them."""
+    for key, fn in fns.items():
+        print(f"  warm-up {key}: {results[key].label}", file=sys.stderr, flush=True)
+        fn()
+    for round_ in range(repeats):
+        print(f"  round {round_ + 1} of {repeats}", file=sys.stderr, flush=True)
+        for key, fn in fns.items():
+            results[key].seconds.append(_time_once(lm, fn))
+
+
+def _peak_in_fresh_process(case: str, args: argparse.Namespace) -> dict[str, float | None]:
+    """Run one case in a new process; its peak memory growth in MB, as ``{"tensor_mb", "rss_mb"}``."""
     import subprocess
 
     cmd = [sys.executable, "-m", "steer_ui.bench", "--memory-case", case, "--new-tokens", str(args.new_tokens),
@@ -122,7 +161,7 @@ def _peak_in_fresh_process(case: str, args: argparse.Namespace) -> float:
     if args.random_shape:
         cmd += ["--random-shape", args.random_shape]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True)
-    return float(out.stdout.strip().splitlines()[-1])
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def _engine(lm: LoadedModel, settings: RunSettings) -> None:
@@ -166,7 +205,7 @@ def _probe_costs(lm: LoadedModel, contexts: list[int], repeats: int, cache: str 
 
         def step() -> None:
             fw([[ctx[-1]]], [[0.0]], 1, 0)
-            fw._crop(1)  # keep the context length fixed across repeats
+            crop(fw.cache, 1)  # keep the context length fixed across repeats
 
         def cached_probe() -> None:
             fw([suffix], [[0.0] * len(suffix)], 1, len(suffix))
@@ -221,6 +260,8 @@ def random_r1_qwen_shape(device: str, dtype: str) -> LoadedModel:
     torch.manual_seed(0)
     with torch.device(dev):
         model = Qwen2ForCausalLM(cfg).to(dt).eval()
+    if cpu_matmul.wanted(dev, dt):
+        cpu_matmul.use_few_row_linears(model)
     tokenizer = load_model().tokenizer  # any tokenizer whose ids fit the vocabulary
     profile = KNOWN_MODELS["deepseek-ai/deepseek-r1-distill-qwen-1.5b"]
     return LoadedModel(model, tokenizer, "random:r1-distill-qwen-1.5b-shape", profile, find_layers(model), dev, dt,
@@ -257,16 +298,20 @@ def case_functions(lm: LoadedModel, n: int, cache: str = "dynamic") -> dict[str,
     }
 
 
+def _few_row_linears(lm: LoadedModel) -> bool:
+    return any(isinstance(m, cpu_matmul.FewRowLinear) for m in lm.model.modules())
+
+
 def run_benchmark(lm: LoadedModel, n: int, repeats: int, contexts: list[int], spec: str | None,
                   args: argparse.Namespace) -> dict:
     fns = case_functions(lm, n, args.cache)
     prompt_tokens = len(plan_run(lm, RunSettings(PROMPT)).prompt_ids)
-    results = []
-    for key, (label, streams) in CASES.items():
-        print(f"  case {key}: {label}", file=sys.stderr, flush=True)
-        r = _timed(lm, fns[key], repeats, Result(key, label, streams, tokens=n))
-        r.peak_mb = _peak_in_fresh_process(key, args)
-        results.append(r)
+    results = {key: Result(key, label, streams, tokens=n) for key, (label, streams) in CASES.items()}
+    _timed_round_robin(lm, {key: fns[key] for key in CASES}, repeats, results)
+    for key, r in results.items():
+        print(f"  memory {key}: {r.label}", file=sys.stderr, flush=True)
+        peak = _peak_in_fresh_process(key, args)
+        r.peak_mb, r.rss_mb = peak["tensor_mb"], peak["rss_mb"]
     device, dtype = args.device, args.dtype
     extra = {"ttft_s": statistics.median(fns["ttft"]() for _ in range(max(1, repeats)))}
     if spec is not None:
@@ -274,8 +319,8 @@ def run_benchmark(lm: LoadedModel, n: int, repeats: int, contexts: list[int], sp
     return {
         "model": lm.model_id, "device": str(lm.device), "dtype": str(lm.dtype).removeprefix("torch."),
         "threads": torch.get_num_threads(), "cache": "static" if args.compile else args.cache,
-        "compiled": bool(args.compile), "new_tokens": n, "repeats": repeats, "prompt_tokens": prompt_tokens,
-        "cases": [{**asdict(r), "median_s": r.median_s, "tok_s_per_stream": r.tok_s} for r in results],
+        "compiled": bool(args.compile), "few_row_linears": _few_row_linears(lm), "new_tokens": n, "repeats": repeats, "prompt_tokens": prompt_tokens,
+        "cases": [{**asdict(r), "median_s": r.median_s, "tok_s_per_stream": r.tok_s} for r in results.values()],
         "probe_cost": _probe_costs(lm, contexts, repeats, "static" if args.compile else args.cache), **extra,
     }
 
@@ -291,8 +336,8 @@ def targets(report: dict) -> list[tuple[str, bool, str]]:
         ("5 >= 5x faster than 6 end to end", c["6"]["median_s"] >= 5 * c["5"]["median_s"],
          f"{c['6']['median_s'] / c['5']['median_s']:.1f}x"),
         (f"probe at {hi} tokens <= 1.3x probe at {lo}", probe[hi] <= 1.3 * probe[lo], f"{probe[hi] / probe[lo]:.2f}x"),
-        ("peak memory of 4 <= 1.1x that of 3", c["4"]["peak_mb"] <= 1.1 * max(c["3"]["peak_mb"], 1.0),
-         f"{c['4']['peak_mb']:.0f} MB vs {c['3']['peak_mb']:.0f} MB"),
+        ("peak memory of 4 <= 1.1x that of 3 (tensors)", c["4"]["peak_mb"] <= 1.1 * max(c["3"]["peak_mb"], 1.0),
+         f"{c['4']['peak_mb']:.1f} MB vs {c['3']['peak_mb']:.1f} MB"),
     ]
     if "load_cached_s" in report:
         out.append(("second start from the conversion cache <= 5 s", report["load_cached_s"] <= 5,
@@ -305,11 +350,15 @@ def markdown(report: dict) -> str:
     lines = [f"{report['model']} on {report['device']} ({report['dtype']}, {report['threads']} threads), "
              f"{report['prompt_tokens']}-token prompt, {report['new_tokens']} new tokens, greedy, "
              f"median of {report['repeats']}, engine cache {report.get('cache', 'dynamic')}"
-             f"{', compiled' if report.get('compiled') else ''}",
-             "", "| # | case | tok/s per stream | vs 1 | peak extra memory |", "|---|---|---|---|---|"]
+             f"{', compiled' if report.get('compiled') else ''}"
+             f"{', few-row CPU linears' if report.get('few_row_linears') else ''}"]
+    rss = any(c.get("rss_mb") is not None for c in report["cases"])
+    lines += ["", "| # | case | tok/s per stream | vs 1 | peak tensor memory |" + (" peak RSS growth |" if rss else ""),
+              "|---|---|---|---|---|" + ("---|" if rss else "")]
     for c in report["cases"]:
         lines.append(f"| {c['case']} | {c['label']} | {c['tok_s_per_stream']:.1f} | "
-                     f"{c['tok_s_per_stream'] / ref:.2f}x | {c['peak_mb']:.0f} MB |")
+                     f"{c['tok_s_per_stream'] / ref:.2f}x | {c['peak_mb']:.1f} MB |"
+                     + (f" {c['rss_mb']:.0f} MB |" if rss else ""))
     lines += ["", "| context (tokens) | decode step | cached probe (ours) | re-run probe |", "|---|---|---|---|"]
     for p in report["probe_cost"]:
         lines.append(f"| {p['context']} | {p['decode_step_ms']:.1f} ms | {p['cached_probe_ms']:.1f} ms | "
@@ -339,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the engine's decode steps (static cache); each case's warm-up run compiles")
     p.add_argument("--json", default=None, help="also write the full report here")
-    p.add_argument("--memory-case", default=None, help=argparse.SUPPRESS)  # internal: one case, print peak MB
+    p.add_argument("--memory-case", default=None, help=argparse.SUPPRESS)  # internal: one case, print its peaks
     args = p.parse_args(argv)
     from steer_ui.errors import UserError
 
@@ -352,9 +401,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.compile:
             compile_model(lm)
             fn()  # compiling is a one-off cost, not the run's memory
-        with PeakMemory(lm.device) as mem:
+        with PeakMemory(lm.device) as mem:  # first, while the allocator is fresh
             fn()
-        print(f"{mem.peak_mb:.1f}")
+        cpu = lm.device.type == "cpu"
+        print(json.dumps({"tensor_mb": peak_tensor_mb(fn) if cpu else mem.peak_mb,
+                          "rss_mb": mem.peak_mb if cpu else None}))
         return 0
     try:
         if args.quick:

@@ -18,13 +18,15 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import torch
-from transformers import DynamicCache, StaticCache
+from transformers import StaticCache
 from transformers.cache_utils import StaticLayer
 
 from steer_ui.detokenize import Detokenizer
 from steer_ui.errors import UserError
 from steer_ui.events import (ChoiceInfo, DoneEvent, Event, FinishReason, ProbeEvent, RowInfo, RowResult,
                              StartEvent, Timing, TokenEvent)
+from steer_ui.kv_cache import crop as crop_cache
+from steer_ui.kv_cache import new_cache
 from steer_ui.models import LoadedModel
 from steer_ui.probe import ProbeSpec, build_probe, read
 from steer_ui.sampling import Sampler
@@ -158,8 +160,7 @@ class _Forward:
     def __init__(self, lm: LoadedModel, steerer: Steerer | None, coefs: torch.Tensor, cache: str = "dynamic",
                  max_len: int = 0):
         self.lm, self.steerer, self.coefs = lm, steerer, coefs
-        self.cache = (StaticCache(config=lm.model.config, max_cache_len=max_len) if cache == "static"
-                      else DynamicCache(config=lm.model.config))
+        self.cache = new_cache(lm.model.config, cache, max_len)
         self.device = lm.input_device
         self.stepping = False
 
@@ -179,7 +180,7 @@ class _Forward:
         if self.steerer is not None:
             self.steerer.scale = None
         if crop:
-            self._crop(crop)
+            crop_cache(self.cache, crop)
         return out.logits
 
     def _compiled_step(self, **inputs):
@@ -189,15 +190,6 @@ class _Forward:
             cause = getattr(err, "inner_exception", None) or err.__cause__ or err  # dynamo wraps the real error
             first = str(cause).strip().splitlines()[0][:300] if str(cause).strip() else ""
             raise UserError(f"torch.compile failed ({type(cause).__name__}: {first}); run without --compile") from None
-
-    def _crop(self, n: int) -> None:
-        if isinstance(self.cache, StaticCache):
-            # The suffix stays in the buffer past the length: the causal mask hides it from later tokens,
-            # which overwrite it. Nothing is copied.
-            for layer in self.cache.layers:
-                layer.cumulative_length.sub_(n)
-        else:
-            self.cache.crop(-n)
 
 
 def run(lm: LoadedModel, settings: RunSettings, cancel: threading.Event | None = None) -> Iterator[Event]:

@@ -22,6 +22,7 @@ from urllib.parse import urlparse
 
 import torch
 
+from steer_ui import cpu_matmul
 from steer_ui.errors import UserError
 from steer_ui.known_models import BUNDLED_ALIAS, ModelProfile, profile_for
 
@@ -255,6 +256,8 @@ def load_model(spec: str = BUNDLED_ALIAS, device: str = "auto", dtype: str = "au
         model.to(dev)
     model.eval()
     model.requires_grad_(False)
+    if cpu_matmul.wanted(dev, dt):
+        cpu_matmul.use_few_row_linears(model)
     layers = find_layers(model)
     cfg = model.config.get_text_config()
     profile = profile_for(spec, len(layers), int(cfg.hidden_size), set(tokenizer.get_vocab()))
