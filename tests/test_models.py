@@ -29,7 +29,12 @@ def test_conversion_cache_matches_a_direct_gguf_load(bundled):
     assert models._convert_gguf(gguf, models.default_cache_dir()) == cached  # reused, not rewritten
     assert (cached / "model.safetensors").stat().st_mtime_ns == stamp
     direct = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
-    ids = torch.tensor([[1, 504, 3458, 314, 1530, 30]])
+    ours = bundled.model.state_dict()
+    theirs = direct.state_dict()
+    assert ours.keys() == theirs.keys()
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+    # And the same logits, on an input long enough that both models use F.linear (not few-row linears).
+    ids = torch.tensor([[1, 504, 3458, 314, 1530, 30] * 2])
     with torch.no_grad():
         assert torch.equal(direct(ids).logits, bundled.model(ids).logits)
 
