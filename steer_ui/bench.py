@@ -11,7 +11,8 @@ Same model, prompt and number of new tokens (greedy, end-of-sequence ignored) in
   7  probe cost alone at several context lengths (cached probe vs re-running the text)
   8  time to first token; model load cold (GGUF conversion) and from the conversion cache
 Speeds are tokens per second per stream (a run of 2 rows x N tokens in T s is N / T), medians of
-``--repeats`` runs. Peak memory is the peak growth over the memory held once the model is loaded,
+``--repeats`` rounds, each timing every case once (round-robin, so a slow stretch of a shared machine
+hits all cases alike). Peak memory is the peak growth over the memory held once the model is loaded,
 measured for each case in a fresh process, because an allocator that already grew for one case hides
 the next case's growth: live tensor memory (CPU: the profiler's allocation events; CUDA: the
 allocator's peak), and on CPU also the process's RSS, sampled every 2 ms.
@@ -260,8 +261,7 @@ def random_r1_qwen_shape(device: str, dtype: str) -> LoadedModel:
     torch.manual_seed(0)
     with torch.device(dev):
         model = Qwen2ForCausalLM(cfg).to(dt).eval()
-    if cpu_matmul.wanted(dev, dt):
-        cpu_matmul.use_few_row_linears(model)
+    cpu_matmul.use_where_wanted(model, dev, dt)
     tokenizer = load_model().tokenizer  # any tokenizer whose ids fit the vocabulary
     profile = KNOWN_MODELS["deepseek-ai/deepseek-r1-distill-qwen-1.5b"]
     return LoadedModel(model, tokenizer, "random:r1-distill-qwen-1.5b-shape", profile, find_layers(model), dev, dt,

@@ -40,9 +40,11 @@ class FewRowLinear(torch.nn.Linear):
         return out.reshape(*x.shape[:-1], out.shape[-1])
 
 
-def wanted(device: torch.device, dtype: torch.dtype) -> bool:
-    """Whether a model on ``device`` in ``dtype`` gets few-row linears (CPU float32, unless opted out)."""
-    return device.type == "cpu" and dtype == torch.float32 and os.environ.get(OPT_OUT_ENV, "") != "1"
+def use_where_wanted(model: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> int:
+    """Swap in few-row linears for a CPU float32 model (unless ``STEER_UI_PLAIN_LINEAR=1``); how many."""
+    if device.type != "cpu" or dtype != torch.float32 or os.environ.get(OPT_OUT_ENV, "") == "1":
+        return 0
+    return use_few_row_linears(model)
 
 
 def use_few_row_linears(model: torch.nn.Module) -> int:

@@ -256,8 +256,7 @@ def load_model(spec: str = BUNDLED_ALIAS, device: str = "auto", dtype: str = "au
         model.to(dev)
     model.eval()
     model.requires_grad_(False)
-    if cpu_matmul.wanted(dev, dt):
-        cpu_matmul.use_few_row_linears(model)
+    cpu_matmul.use_where_wanted(model, dev, dt)
     layers = find_layers(model)
     cfg = model.config.get_text_config()
     profile = profile_for(spec, len(layers), int(cfg.hidden_size), set(tokenizer.get_vocab()))
