@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from steer_ui import cpu_matmul
 from steer_ui.cpu_matmul import FewRowLinear, use_few_row_linears
