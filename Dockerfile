@@ -16,7 +16,7 @@ COPY --chown=app assets ./assets
 COPY --chown=app app.py README.md ./
 USER app
 # Convert the bundled GGUF once at build time (into the image, not the volume): the first start is fast.
-RUN python -c "from steer_ui.models import load_model; load_model('smollm2-135m', device='cpu')"
+RUN python -c "from steer_ui.model.loading import load_model; load_model('smollm2-135m', device='cpu')"
 # The session log and downloaded hub models live on the volume.
 VOLUME /data
 # The dashboard listens on every interface inside the container only (the app's own default is 127.0.0.1).

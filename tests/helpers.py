@@ -6,9 +6,9 @@ from contextlib import contextmanager
 
 import torch
 
-from steer_ui.engine import run
-from steer_ui.events import DoneEvent, ProbeEvent, TokenEvent
-from steer_ui.models import LoadedModel
+from steer_ui.engine.decode import run
+from steer_ui.engine.events import DoneEvent, ProbeEvent, TokenEvent
+from steer_ui.model.loading import LoadedModel
 
 
 def collect(lm: LoadedModel, settings, cancel=None):

@@ -9,9 +9,9 @@ from gradio_client import Client
 from gradio_client.exceptions import AppError
 
 from helpers import collect
-from steer_ui.datasets import preset_vector_path
-from steer_ui.settings import ProbeSettings, RunSettings
-from steer_ui.vectors import load_vector
+from steer_ui.vectors.presets import preset_vector_path
+from steer_ui.engine.run_settings import ProbeSettings, RunSettings
+from steer_ui.vectors.vector import load_vector
 
 warnings.filterwarnings("ignore", message=".*Pandas4Warning.*")
 

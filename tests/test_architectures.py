@@ -6,8 +6,8 @@ import pytest
 from conftest import random_vector
 from helpers import add_everywhere, collect, full_forward_reading, generate_greedy
 
-from steer_ui.engine import eos_ids
-from steer_ui.settings import ProbeSettings, RunSettings, Scope
+from steer_ui.engine.decode import eos_ids
+from steer_ui.engine.run_settings import ProbeSettings, RunSettings, Scope
 
 
 @pytest.mark.parametrize("cache", ["dynamic", "static"])
@@ -35,5 +35,5 @@ def test_engine_on_architecture(tiny, arch, cache):
 
 
 def _close_ids(lm, settings):
-    from steer_ui.probe import build_probe
+    from steer_ui.engine.probe import build_probe
     return list(build_probe(lm.tokenizer, lm.profile, settings.probe).close_think_ids)

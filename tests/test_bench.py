@@ -10,7 +10,7 @@ from pathlib import Path
 
 from helpers import collect
 
-from steer_ui.settings import ProbeSettings, RunSettings
+from steer_ui.engine.run_settings import ProbeSettings, RunSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_benchmark_quick_mode_reports_every_case(tmp_path):
     out = tmp_path / "bench.json"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
-    r = subprocess.run([sys.executable, "-m", "steer_ui.bench", "--quick", "--json", str(out)], capture_output=True,
+    r = subprocess.run([sys.executable, "-m", "steer_ui.bench.__main__", "--quick", "--json", str(out)], capture_output=True,
                        text=True, timeout=900, env=env, cwd=ROOT)
     assert r.returncode == 0, r.stderr
     report = json.loads(out.read_text())
@@ -35,7 +35,7 @@ def test_benchmark_quick_mode_reports_every_case(tmp_path):
 def test_peak_tensor_memory_counts_what_was_live_at_once():
     import torch
 
-    from steer_ui.bench import peak_tensor_mb
+    from steer_ui.bench.__main__ import peak_tensor_mb
 
     def work() -> None:
         a = torch.ones(4, 2**18)  # 4 MB

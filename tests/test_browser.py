@@ -159,7 +159,7 @@ def test_stop_ends_the_run_and_the_chart_keeps_its_zoom(page: Page, shots: Path,
 
 
 def test_a_run_link_reopens_it_and_model_html_is_shown_as_text(page: Page, app_server, tmp_path, shots):
-    from steer_ui.history import export, import_jsonl
+    from steer_ui.log.archive import export, import_jsonl
 
     dash = app_server[1]
     store = dash.ctx.store
@@ -189,8 +189,8 @@ def test_a_2000_token_run_streams_every_token_at_a_bounded_update_rate(browser, 
     import time
 
     from conftest import random_vector, serve_dashboard
-    from steer_ui.models import load_model
-    from steer_ui.vectors import save_vector
+    from steer_ui.model.loading import load_model
+    from steer_ui.vectors.vector import save_vector
     from tiny import build_tiny_model
 
     lm = load_model(str(build_tiny_model("llama", tmp_path / "llama", max_positions=4096)), device="cpu",

@@ -7,8 +7,8 @@ import torch
 from conftest import random_vector
 from helpers import collect
 
-from steer_ui.engine import _Forward, plan_run
-from steer_ui.settings import ProbeSettings, RunSettings, Scope
+from steer_ui.engine.decode import _Forward, plan_run
+from steer_ui.engine.run_settings import ProbeSettings, RunSettings, Scope
 
 
 def _snapshot(cache):
@@ -101,7 +101,7 @@ def test_static_cache_refuses_sliding_window_models(tiny):
     import copy
     from types import SimpleNamespace
 
-    from steer_ui.engine import _check_static_cache
+    from steer_ui.engine.decode import _check_static_cache
     from steer_ui.errors import UserError
 
     config = copy.deepcopy(tiny["qwen2"].model.config)
@@ -116,7 +116,7 @@ def test_compiled_steps_give_the_eager_run(tiny_dirs):
     """torch.compile'd decode steps (hooks, static cache, fused probe traced by dynamo) change nothing."""
     from torch._dynamo.utils import counters
 
-    from steer_ui.models import compile_model, load_model
+    from steer_ui.model.loading import compile_model, load_model
 
     lm = load_model(str(tiny_dirs["llama"]), device="cpu", dtype="float32")
     vectors = [random_vector(lm, [1, 2], scale=4.0, seed=s) for s in (1, 2)]
@@ -143,7 +143,7 @@ def test_compiled_steps_give_the_eager_run(tiny_dirs):
 def test_a_failing_compiler_is_one_message(tiny_dirs):
     """No C compiler, a broken backend: the run ends with a UserError naming --compile, no traceback."""
     from steer_ui.errors import UserError
-    from steer_ui.models import compile_model, load_model
+    from steer_ui.model.loading import compile_model, load_model
 
     def broken_backend(graph, example_inputs):
         raise RuntimeError("no C compiler found")

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from steer_ui.vectors import SteeringVector, save_vector
+from steer_ui.vectors.vector import SteeringVector, save_vector
 
 ROOT = Path(__file__).resolve().parents[1]
 

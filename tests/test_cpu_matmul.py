@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from steer_ui import cpu_matmul
-from steer_ui.cpu_matmul import FewRowLinear, use_few_row_linears
-from steer_ui.models import load_model
+from steer_ui.model import cpu_matmul
+from steer_ui.model.cpu_matmul import FewRowLinear, use_few_row_linears
+from steer_ui.model.loading import load_model
 
 
 def _pair(in_f: int, out_f: int, bias: bool) -> tuple[torch.nn.Linear, FewRowLinear]:

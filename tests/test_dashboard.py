@@ -14,13 +14,13 @@ from gradio_client.utils import apply_diff
 
 from conftest import random_vector
 from helpers import collect
-from steer_ui.dashboard import FILE_VECTOR, NO_VECTOR, UPDATES_PER_S, AppContext, Dashboard, figure_html
-from steer_ui.datasets import preset_vector_path
-from steer_ui.history import record_events
-from steer_ui.settings import ProbeSettings, RunSettings
-from steer_ui.store import Store
-from steer_ui.vectors import load_vector, save_vector
-from steer_ui.view import RunView
+from steer_ui.app.dashboard import FILE_VECTOR, NO_VECTOR, UPDATES_PER_S, AppContext, Dashboard, figure_html
+from steer_ui.vectors.presets import preset_vector_path
+from steer_ui.log.archive import record_events
+from steer_ui.engine.run_settings import ProbeSettings, RunSettings
+from steer_ui.log.store import Store
+from steer_ui.vectors.vector import load_vector, save_vector
+from steer_ui.views.run_view import RunView
 
 PROMPT = "Is 91 a prime number? Answer Yes or No."
 LONG = "Write a long story about a dragon who learns arithmetic."
@@ -342,7 +342,7 @@ def test_sweep_tab_handler_runs_a_small_sweep_and_logs_it(dash):
 
 
 def test_the_browser_session_key_survives_a_restart(tmp_path, monkeypatch):
-    from steer_ui.ui import browser_secret
+    from steer_ui.app.layout import browser_secret
 
     monkeypatch.setenv("STEER_UI_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("STEER_UI_SECRET", raising=False)

@@ -6,7 +6,7 @@ import re
 import shlex
 from pathlib import Path
 
-from steer_ui.ui import build_parser
+from steer_ui.app.layout import build_parser
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -73,7 +73,7 @@ def test_auth_parsing():
     import pytest
 
     from steer_ui.errors import UserError
-    from steer_ui.ui import parse_auth
+    from steer_ui.app.layout import parse_auth
 
     assert parse_auth("ana:pw1, bo:p:w2") == [("ana", "pw1"), ("bo", "p:w2")]
     assert parse_auth("") is None and parse_auth(None) is None
@@ -88,9 +88,9 @@ def test_a_password_protected_app_refuses_clients_without_it(bundled, tmp_path):
     import pytest
     from gradio_client import Client
 
-    from steer_ui.dashboard import AppContext, Dashboard
-    from steer_ui.store import Store
-    from steer_ui.ui import build, launch_kwargs, parse_auth
+    from steer_ui.app.dashboard import AppContext, Dashboard
+    from steer_ui.log.store import Store
+    from steer_ui.app.layout import build, launch_kwargs, parse_auth
 
     demo = build(Dashboard(AppContext(lm=bundled, store=Store(str(tmp_path / "log.sqlite")), files=tmp_path)))
     with socket.socket() as s:

@@ -9,9 +9,9 @@ import torch
 from conftest import random_vector
 from helpers import add_everywhere, collect, full_forward_reading, generate_greedy, probe_logits_fingerprint
 
-from steer_ui.engine import eos_ids, run
-from steer_ui.events import TokenEvent
-from steer_ui.settings import ProbeSettings, RunSettings, Sampling, Scope
+from steer_ui.engine.decode import eos_ids, run
+from steer_ui.engine.events import TokenEvent
+from steer_ui.engine.run_settings import ProbeSettings, RunSettings, Sampling, Scope
 
 PROMPT = "Is 17 a prime number? Answer yes or no, then explain."
 LAYERS = range(8, 16)

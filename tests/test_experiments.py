@@ -12,14 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from steer_ui.analysis import analyse, split_steps
-from steer_ui.answers import extract, is_correct, last_boxed
-from steer_ui.datasets import preset_vector_path
+from steer_ui.experiments.analysis import analyse, split_steps
+from steer_ui.experiments.grading import extract, is_correct, last_boxed
+from steer_ui.vectors.presets import preset_vector_path
 from steer_ui.errors import UserError
-from steer_ui.questions import Question, load_questions, read_questions_jsonl, word_problems, yesno_questions
-from steer_ui.store import Store
-from steer_ui.sweep import SweepConfig, run_sweep, wilson
-from steer_ui.vectors import load_vector
+from steer_ui.experiments.questions import Question, load_questions, read_questions_jsonl, word_problems, yesno_questions
+from steer_ui.log.store import Store
+from steer_ui.experiments.sweep import SweepConfig, run_sweep, wilson
+from steer_ui.vectors.vector import load_vector
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -244,8 +244,8 @@ def test_sweep_and_analyze_from_the_command_line(tmp_path):
 
 
 def test_rollouts_score_continuations_from_each_step(bundled):
-    from steer_ui.analysis import rollout_values
-    from steer_ui.settings import RunSettings
+    from steer_ui.experiments.analysis import rollout_values
+    from steer_ui.engine.run_settings import RunSettings
 
     q = Question("q", "Is 91 a prime number?", "No", "yesno")
     result = analyse(["Let", " me", " think", ".\n", "No", "."], [0, 4, 6], [0.1, -0.5, -2.5], [0.9] * 3,

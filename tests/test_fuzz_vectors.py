@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from steer_ui.errors import UserError
-from steer_ui.vectors import SteeringVector, load_vector, save_vector
+from steer_ui.vectors.vector import SteeringVector, load_vector, save_vector
 
 SUFFIXES = (".gguf", ".safetensors", ".pt", ".npy", ".npz")
 

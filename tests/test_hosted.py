@@ -9,13 +9,13 @@ import gradio as gr
 import pytest
 
 from helpers import collect
-from steer_ui.dashboard import AppContext, Dashboard
-from steer_ui.datasets import preset_vector_path
+from steer_ui.app.dashboard import AppContext, Dashboard
+from steer_ui.vectors.presets import preset_vector_path
 from steer_ui.errors import UserError
-from steer_ui.limits import Limits, RateLimiter
-from steer_ui.settings import ProbeSettings, RunSettings
-from steer_ui.store import Store
-from steer_ui.vectors import load_vector
+from steer_ui.app.hosted import Limits, RateLimiter
+from steer_ui.engine.run_settings import ProbeSettings, RunSettings
+from steer_ui.log.store import Store
+from steer_ui.vectors.vector import load_vector
 
 PROMPT = "Is 7 a prime number?"
 
@@ -109,7 +109,7 @@ def test_a_client_over_the_rate_limit_is_refused_before_queueing(bundled, tmp_pa
     from gradio_client import Client
     from gradio_client.exceptions import ValidationError
 
-    from steer_ui.ui import build, launch_kwargs, queue_kwargs
+    from steer_ui.app.layout import build, launch_kwargs, queue_kwargs
 
     limits = Limits(runs_per_minute=2)
     dash = Dashboard(AppContext(lm=bundled, store=Store(str(tmp_path / "log.sqlite")), files=tmp_path,
@@ -160,7 +160,7 @@ def test_two_clients_steering_at_once_each_get_their_solo_result(app_server, bun
 
 
 def test_hosted_launch_settings():
-    from steer_ui.ui import build_parser, launch_kwargs, queue_kwargs
+    from steer_ui.app.layout import build_parser, launch_kwargs, queue_kwargs
 
     limits = Limits(upload_mb=8, queue_size=5)
     assert launch_kwargs(limits)["max_file_size"] == "8mb" and "max_file_size" not in launch_kwargs(None)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from transformers.cache_utils import DynamicLayer
 
-from steer_ui.kv_cache import MIN_ROOM, GrowingLayer, crop, new_cache
+from steer_ui.engine.kv_cache import MIN_ROOM, GrowingLayer, crop, new_cache
 
 
 def test_growing_layer_matches_dynamic_layer_through_appends_crops_and_growth():

@@ -16,13 +16,13 @@ import pytest
 import torch
 from conftest import random_vector
 
-from steer_ui.engine import run
+from steer_ui.engine.decode import run
 from steer_ui.errors import UserError
-from steer_ui.events import DoneEvent, ProbeEvent, TokenEvent
-from steer_ui.history import export, import_jsonl, replay_settings
-from steer_ui.recorder import RunRecorder
-from steer_ui.settings import ProbeSettings, RunSettings, Sampling
-from steer_ui.store import Store
+from steer_ui.engine.events import DoneEvent, ProbeEvent, TokenEvent
+from steer_ui.log.archive import export, import_jsonl, replay_settings
+from steer_ui.log.recorder import RunRecorder
+from steer_ui.engine.run_settings import ProbeSettings, RunSettings, Sampling
+from steer_ui.log.store import Store
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPT = "Is 21 a prime number? Answer yes or no."

@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from steer_ui.detokenize import Detokenizer
-from steer_ui.engine import _Row
+from steer_ui.engine.detokenize import Detokenizer
+from steer_ui.engine.decode import _Row
 from steer_ui.errors import UserError
-from steer_ui.events import RowInfo
-from steer_ui.probe import build_choices
-from steer_ui.sampling import Sampler
-from steer_ui.settings import RunSettings, Sampling, Scope, parse_layers
-from steer_ui.vectors import SteeringVector, load_vector, save_vector
+from steer_ui.engine.events import RowInfo
+from steer_ui.engine.probe import build_choices
+from steer_ui.engine.sampling import Sampler
+from steer_ui.engine.run_settings import RunSettings, Sampling, Scope, parse_layers
+from steer_ui.vectors.vector import SteeringVector, load_vector, save_vector
 
 
 def test_parse_layers():

@@ -69,11 +69,11 @@ def main(out: Path) -> dict:
 
     from conftest import serve_dashboard
     from helpers import collect
-    from steer_ui import gpu
-    from steer_ui.datasets import preset_vector_path
-    from steer_ui.models import load_model
-    from steer_ui.settings import ProbeSettings, RunSettings
-    from steer_ui.vectors import load_vector
+    from steer_ui.engine import worker as gpu
+    from steer_ui.vectors.presets import preset_vector_path
+    from steer_ui.model.loading import load_model
+    from steer_ui.engine.run_settings import ProbeSettings, RunSettings
+    from steer_ui.vectors.vector import load_vector
 
     seen: dict = {"active": gpu.ACTIVE, "main_pid": os.getpid()}
     lm = load_model("smollm2-135m", device="cpu", dtype="float32")

@@ -1,0 +1,161 @@
+"""CLI consumers of the event stream: JSON lines for scripts, a side-by-side view for people."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import textwrap
+from typing import TextIO
+
+from steer_ui.engine.events import DoneEvent, Event, ProbeEvent, StartEvent, TokenEvent
+
+
+class JsonlPrinter:
+    """One JSON object per event on stdout, flushed at once so a pipe sees tokens as they come."""
+
+    def __init__(self, out: TextIO):
+        self.out = out
+
+    def __call__(self, event: Event) -> None:
+        self.out.write(json.dumps(event.to_dict(), ensure_ascii=False) + "\n")
+        self.out.flush()
+
+
+def first_divergence(baseline: list[int], steered: list[int]) -> int | None:
+    """Index of the first generated token where ``steered`` departs from ``baseline`` (None: never)."""
+    for i, (a, b) in enumerate(zip(baseline, steered)):
+        if a != b:
+            return i
+    return None if len(baseline) == len(steered) else min(len(baseline), len(steered))
+
+
+class SideBySidePrinter:
+    """Live progress on stderr while decoding; the rows in columns and the probe curve at the end."""
+
+    MAX_PROBE_LINES = 24
+
+    def __init__(self, out: TextIO, err: TextIO):
+        self.out, self.err = out, err
+        self.live = err.isatty()
+        self.start: StartEvent | None = None
+        self.probes: dict[int, list[ProbeEvent]] = {}
+        self.steps = 0
+
+    def __call__(self, event: Event) -> None:
+        if isinstance(event, StartEvent):
+            self._on_start(event)
+        elif isinstance(event, TokenEvent):
+            self.steps = max(self.steps, event.step + 1)
+            if self.live and event.row == 0:
+                self.err.write(f"\r  generating: {self.steps} tokens")
+                self.err.flush()
+        elif isinstance(event, ProbeEvent):
+            self.probes.setdefault(event.row, []).append(event)
+        elif isinstance(event, DoneEvent):
+            if self.live:
+                self.err.write("\r" + " " * 40 + "\r")
+            self._on_done(event)
+
+    def _on_start(self, ev: StartEvent) -> None:
+        self.start = ev
+        rows = ", ".join(r.label for r in ev.rows)
+        layers = f"layers {ev.layers[0]}-{ev.layers[-1]}" if ev.layers else "no steering"
+        self.err.write(f"{ev.model} | {len(ev.prompt_ids)} prompt tokens | rows: {rows} | {layers} | "
+                       f"scope {ev.scope} | probe every {ev.probe_every or 'off'}\n")
+        for w in ev.warnings:
+            self.err.write(f"warning: {w}\n")
+        self.err.flush()
+
+    def _on_done(self, ev: DoneEvent) -> None:
+        width = shutil.get_terminal_size((120, 24)).columns
+        col = max(20, (width - 3 * (len(ev.rows) - 1)) // len(ev.rows))
+        heads = [f"{r.label} ({r.finish_reason}, {len(r.token_ids)} tok)" for r in ev.rows]
+        columns = [_wrap(r.text, col) for r in ev.rows]
+        height = max(len(c) for c in columns)
+        w = self.out.write
+        w(" | ".join(h[:col].ljust(col) for h in heads).rstrip() + "\n")
+        w("-+-".join("-" * col for _ in ev.rows) + "\n")
+        for i in range(height):
+            w(" | ".join((c[i] if i < len(c) else "").ljust(col) for c in columns).rstrip() + "\n")
+        base = ev.rows[0].token_ids
+        for r in ev.rows[1:]:
+            d = first_divergence(base, r.token_ids)
+            where = "identical to the baseline" if d is None else f"departs from the baseline at token {d}"
+            w(f"\n{r.label}: {where}")
+        w("\n")
+        self._probe_table(ev)
+        t = ev.timing
+        rate = t.steps / t.decode_s if t.decode_s > 0 else float("nan")
+        self.err.write(f"load {t.load_s:.1f} s | prefill {t.prefill_s:.2f} s | decode {t.steps} steps in "
+                       f"{t.decode_s:.1f} s ({rate:.1f} steps/s, {len(ev.rows)} rows)\n")
+        self.out.flush()
+
+    def _probe_table(self, ev: DoneEvent) -> None:
+        if not self.probes:
+            return
+        steps = sorted({p.step for ps in self.probes.values() for p in ps})
+        stride = max(1, -(-len(steps) // self.MAX_PROBE_LINES))
+        shown = steps[::stride] + ([steps[-1]] if (len(steps) - 1) % stride else [])
+        by = {(p.row, p.step): p for ps in self.probes.values() for p in ps}
+        w = self.out.write
+        w("\nprobe log-odds logp(first) - logp(second); '?' = unreliable (little mass on the choices)\n")
+        w("step  " + "".join(f"{r.label[:12]:>14}" for r in ev.rows) + "\n")
+        for s in shown:
+            cells = []
+            for r in ev.rows:
+                p = by.get((r.row, s))
+                cells.append(" " * 14 if p is None else f"{p.logodds:+13.2f}{'' if p.reliable else '?'}".rjust(14))
+            w(f"{s:>4}  " + "".join(cells) + "\n")
+
+
+def _wrap(text: str, width: int) -> list[str]:
+    """Wrapped lines; runs of blank lines (a collapsed model emits hundreds) shown as one."""
+    lines: list[str] = []
+    for para in text.split("\n"):
+        for line in textwrap.wrap(para, width) or [""]:
+            if line or (lines and lines[-1]):
+                lines.append(line)
+    return lines
+
+
+def print_vector_report(out: TextIO, vector, lm=None) -> None:
+    """Layers, norms, stored separation stats and (with a model) logit-lens tokens of ``vector``."""
+    from steer_ui.vectors.guidance import logit_lens
+
+    meta = vector.metadata
+    stats = {s["layer"]: s for s in json.loads(meta.get("layer_stats", "[]"))}
+    head = [f"{vector.name}", f"{len(vector.layers)} layers ({_span_text(vector.layers)})",
+            f"hidden {vector.hidden_size}", f"model hint {vector.model_hint or '?'}"]
+    for key in ("method", "pairs", "source", "suggested_band", "created"):
+        if meta.get(key):
+            head.append(f"{key.replace('_', ' ')} {meta[key]}")
+    out.write(" | ".join(head) + "\n")
+    cols = "layer     |v|"
+    if stats:
+        cols += "  pair-acc  effect   mean|h|  rel/coef  coef@0.5"
+    if lm is not None:
+        cols += "  logit lens: promotes / suppresses"
+    out.write(cols + "\n")
+    for layer in vector.layers:
+        v = vector.directions[layer]
+        line = f"{layer:>5} {float(v.norm()):>7.3f}"
+        s = stats.get(layer)
+        if s:
+            rel = s["relative_norm"]
+            line += (f"  {s['pair_accuracy']:>8.2f}  {s['effect_size']:>6.2f}  {s['act_norm']:>8.1f}"
+                     f"  {rel:>8.4f}  {0.5 / rel if rel > 0 else float('nan'):>8.1f}")
+        elif stats:
+            line += " " * 46
+        if lm is not None:
+            up, down = logit_lens(lm, v, k=4)
+            line += f"  {' '.join(repr(t) for t in up)} / {' '.join(repr(t) for t in down)}"
+        out.write(line + "\n")
+    if stats:
+        out.write("rel/coef = ||v_L|| / mean ||h_L||: the relative dose of coefficient 1; coef@0.5 = the "
+                  "coefficient for a dose of 0.5\n")
+
+
+def _span_text(layers: list[int]) -> str:
+    if layers == list(range(layers[0], layers[-1] + 1)):
+        return f"{layers[0]}-{layers[-1]}"
+    return ",".join(map(str, layers))

@@ -1,0 +1,154 @@
+"""Where did the reasoning go wrong: the probe curve read at step boundaries of a chain of thought.
+
+A step ends at a newline. Its reading is the row's own probe point at the step's last token (exact
+with ``--probe-every 1``, which costs nothing extra in this engine), else the latest point before it,
+so steered rows are read under their own steering, as they were streamed. A step is flagged when the
+log-odds changes sign (``flip``) or falls by more than ``drop`` (``drop``): candidates for the first
+wrong step. The answer *emerges* at the first step whose reading is reliable and beyond ``commit``.
+Rollouts (optional, costly) estimate each step's value by sampling continuations from it.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from steer_ui.experiments.grading import extract, is_correct
+from steer_ui.engine.decode import run as engine_run
+from steer_ui.engine.events import DoneEvent
+from steer_ui.model.loading import LoadedModel
+from steer_ui.experiments.questions import Question
+from steer_ui.engine.run_settings import ProbeSettings, RunSettings, Sampling
+
+
+@dataclass(frozen=True)
+class Step:
+    index: int
+    start: int  # first token of the step
+    end: int  # one past its last token: the probe reading after ``end`` tokens belongs to it
+    text: str
+    reading_step: int | None  # the probe step used (== end when exact)
+    logodds: float | None
+    mass: float | None
+    reliable: bool
+    flag: str | None  # flip | drop | None
+    value: float | None = None  # rollouts: the share of continuations from here that end correct
+
+
+@dataclass(frozen=True)
+class Analysis:
+    steps: list[Step]
+    first_flag: int | None  # index of the first flagged step
+    emergence: int | None  # index of the step where the probe first commits
+    commit: float
+    drop: float
+
+
+def split_steps(pieces: list[str]) -> list[tuple[int, int]]:
+    """Token ranges [start, end) of the steps: a step ends with a token that contains a newline."""
+    ranges, start = [], 0
+    for i, piece in enumerate(pieces):
+        if "\n" in piece:
+            if "".join(pieces[start:i + 1]).strip():
+                ranges.append((start, i + 1))
+                start = i + 1
+            else:  # blank lines join the next step
+                continue
+    if start < len(pieces) and "".join(pieces[start:]).strip():
+        ranges.append((start, len(pieces)))
+    return ranges
+
+
+def analyse(pieces: list[str], probe_steps: list[int], logodds: list[float], mass: list[float],
+            reliable: list[bool], commit: float = 2.0, drop: float = 2.0) -> Analysis:
+    """Steps, their readings and flags, from a row's tokens and its probe series (sorted by step)."""
+    steps: list[Step] = []
+    prev: float | None = None
+    for index, (start, end) in enumerate(split_steps(pieces)):
+        at = bisect.bisect_right(probe_steps, end) - 1
+        lo = logodds[at] if at >= 0 else None
+        ok = reliable[at] if at >= 0 else False
+        flag = None
+        if lo is not None and prev is not None and ok:
+            if (lo > 0) != (prev > 0) and abs(lo - prev) > 1e-9:
+                flag = "flip"
+            elif prev - lo > drop:
+                flag = "drop"
+        steps.append(Step(index, start, end, "".join(pieces[start:end]), probe_steps[at] if at >= 0 else None, lo,
+                          mass[at] if at >= 0 else None, ok, flag))
+        if lo is not None and ok:
+            prev = lo
+    first_flag = next((s.index for s in steps if s.flag), None)
+    emergence = next((s.index for s in steps if s.reliable and s.logodds is not None and abs(s.logodds) >= commit),
+                     None)
+    return Analysis(steps, first_flag, emergence, commit, drop)
+
+
+def rollout_values(lm: LoadedModel, prompt_text: str, analysis: Analysis, question: Question, k: int,
+                   max_new_tokens: int, settings: RunSettings, coef: float,
+                   progress: Callable[[int, int], None] | None = None) -> Analysis:
+    """Each step's value: of ``k`` sampled continuations from the text up to its end, the share correct.
+
+    The continuation runs under the row's own coefficient (steered as a generated-token row).
+    """
+    steps = []
+    prefix = ""
+    for i, step in enumerate(analysis.steps):
+        prefix += step.text
+        correct = 0
+        for sample in range(k):
+            rs = RunSettings(
+                prompt=prompt_text + prefix, raw=True, vector=settings.vector if coef else None,
+                layers=settings.layers, coefs=(coef,) if coef else (), scope=settings.scope,
+                max_new_tokens=max_new_tokens, sampling=Sampling(max(settings.sampling.temperature, 0.7), 1.0, 0,
+                                                                 1000 + sample),
+                probe=ProbeSettings(every=0),
+            )
+            done = next(e for e in engine_run(lm, rs) if isinstance(e, DoneEvent))
+            text = prefix + done.rows[-1].text
+            correct += is_correct(extract(text, question.kind, lm.profile.think_close).value, question)
+        steps.append(Step(**{**step.__dict__, "value": correct / k}))
+        if progress is not None:
+            progress(i + 1, len(analysis.steps))
+    return Analysis(steps, analysis.first_flag, analysis.emergence, analysis.commit, analysis.drop)
+
+
+def report(analysis: Analysis, label: str) -> str:
+    lines = [f"{label}: {len(analysis.steps)} steps | first flagged step: "
+             f"{analysis.first_flag if analysis.first_flag is not None else '-'} | answer emerges at step: "
+             f"{analysis.emergence if analysis.emergence is not None else '-'} (|log-odds| >= {analysis.commit:g})",
+             f"{'step':>4} {'tokens':>11} {'log-odds':>8} {'mass':>5} {'flag':>5} {'value':>5}  text"]
+    for s in analysis.steps:
+        lo = f"{s.logodds:+.2f}" + ("" if s.reliable else "?") if s.logodds is not None else "-"
+        mass = f"{s.mass:.2f}" if s.mass is not None else "-"
+        value = f"{s.value:.2f}" if s.value is not None else ""
+        text = s.text.strip().replace("\n", " ")
+        lines.append(f"{s.index:>4} {s.start:>5}-{s.end:<5} {lo:>8} {mass:>5} {s.flag or '':>5} {value:>5}  "
+                     f"{text[:70]}{'...' if len(text) > 70 else ''}")
+    return "\n".join(lines)
+
+
+def figure(analysis: Analysis, label: str) -> dict:
+    """The probe at each step boundary, flagged steps marked, and rollout values (if any) beside it."""
+    steps = [s for s in analysis.steps if s.logodds is not None]
+    data = [{"type": "scatter", "mode": "lines+markers", "name": f"{label}: probe log-odds",
+             "x": [s.end for s in steps], "y": [s.logodds for s in steps],
+             "text": [s.text.strip()[:80] for s in steps], "hovertemplate": "token %{x}: %{y:.2f}<br>%{text}",
+             "marker": {"size": [12 if s.flag else 6 for s in steps],
+                        "symbol": ["x" if s.flag else ("circle" if s.reliable else "circle-open") for s in steps]}}]
+    if any(s.value is not None for s in analysis.steps):
+        data.append({"type": "scatter", "mode": "lines+markers", "name": "rollout value (share correct)",
+                     "x": [s.end for s in analysis.steps], "y": [s.value for s in analysis.steps], "yaxis": "y2",
+                     "line": {"dash": "dot"}})
+    shapes = []
+    if analysis.emergence is not None:
+        x = analysis.steps[analysis.emergence].end
+        shapes.append({"type": "line", "x0": x, "x1": x, "yref": "paper", "y0": 0, "y1": 1,
+                       "line": {"dash": "dash", "color": "#059669"}})
+    return {"data": data, "layout": {
+        "title": {"text": f"{label}: probe at step boundaries (x = flagged step, green = answer emerges)"},
+        "xaxis": {"title": {"text": "generated tokens (end of step)"}},
+        "yaxis": {"title": {"text": "log-odds"}, "zeroline": True},
+        "yaxis2": {"title": {"text": "rollout value"}, "overlaying": "y", "side": "right", "range": [0, 1]},
+        "shapes": shapes, "height": 380, "plot_bgcolor": "#ffffff"}}

@@ -1,0 +1,320 @@
+"""Coefficient sweeps: every question at every coefficient (and sample), scored, summarised and plotted.
+
+One engine run per question and sample carries every pending coefficient as a steered row (the
+baseline row is coefficient 0), so a sweep costs about one batched generation per question. Results
+are appended to ``results.csv`` after each run; running the same sweep into the same folder again
+skips what is there (resume after an interruption). ``sweep.json`` records the settings, so a
+different sweep cannot be appended to the wrong folder.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from steer_ui.engine import worker as gpu
+from steer_ui.experiments.grading import extract, is_correct
+from steer_ui.errors import UserError
+from steer_ui.engine.events import DoneEvent, ProbeEvent
+from steer_ui.model.loading import LoadedModel
+from steer_ui.experiments.questions import Question
+from steer_ui.log.recorder import RunRecorder
+from steer_ui.engine.run_settings import ProbeSettings, RunSettings, Sampling, Scope
+from steer_ui.log.store import Store
+from steer_ui.vectors.vector import SteeringVector
+
+FIELDS = ["question_id", "coef", "sample", "seed", "gold", "extracted", "how", "correct", "forced", "forced_correct",
+          "cot_tokens", "finish_reason", "final_logodds", "final_mass", "run_id", "text"]
+Progress = Callable[[int, int], None]  # (runs done, runs total)
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    questions: list[Question]
+    coefs: tuple[float, ...]
+    max_new_tokens: int
+    vector: SteeringVector | None = None
+    layers: tuple[int, ...] | None = None
+    scope: Scope = field(default_factory=Scope)
+    samples: int = 1
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int = 0
+    probe_every: int = 1  # every token: the last reading is the forced answer after the whole chain
+    system: str | None = None
+    label: dict = field(default_factory=dict)  # what to record in sweep.json besides the settings (sources)
+
+    def validate(self) -> None:
+        if not self.coefs:
+            raise UserError("give at least one coefficient (--coefs '-4,0,4')")
+        if len(set(self.coefs)) != len(self.coefs):
+            raise UserError("coefficients repeat")
+        if any(not math.isfinite(c) for c in self.coefs):
+            raise UserError("a coefficient is not a finite number")
+        if any(c != 0 for c in self.coefs) and self.vector is None:
+            raise UserError("nonzero coefficients need a steering vector")
+        if self.samples < 1:
+            raise UserError(f"samples must be >= 1, got {self.samples}")
+        if self.samples > 1 and self.temperature <= 0:
+            raise UserError("several samples need sampling: pass --temperature > 0 (greedy runs are identical)")
+        if self.max_new_tokens < 1:
+            raise UserError(f"max new tokens must be >= 1, got {self.max_new_tokens}")
+
+    def fingerprint(self) -> dict:
+        """What must match for a resume to append to existing results."""
+        return {
+            "questions": [q.id for q in self.questions], "coefs": list(self.coefs),
+            "max_new_tokens": self.max_new_tokens,
+            "vector": self.vector.content_hash() if self.vector is not None else None,
+            "layers": list(self.layers) if self.layers is not None else None, "scope": str(self.scope),
+            "samples": self.samples, "temperature": self.temperature, "top_p": self.top_p, "seed": self.seed,
+            "probe_every": self.probe_every, "system": self.system,
+        }
+
+
+@dataclass(frozen=True)
+class CoefSummary:
+    coef: float
+    n: int
+    correct: int
+    accuracy: float
+    ci_low: float  # Wilson 95 % interval
+    ci_high: float
+    no_answer: float  # share with no extractable answer
+    mean_tokens: float
+    mean_tokens_correct: float | None
+    mean_final_logodds_gold: float | None  # yes/no questions: final log-odds toward the right answer
+    forced_accuracy: float | None  # yes/no questions: the probe's answer after the chain, scored
+
+
+def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    if n == 0:
+        return 0.0, 0.0
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    out: Path
+    summary: list[CoefSummary]
+    files: list[Path]
+    notes: list[str]
+    ran: int  # engine runs this call (0 when everything was already there)
+
+
+def run_sweep(lm: LoadedModel, cfg: SweepConfig, out: str | Path, store: Store | None = None,
+              progress: Progress | None = None, session_id: str | None = None) -> SweepResult:
+    """Run what ``out/results.csv`` does not have yet, then write the summary and the figure."""
+    cfg.validate()
+    out = _prepare(Path(out).expanduser(), cfg)
+    results = out / "results.csv"
+    done = {(r["question_id"], float(r["coef"]), int(r["sample"])) for r in _read(results)}
+    todo = [(q, s) for q in cfg.questions for s in range(cfg.samples)
+            if any((q.id, c, s) not in done for c in cfg.coefs)]
+    session = (session_id or store.new_session("sweep", str(out)[:200])) if store is not None else None
+    total = len(cfg.questions) * cfg.samples
+    if progress is not None:
+        progress(total - len(todo), total)
+    for i, (q, sample) in enumerate(todo):
+        pending = [c for c in cfg.coefs if (q.id, c, sample) not in done]
+        rows = _one_run(lm, cfg, q, sample, pending, store, session)
+        _append(results, rows)
+        if progress is not None:
+            progress(total - len(todo) + i + 1, total)
+    summary = summarise(_read(results), cfg)
+    write_summary(summary, out)
+    notes = write_figure(summary, out, title=cfg.label.get("title", ""))
+    files = [out / n for n in ("results.csv", "summary.csv", "summary.txt", "figure.html", "figure.png", "sweep.json")
+             if (out / n).exists()]
+    return SweepResult(out, summary, files, notes, len(todo))
+
+
+def _prepare(out: Path, cfg: SweepConfig) -> Path:
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file, not a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    meta = out / "sweep.json"
+    mine = cfg.fingerprint()
+    if meta.exists():
+        try:
+            theirs = json.loads(meta.read_text())["settings"]
+        except (json.JSONDecodeError, KeyError):
+            raise UserError(f"{meta} is damaged; use another --out folder") from None
+        if theirs != mine:
+            changed = sorted(k for k in mine if theirs.get(k) != mine[k])
+            raise UserError(f"{out} holds a different sweep (differs in: {', '.join(changed)}); "
+                            "use another --out folder to start a new one")
+    else:
+        meta.write_text(json.dumps({"settings": mine, **cfg.label}, indent=1))
+    return out
+
+
+def _one_run(lm: LoadedModel, cfg: SweepConfig, q: Question, sample: int, pending: list[float],
+             store: Store | None, session: str | None) -> list[dict]:
+    steered = tuple(c for c in pending if c != 0)
+    settings = RunSettings(
+        prompt=q.prompt(), system=cfg.system, vector=cfg.vector if steered else None, layers=cfg.layers,
+        coefs=steered, scope=cfg.scope, max_new_tokens=cfg.max_new_tokens,
+        sampling=Sampling(cfg.temperature, cfg.top_p, 0, cfg.seed + sample),
+        probe=ProbeSettings(None, ("Yes", "No"), cfg.probe_every if q.kind == "yesno" else 0),
+    )
+    recorder = RunRecorder(store, session, lm, settings) if store is not None else None
+    last: dict[int, ProbeEvent] = {}
+    done: DoneEvent | None = None
+    try:
+        for event in gpu.stream(lm, settings):
+            if recorder is not None:
+                recorder(event)
+            if isinstance(event, ProbeEvent):
+                last[event.row] = event
+            elif isinstance(event, DoneEvent):
+                done = event
+    except Exception as err:  # Ctrl-C is not an error: close() below saves the run as cancelled
+        if recorder is not None:
+            recorder.fail(f"{type(err).__name__}: {err}")
+        raise
+    finally:
+        if recorder is not None:
+            recorder.close()
+    assert done is not None
+    by_coef = {r.coef: r for r in done.rows}
+    out = []
+    for c in pending:
+        r = by_coef[float(c)] if c != 0 else done.rows[0]
+        got = extract(r.text, q.kind, lm.profile.think_close)
+        probe = last.get(r.row)
+        # The forced answer: what the probe says right after the chain of thought, when it is reliable.
+        forced = ("Yes" if probe.logodds > 0 else "No") if probe and probe.reliable and probe.step == len(
+            r.token_ids) else None
+        out.append({
+            "question_id": q.id, "coef": c, "sample": sample, "seed": cfg.seed + sample, "gold": q.answer,
+            "extracted": got.value if got.value is not None else "", "how": got.how,
+            "correct": int(is_correct(got.value, q)), "forced": forced or "",
+            "forced_correct": int(is_correct(forced, q)) if q.kind == "yesno" else "",
+            "cot_tokens": len(r.token_ids), "finish_reason": r.finish_reason,
+            "final_logodds": round(probe.logodds, 4) if probe else "",
+            "final_mass": round(probe.mass, 4) if probe else "",
+            "run_id": recorder.run_id if recorder is not None else "", "text": r.text,
+        })
+    return out
+
+
+def _read(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    with path.open(newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def _append(path: Path, rows: list[dict]) -> None:
+    new = not path.exists()
+    with path.open("a", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=FIELDS)
+        if new:
+            writer.writeheader()
+        writer.writerows(rows)
+        f.flush()
+        os.fsync(f.fileno())  # a finished question survives a crash right after
+
+
+def summarise(rows: list[dict], cfg: SweepConfig) -> list[CoefSummary]:
+    kinds = {q.id: q for q in cfg.questions}
+    out = []
+    for c in sorted(cfg.coefs):
+        mine = [r for r in rows if float(r["coef"]) == c and r["question_id"] in kinds]
+        n = len(mine)
+        k = sum(int(r["correct"]) for r in mine)
+        lo, hi = wilson(k, n)
+        tokens = [int(r["cot_tokens"]) for r in mine]
+        tokens_ok = [int(r["cot_tokens"]) for r in mine if int(r["correct"])]
+        toward = [float(r["final_logodds"]) * (1 if kinds[r["question_id"]].answer.lower() in ("yes", "true") else -1)
+                  for r in mine if kinds[r["question_id"]].kind == "yesno" and r["final_logodds"] != ""]
+        forced = [int(r["forced_correct"]) for r in mine if r.get("forced_correct", "") != ""]
+        out.append(CoefSummary(
+            coef=c, n=n, correct=k, accuracy=k / n if n else 0.0, ci_low=lo, ci_high=hi,
+            no_answer=sum(1 for r in mine if r["how"] == "none") / n if n else 0.0,
+            mean_tokens=sum(tokens) / n if n else 0.0,
+            mean_tokens_correct=sum(tokens_ok) / len(tokens_ok) if tokens_ok else None,
+            mean_final_logodds_gold=sum(toward) / len(toward) if toward else None,
+            forced_accuracy=sum(forced) / len(forced) if forced else None,
+        ))
+    return out
+
+
+def summary_table(summary: list[CoefSummary]) -> str:
+    head = (f"{'coef':>6}  {'n':>4}  {'accuracy':>8}  {'95% CI':>13}  {'no answer':>9}  {'CoT tokens':>10}  "
+            f"{'(correct)':>9}  {'final log-odds to gold':>22}  {'forced acc':>10}")
+    lines = [head]
+    for s in summary:
+        ok = f"{s.mean_tokens_correct:.1f}" if s.mean_tokens_correct is not None else "-"
+        lo = f"{s.mean_final_logodds_gold:+.2f}" if s.mean_final_logodds_gold is not None else "-"
+        forced = f"{s.forced_accuracy:.1%}" if s.forced_accuracy is not None else "-"
+        lines.append(f"{s.coef:>+6g}  {s.n:>4}  {s.accuracy:>8.1%}  {s.ci_low:>6.1%}-{s.ci_high:<6.1%}  "
+                     f"{s.no_answer:>9.1%}  {s.mean_tokens:>10.1f}  {ok:>9}  {lo:>22}  {forced:>10}")
+    return "\n".join(lines)
+
+
+def write_summary(summary: list[CoefSummary], out: Path) -> None:
+    with (out / "summary.csv").open("w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=list(asdict(summary[0])))
+        writer.writeheader()
+        writer.writerows(asdict(s) for s in summary)
+    (out / "summary.txt").write_text(summary_table(summary) + "\n", encoding="utf-8")
+
+
+def figure(summary: list[CoefSummary], title: str = "") -> dict:
+    """Accuracy (with its interval) and mean chain-of-thought length against the coefficient."""
+    xs = [s.coef for s in summary]
+    return {
+        "data": [
+            {"type": "scatter", "mode": "lines+markers", "name": "accuracy", "x": xs,
+             "y": [s.accuracy for s in summary], "line": {"color": "#2563eb"},
+             "error_y": {"type": "data", "symmetric": False, "array": [s.ci_high - s.accuracy for s in summary],
+                         "arrayminus": [s.accuracy - s.ci_low for s in summary]}},
+            *([{"type": "scatter", "mode": "lines+markers", "name": "forced answer accuracy (probe)", "x": xs,
+                "y": [s.forced_accuracy for s in summary], "line": {"color": "#2563eb", "dash": "dash", "width": 1}}]
+              if any(s.forced_accuracy is not None for s in summary) else []),
+            {"type": "scatter", "mode": "lines+markers", "name": "mean CoT tokens", "x": xs,
+             "y": [s.mean_tokens for s in summary], "yaxis": "y2", "line": {"color": "#dc2626", "dash": "dot"}},
+        ],
+        "layout": {
+            "title": {"text": title}, "height": 380, "margin": {"l": 60, "r": 60, "t": 50, "b": 50},
+            "xaxis": {"title": {"text": "steering coefficient"}},
+            "yaxis": {"title": {"text": "accuracy (95% Wilson interval)"}, "range": [0, 1.05], "tickformat": ".0%"},
+            "yaxis2": {"title": {"text": "mean chain-of-thought tokens"}, "overlaying": "y", "side": "right",
+                       "rangemode": "tozero", "showgrid": False},
+            "legend": {"orientation": "h", "y": -0.2}, "plot_bgcolor": "#ffffff",
+        },
+    }
+
+
+def find_browser() -> None:
+    """kaleido renders PNGs with a Chrome/Chromium: point it at the system's when it has no other."""
+    if "BROWSER_PATH" not in os.environ:
+        found = shutil.which("chromium") or shutil.which("google-chrome") or shutil.which("chromium-browser")
+        if found:
+            os.environ["BROWSER_PATH"] = found
+
+
+def write_figure(summary: list[CoefSummary], out: Path, title: str = "") -> list[str]:
+    """figure.html always; figure.png when kaleido finds a Chrome/Chromium. Returns notes for the user."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure(figure(summary, title))
+    fig.write_html(out / "figure.html", include_plotlyjs=True)
+    find_browser()
+    try:
+        fig.write_image(out / "figure.png", width=900, height=420, scale=2)
+    except Exception as err:  # noqa: BLE001 - no kaleido or no browser: the HTML figure is still there
+        return [(f"figure.png not written ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); "
+                 "figure.html has the same chart")]
+    return []
