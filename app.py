@@ -9,7 +9,7 @@ import sys
 if os.environ.get("SPACES_ZERO_GPU"):  # a ZeroGPU Space: spaces patches torch on import, before any CUDA use
     import spaces  # noqa: F401
 
-from steer_ui.app.layout import main
+from steer_ui.app.launch import main
 
 if __name__ == "__main__":
     sys.exit(main())

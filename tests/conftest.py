@@ -13,9 +13,10 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, str(Path(__file__).parent))
 
+from tiny import build_tiny_model  # noqa: E402
+
 from steer_ui.model.loading import LoadedModel, load_model  # noqa: E402
 from steer_ui.vectors.vector import SteeringVector  # noqa: E402
-from tiny import build_tiny_model  # noqa: E402
 
 torch.set_num_threads(max(1, os.cpu_count() or 1))
 
@@ -59,9 +60,12 @@ def serve_dashboard(lm, root: Path):
 
     import gradio as gr
 
-    from steer_ui.app.dashboard import AppContext, Dashboard
+    from steer_ui.app import widgets
+    from steer_ui.app.context import AppContext
+    from steer_ui.app.dashboard import Dashboard
+    from steer_ui.app.launch import launch_kwargs
+    from steer_ui.app.layout import build
     from steer_ui.log.store import Store
-    from steer_ui.app.layout import build, launch_kwargs, widgets
 
     dash = Dashboard(AppContext(lm=lm, store=Store(str(root / "log.sqlite")), files=root))
     gr.set_static_paths(widgets.static_paths())

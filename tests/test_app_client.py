@@ -7,11 +7,11 @@ import warnings
 import pytest
 from gradio_client import Client
 from gradio_client.exceptions import AppError
-
 from helpers import collect
-from steer_ui.vectors.presets import preset_vector_path
+
 from steer_ui.engine.run_settings import ProbeSettings, RunSettings
-from steer_ui.vectors.vector import load_vector
+from steer_ui.vectors.files import load_vector
+from steer_ui.vectors.presets import preset_vector_path
 
 warnings.filterwarnings("ignore", message=".*Pandas4Warning.*")
 

@@ -189,9 +189,10 @@ def test_a_2000_token_run_streams_every_token_at_a_bounded_update_rate(browser, 
     import time
 
     from conftest import random_vector, serve_dashboard
-    from steer_ui.model.loading import load_model
-    from steer_ui.vectors.vector import save_vector
     from tiny import build_tiny_model
+
+    from steer_ui.model.loading import load_model
+    from steer_ui.vectors.files import save_vector
 
     lm = load_model(str(build_tiny_model("llama", tmp_path / "llama", max_positions=4096)), device="cpu",
                     dtype="float32")

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from steer_ui.vectors.vector import SteeringVector, save_vector
+from steer_ui.vectors.files import save_vector
+from steer_ui.vectors.vector import SteeringVector
 
 ROOT = Path(__file__).resolve().parents[1]
 

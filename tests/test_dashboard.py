@@ -9,17 +9,17 @@ import time
 
 import gradio as gr
 import pytest
+from conftest import random_vector
 from gradio.utils import diff
 from gradio_client.utils import apply_diff
-
-from conftest import random_vector
 from helpers import collect
+
 from steer_ui.app.dashboard import FILE_VECTOR, NO_VECTOR, UPDATES_PER_S, AppContext, Dashboard, figure_html
-from steer_ui.vectors.presets import preset_vector_path
-from steer_ui.log.archive import record_events
 from steer_ui.engine.run_settings import ProbeSettings, RunSettings
+from steer_ui.log.archive import record_events
 from steer_ui.log.store import Store
-from steer_ui.vectors.vector import load_vector, save_vector
+from steer_ui.vectors.files import load_vector, save_vector
+from steer_ui.vectors.presets import preset_vector_path
 from steer_ui.views.run_view import RunView
 
 PROMPT = "Is 91 a prime number? Answer Yes or No."

@@ -72,8 +72,8 @@ def test_dockerfile_user_volume_and_sources():
 def test_auth_parsing():
     import pytest
 
-    from steer_ui.errors import UserError
     from steer_ui.app.layout import parse_auth
+    from steer_ui.errors import UserError
 
     assert parse_auth("ana:pw1, bo:p:w2") == [("ana", "pw1"), ("bo", "p:w2")]
     assert parse_auth("") is None and parse_auth(None) is None
@@ -89,8 +89,8 @@ def test_a_password_protected_app_refuses_clients_without_it(bundled, tmp_path):
     from gradio_client import Client
 
     from steer_ui.app.dashboard import AppContext, Dashboard
-    from steer_ui.log.store import Store
     from steer_ui.app.layout import build, launch_kwargs, parse_auth
+    from steer_ui.log.store import Store
 
     demo = build(Dashboard(AppContext(lm=bundled, store=Store(str(tmp_path / "log.sqlite")), files=tmp_path)))
     with socket.socket() as s:

@@ -12,14 +12,20 @@ from pathlib import Path
 
 import pytest
 
-from steer_ui.experiments.analysis import analyse, split_steps
-from steer_ui.experiments.grading import extract, is_correct, last_boxed
-from steer_ui.vectors.presets import preset_vector_path
 from steer_ui.errors import UserError
-from steer_ui.experiments.questions import Question, load_questions, read_questions_jsonl, word_problems, yesno_questions
-from steer_ui.log.store import Store
+from steer_ui.experiments.analysis import analyze, split_steps
+from steer_ui.experiments.grading import is_correct, last_boxed, read_answer
+from steer_ui.experiments.questions import (
+    Question,
+    load_questions,
+    read_questions_jsonl,
+    word_problems,
+    yesno_questions,
+)
 from steer_ui.experiments.sweep import SweepConfig, run_sweep, wilson
-from steer_ui.vectors.vector import load_vector
+from steer_ui.log.store import Store
+from steer_ui.vectors.files import load_vector
+from steer_ui.vectors.presets import preset_vector_path
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -42,7 +48,7 @@ ROOT = Path(__file__).resolve().parent.parent
     ("no digits here", "number", None, "none"),
 ])
 def test_answer_extraction(text, kind, want, how):
-    got = extract(text, kind)
+    got = read_answer(text, kind)
     assert (got.value, got.how) == (want, how)
 
 
@@ -125,13 +131,13 @@ def test_steps_flags_and_emergence():
     pieces = ["First", " step", ".\n", "\n", "Second", ".\n", "Third", " one", ".\n", "End"]
     assert split_steps(pieces) == [(0, 3), (3, 6), (6, 9), (9, 10)]
     # Readings after 3, 6, 9 and 10 tokens: leaning yes, then a sharp drop, then a flip, then committed.
-    result = analyse(pieces, [0, 3, 6, 9, 10], [0.5, 3.0, 0.4, -1.0, -2.5], [0.9] * 5, [True] * 5,
+    result = analyze(pieces, [0, 3, 6, 9, 10], [0.5, 3.0, 0.4, -1.0, -2.5], [0.9] * 5, [True] * 5,
                      commit=2.0, drop=2.0)
     assert [s.flag for s in result.steps] == [None, "drop", "flip", None]
     assert result.first_flag == 1 and result.emergence == 0
     assert [s.reading_step for s in result.steps] == [3, 6, 9, 10]
     # Sparse probes: the latest reading before each boundary; unreliable readings flag nothing.
-    sparse = analyse(pieces, [0, 4, 8], [1.0, -1.0, -3.0], [0.9, 0.01, 0.9], [True, False, True])
+    sparse = analyze(pieces, [0, 4, 8], [1.0, -1.0, -3.0], [0.9, 0.01, 0.9], [True, False, True])
     assert [s.reading_step for s in sparse.steps] == [0, 4, 8, 8] and sparse.steps[1].flag is None
     assert sparse.emergence == 2
 
@@ -157,7 +163,7 @@ def test_a_small_sweep_writes_everything_and_logs_every_run(bundled, sweep_setup
                                                                     for c in cfg.coefs}
     for r in rows:  # each row's score is its own extraction, and its run is in the log with that text
         q = next(q for q in cfg.questions if q.id == r["question_id"])
-        assert int(r["correct"]) == is_correct(extract(r["text"], q.kind).value, q)
+        assert int(r["correct"]) == is_correct(read_answer(r["text"], q.kind).value, q)
         stream = store.get_run(r["run_id"]).streams
         assert r["text"] in [s.text for s in stream]
         if q.kind == "yesno":
@@ -244,11 +250,11 @@ def test_sweep_and_analyze_from_the_command_line(tmp_path):
 
 
 def test_rollouts_score_continuations_from_each_step(bundled):
-    from steer_ui.experiments.analysis import rollout_values
     from steer_ui.engine.run_settings import RunSettings
+    from steer_ui.experiments.analysis import rollout_values
 
     q = Question("q", "Is 91 a prime number?", "No", "yesno")
-    result = analyse(["Let", " me", " think", ".\n", "No", "."], [0, 4, 6], [0.1, -0.5, -2.5], [0.9] * 3,
+    result = analyze(["Let", " me", " think", ".\n", "No", "."], [0, 4, 6], [0.1, -0.5, -2.5], [0.9] * 3,
                      [True] * 3)
     calls = []
     valued = rollout_values(bundled, "Q: Is 91 a prime number? Answer Yes or No.\nA:", result, q, 2, 4,

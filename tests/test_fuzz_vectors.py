@@ -14,7 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from steer_ui.errors import UserError
-from steer_ui.vectors.vector import SteeringVector, load_vector, save_vector
+from steer_ui.vectors.files import load_vector, save_vector
+from steer_ui.vectors.vector import SteeringVector
 
 SUFFIXES = (".gguf", ".safetensors", ".pt", ".npy", ".npz")
 

@@ -7,15 +7,15 @@ import threading
 
 import gradio as gr
 import pytest
-
 from helpers import collect
+
 from steer_ui.app.dashboard import AppContext, Dashboard
-from steer_ui.vectors.presets import preset_vector_path
-from steer_ui.errors import UserError
 from steer_ui.app.hosted import Limits, RateLimiter
 from steer_ui.engine.run_settings import ProbeSettings, RunSettings
+from steer_ui.errors import UserError
 from steer_ui.log.store import Store
-from steer_ui.vectors.vector import load_vector
+from steer_ui.vectors.files import load_vector
+from steer_ui.vectors.presets import preset_vector_path
 
 PROMPT = "Is 7 a prime number?"
 

@@ -6,11 +6,11 @@ import pytest
 import torch
 from helpers import collect
 
-from steer_ui.model import loading as models
+from steer_ui.engine.run_settings import ProbeSettings, RunSettings
 from steer_ui.errors import UserError
+from steer_ui.model import loading as models
 from steer_ui.model.known import KNOWN_MODELS, profile_for
 from steer_ui.model.loading import find_layers, load_model, resolve_device_dtype
-from steer_ui.engine.run_settings import ProbeSettings, RunSettings
 
 
 def test_bundled_model_shape_and_profile(bundled):

@@ -8,7 +8,7 @@ from helpers import collect, generate_greedy
 
 from steer_ui.engine.decode import eos_ids
 from steer_ui.engine.run_settings import ProbeSettings, RunSettings, Scope
-from steer_ui.vectors.vector import load_vector
+from steer_ui.vectors.files import load_vector
 
 numpy.float_ = numpy.float64  # repeng 0.4 still names the alias NumPy 2 removed
 repeng = pytest.importorskip("repeng")

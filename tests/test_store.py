@@ -17,11 +17,11 @@ import torch
 from conftest import random_vector
 
 from steer_ui.engine.decode import run
-from steer_ui.errors import UserError
 from steer_ui.engine.events import DoneEvent, ProbeEvent, TokenEvent
+from steer_ui.engine.run_settings import ProbeSettings, RunSettings, Sampling
+from steer_ui.errors import UserError
 from steer_ui.log.archive import export, import_jsonl, replay_settings
 from steer_ui.log.recorder import RunRecorder
-from steer_ui.engine.run_settings import ProbeSettings, RunSettings, Sampling
 from steer_ui.log.store import Store
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -8,14 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from steer_ui.engine.detokenize import Detokenizer
 from steer_ui.engine.decode import _Row
-from steer_ui.errors import UserError
+from steer_ui.engine.detokenize import Detokenizer
 from steer_ui.engine.events import RowInfo
 from steer_ui.engine.probe import build_choices
-from steer_ui.engine.sampling import Sampler
 from steer_ui.engine.run_settings import RunSettings, Sampling, Scope, parse_layers
-from steer_ui.vectors.vector import SteeringVector, load_vector, save_vector
+from steer_ui.engine.sampling import Sampler
+from steer_ui.errors import UserError
+from steer_ui.vectors.files import load_vector, save_vector
+from steer_ui.vectors.vector import SteeringVector
 
 
 def test_parse_layers():

@@ -10,11 +10,12 @@ import numpy
 import pytest
 import torch
 
-from steer_ui.vectors.presets import build_pairs, load_template, preset_names
 from steer_ui.errors import UserError
 from steer_ui.vectors.contrastive import Pair, compute_vector, direction, last_token_states, read_pairs_jsonl
+from steer_ui.vectors.files import load_vector, save_vector
 from steer_ui.vectors.guidance import layer_stats, logit_lens, relative_dose, suggest_band
-from steer_ui.vectors.vector import SteeringVector, combine, load_vector, save_vector
+from steer_ui.vectors.presets import build_pairs, load_template, preset_names
+from steer_ui.vectors.vector import SteeringVector, combine
 
 numpy.float_ = numpy.float64  # repeng 0.4 still names the alias NumPy 2 removed
 ASSETS = Path(__file__).resolve().parents[1] / "assets"

@@ -64,16 +64,16 @@ def main(out: Path) -> dict:
     import spaces  # noqa: F401 - the real package, in ZeroGPU mode
 
     sys.path[:0] = [str(Path(__file__).parent), str(Path(__file__).parent.parent)]
+    from conftest import serve_dashboard
     from gradio_client import Client
     from gradio_client.exceptions import AppError
-
-    from conftest import serve_dashboard
     from helpers import collect
+
     from steer_ui.engine import worker as gpu
-    from steer_ui.vectors.presets import preset_vector_path
-    from steer_ui.model.loading import load_model
     from steer_ui.engine.run_settings import ProbeSettings, RunSettings
-    from steer_ui.vectors.vector import load_vector
+    from steer_ui.model.loading import load_model
+    from steer_ui.vectors.files import load_vector
+    from steer_ui.vectors.presets import preset_vector_path
 
     seen: dict = {"active": gpu.ACTIVE, "main_pid": os.getpid()}
     lm = load_model("smollm2-135m", device="cpu", dtype="float32")

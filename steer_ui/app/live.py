@@ -15,11 +15,11 @@ from collections.abc import Iterator
 
 import torch
 
-from steer_ui.engine import worker as gpu
-from steer_ui.errors import UserError
-from steer_ui.model.loading import LoadedModel
-from steer_ui.log.recorder import RunRecorder
+from steer_ui.engine import worker
 from steer_ui.engine.run_settings import RunSettings
+from steer_ui.errors import UserError
+from steer_ui.log.recorder import RunRecorder
+from steer_ui.model.loading import LoadedModel
 from steer_ui.views.run_view import RunView
 
 _END = object()
@@ -34,9 +34,9 @@ class LiveRun:
 
     def __init__(self, lm: LoadedModel, settings: RunSettings, model_lock: threading.Lock,
                  recorder: RunRecorder | None = None, key: str | None = None):
-        self.cancel = gpu.Cancel()
+        self.cancel = worker.Cancel()
         try:
-            self._events = gpu.stream(lm, settings, self.cancel)  # raises UserError before anything starts
+            self._events = worker.stream(lm, settings, self.cancel)  # raises UserError before anything starts
         except BaseException:
             if recorder is not None:
                 recorder.close()  # nothing was written: a run that never started leaves no row
@@ -62,7 +62,7 @@ class LiveRun:
             self._fail(str(err))
         except Exception as err:  # noqa: BLE001 - e.g. out of memory: the run ends, the app stays up
             if isinstance(err, torch.OutOfMemoryError):
-                self._fail(f"{type(err).__name__}: {gpu.out_of_memory_message(err)}")
+                self._fail(f"{type(err).__name__}: {worker.out_of_memory_message(err)}")
             else:
                 self._fail(f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}")
         finally:

@@ -16,6 +16,9 @@ class RowInfo:
     row: int
     label: str
     coef: float
+    vector: str | None = None  # the steering vector's name; None for the baseline
+    layers: list[int] = field(default_factory=list)  # where this row is steered
+    scope: str | None = None  # None for the baseline
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import torch
 from transformers import DynamicCache, StaticCache
-from transformers.cache_utils import DynamicLayer
+from transformers.cache_utils import DynamicLayer, StaticLayer
+
+from steer_ui.errors import UserError
 
 MIN_ROOM = 32  # positions
 
@@ -91,3 +93,11 @@ def crop(cache: DynamicCache | StaticCache, n: int) -> None:
             layer.cumulative_length.sub_(n)
     else:
         cache.crop(-n)
+
+
+def check_static_cache(config, model_id: str) -> None:
+    """The static cache's crop rewinds plain layers only; sliding-window layers keep a rolling buffer."""
+    cache = StaticCache(config=config, max_cache_len=1)
+    if any(type(layer) is not StaticLayer for layer in cache.layers):
+        raise UserError(f"the static cache does not support {model_id}'s sliding-window attention layers; "
+                        "use the default dynamic cache")

@@ -10,9 +10,9 @@ from dataclasses import dataclass
 
 import torch
 
+from steer_ui.engine.run_settings import RunSettings
 from steer_ui.errors import UserError
 from steer_ui.model.known import ModelProfile
-from steer_ui.engine.run_settings import ProbeSettings
 
 
 @dataclass(frozen=True)
@@ -65,16 +65,16 @@ def build_choices(tokenizer, labels: tuple[str, ...]) -> tuple[Choice, ...]:
     return tuple(choices)
 
 
-def build_probe(tokenizer, profile: ModelProfile, settings: ProbeSettings) -> ProbeSpec:
-    suffix = profile.probe_suffix if settings.suffix is None else settings.suffix
+def build_probe(tokenizer, profile: ModelProfile, settings: RunSettings) -> ProbeSpec:
+    suffix = profile.probe_suffix if settings.probe_suffix is None else settings.probe_suffix
     suffix_ids = tuple(tokenizer.encode(suffix, add_special_tokens=False))
     close_ids = None
     if profile.has_thinking:
         # The model would keep thinking after a bare suffix: close the block the way the model itself does.
         text = f"\n{profile.think_close}\n\n{suffix.lstrip()}"
         close_ids = tuple(tokenizer.encode(text, add_special_tokens=False))
-    return ProbeSpec(suffix_ids, close_ids, build_choices(tokenizer, settings.choices), settings.every,
-                     settings.min_mass)
+    return ProbeSpec(suffix_ids, close_ids, build_choices(tokenizer, settings.probe_choices), settings.probe_every,
+                     settings.probe_min_mass)
 
 
 def read(logits: torch.Tensor, spec: ProbeSpec) -> list[Reading]:

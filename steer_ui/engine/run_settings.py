@@ -1,182 +1,180 @@
-"""A run's settings: the one typed object that the CLI, the dashboard and the session log hand the engine."""
+"""A run's settings: the one typed object that the CLI, the dashboard, sweeps and the session log hand the engine.
+
+Its fields are the knobs of ``steer_ui.engine.knobs`` by name (defaults and ranges come from there), except
+that the steering knobs (vector, layers, coefs, scope, rows) arrive as ``rows``: one ``SteeredRow`` per
+steered row, each with its own vector, coefficient, layers and scope. Row 0 of a run, the baseline, is
+implicit.
+"""
 
 from __future__ import annotations
 
-import math
-import re
-from dataclasses import asdict, dataclass, field
-from typing import Literal
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any
 
+from steer_ui.engine.knobs import BY_NAME, KNOBS, STEERING, RowSpec, default
+from steer_ui.engine.scope import Scope
 from steer_ui.errors import UserError
+from steer_ui.vectors.layers import format_layers
 from steer_ui.vectors.vector import SteeringVector
 
-ScopeKind = Literal["all", "generated", "kick", "think", "answer"]
-SCOPE_HELP = "all | generated | kick:N | think | answer"
-CacheKind = Literal["dynamic", "static"]
-CACHE_KINDS: tuple[str, ...] = ("dynamic", "static")
+ResolveVector = Callable[[str], SteeringVector]  # a name or path as the user wrote it -> the vector
 
 
 @dataclass(frozen=True)
-class Scope:
-    """Which positions get the vector.
+class SteeredRow:
+    """One steered row: ``coef * vector`` added at ``layers`` (None: every layer the vector has) on ``scope``."""
 
-    all: prompt and generated tokens (repeng). generated: decode steps only. kick:N: the prompt's last
-    position, then every N-th generated token. think / answer: generated tokens inside / after the
-    thinking block.
-    """
+    vector: SteeringVector
+    coef: float
+    layers: tuple[int, ...] | None = None
+    scope: Scope = field(default_factory=Scope)
 
-    kind: ScopeKind = "all"
-    every: int = 0  # N for kick:N
-
-    @classmethod
-    def parse(cls, text: str) -> Scope:
-        text = text.strip().lower()
-        if text in ("all", "generated", "think", "answer"):
-            return cls(text)  # type: ignore[arg-type]
-        m = re.fullmatch(r"kick:(\d+)", text)
-        if m and int(m.group(1)) >= 1:
-            return cls("kick", int(m.group(1)))
-        raise UserError(f"unknown scope {text!r}: use {SCOPE_HELP} (N >= 1)")
-
-    def __str__(self) -> str:
-        return f"kick:{self.every}" if self.kind == "kick" else self.kind
-
-    def steers_prompt_position(self, pos: int, prompt_len: int) -> bool:
-        return self.kind == "all" or (self.kind == "kick" and pos == prompt_len - 1)
-
-    def steers_generated(self, index: int, thinking: bool) -> bool:
-        """Whether generated token ``index`` (0-based) gets the vector when it is fed back in."""
-        if self.kind in ("all", "generated"):
-            return True
-        if self.kind == "kick":
-            # The prompt's last position was kick 0; kick k lands on the last position after k*N tokens.
-            return (index + 1) % self.every == 0
-        return thinking if self.kind == "think" else not thinking
-
-    @property
-    def steers_probe_suffix(self) -> bool:
-        """The probe's suffix sits after the text, as if generated in the answer phase."""
-        return self.kind in ("all", "generated", "answer")
+    def to_dict(self) -> dict:
+        return {"vector": self.vector.name, "vector_hash": self.vector.content_hash(), "coef": self.coef,
+                "layers": list(self.layers) if self.layers is not None else None, "scope": str(self.scope)}
 
 
-@dataclass(frozen=True)
-class Sampling:
-    temperature: float = 0.0  # 0 = greedy
-    top_p: float = 1.0
-    top_k: int = 0  # 0 = off
-    seed: int = 0
-
-    def validate(self) -> None:
-        if not math.isfinite(self.temperature) or self.temperature < 0:
-            raise UserError(f"temperature must be a finite number >= 0, got {self.temperature}")
-        if not (0 < self.top_p <= 1):
-            raise UserError(f"top-p must be in (0, 1], got {self.top_p}")
-        if self.top_k < 0:
-            raise UserError(f"top-k must be >= 0, got {self.top_k}")
-
-
-@dataclass(frozen=True)
-class ProbeSettings:
-    suffix: str | None = None  # None: the model table's suggestion
-    choices: tuple[str, ...] = ("Yes", "No")
-    every: int = 4  # 0 = off
-    min_mass: float = 0.1  # readings whose choices hold less probability than this are unreliable
-
-    def validate(self) -> None:
-        if self.every < 0:
-            raise UserError(f"probe cadence must be >= 0 (0 = off), got {self.every}")
-        if len(self.choices) < 2 or any(not c.strip() for c in self.choices):
-            raise UserError(f"the probe needs two or more non-empty choices, got {list(self.choices)}")
-        if len({c.strip().lower() for c in self.choices}) != len(self.choices):
-            raise UserError(f"probe choices must differ (ignoring case), got {list(self.choices)}")
-        if not (0 <= self.min_mass <= 1):
-            raise UserError(f"probe min mass must be in [0, 1], got {self.min_mass}")
+def steered(vector: SteeringVector | None, coefs: Sequence[float], layers: Sequence[int] | None = None,
+            scope: Scope | str = Scope()) -> tuple[SteeredRow, ...]:
+    """One row per coefficient, all with ``vector`` on ``layers`` and ``scope`` (the ``--vector --coef`` form)."""
+    if coefs and vector is None:
+        raise UserError("steered rows (--coef) need a steering vector (--vector FILE or a preset name)")
+    scope = Scope.parse(scope)
+    layers = tuple(layers) if layers is not None else None
+    return tuple(SteeredRow(vector, float(c), layers, scope) for c in coefs) if vector is not None else ()
 
 
 @dataclass(frozen=True)
 class RunSettings:
-    """Everything one run needs besides the loaded model. Row 0 is the baseline; row i is coefs[i-1]."""
+    """Everything one run needs besides the loaded model."""
 
     prompt: str
-    system: str | None = None
-    raw: bool = False  # True: no chat template, the text is tokenized as-is
-    vector: SteeringVector | None = None
-    layers: tuple[int, ...] | None = None  # None: every layer the vector has
-    coefs: tuple[float, ...] = ()
-    scope: Scope = field(default_factory=Scope)
-    max_new_tokens: int = 128
-    ignore_eos: bool = False  # keep generating past end-of-sequence (benchmarks, fixed-length sweeps)
-    cache: CacheKind = "dynamic"  # static: preallocated for the whole run (torch.compile, long runs)
-    sampling: Sampling = field(default_factory=Sampling)
-    probe: ProbeSettings = field(default_factory=ProbeSettings)
+    system_prompt: str | None = default("system_prompt")
+    chat_template: bool = default("chat_template")
+    rows: tuple[SteeredRow, ...] = ()
+    max_new_tokens: int = default("max_new_tokens")
+    ignore_eos: bool = default("ignore_eos")
+    cache: str = default("cache")
+    temperature: float = default("temperature")
+    top_p: float = default("top_p")
+    top_k: int = default("top_k")
+    seed: int = default("seed")
+    probe_suffix: str | None = default("probe_suffix")
+    probe_choices: tuple[str, ...] = default("probe_choices")
+    probe_every: int = default("probe_every")
+    probe_min_mass: float = default("probe_min_mass")
 
-    def to_dict(self) -> dict:
-        """Plain JSON: everything but the vector itself, which the session log stores by content hash."""
-        return {
-            "prompt": self.prompt, "system": self.system, "raw": self.raw,
-            "vector_name": self.vector.name if self.vector else None,
-            "layers": list(self.layers) if self.layers is not None else None, "coefs": list(self.coefs),
-            "scope": str(self.scope), "max_new_tokens": self.max_new_tokens, "ignore_eos": self.ignore_eos,
-            "cache": self.cache, "sampling": asdict(self.sampling),
-            "probe": {**asdict(self.probe), "choices": list(self.probe.choices)},
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict, vector: SteeringVector | None = None) -> RunSettings:
-        try:
-            return cls(
-                prompt=d["prompt"], system=d.get("system"), raw=bool(d.get("raw", False)), vector=vector,
-                layers=tuple(d["layers"]) if d.get("layers") is not None else None,
-                coefs=tuple(float(c) for c in d.get("coefs", [])), scope=Scope.parse(d.get("scope", "all")),
-                max_new_tokens=int(d.get("max_new_tokens", 128)), ignore_eos=bool(d.get("ignore_eos", False)),
-                cache=d.get("cache", "dynamic"), sampling=Sampling(**d.get("sampling", {})),
-                probe=ProbeSettings(**{**d.get("probe", {}), "choices": tuple(d.get("probe", {}).get(
-                    "choices", ("Yes", "No")))}),
-            )
-        except (KeyError, TypeError, ValueError) as err:
-            raise UserError(f"stored settings are incomplete or malformed: {err}") from None
+    @property
+    def vectors(self) -> list[SteeringVector]:
+        """The distinct vectors of the steered rows, in row order."""
+        seen: dict[int, SteeringVector] = {}
+        for row in self.rows:
+            seen.setdefault(id(row.vector), row.vector)
+        return list(seen.values())
 
     def validate(self) -> None:
         if not self.prompt.strip():
             raise UserError("the prompt is empty")
-        if self.max_new_tokens < 1:
-            raise UserError(f"max new tokens must be >= 1, got {self.max_new_tokens}")
-        for c in self.coefs:
-            if not math.isfinite(c):
-                raise UserError(f"coefficient {c} is not a finite number")
-        if self.cache not in CACHE_KINDS:
-            raise UserError(f"unknown cache {self.cache!r}: use {' or '.join(CACHE_KINDS)}")
-        if self.coefs and self.vector is None:
-            raise UserError("steered rows (--coef) need a steering vector (--vector FILE)")
-        self.sampling.validate()
-        self.probe.validate()
+        for f in fields(self):
+            if f.name in BY_NAME:
+                BY_NAME[f.name].check(getattr(self, f.name))
+        if self.cache not in BY_NAME["cache"].choices:
+            raise UserError(f"unknown cache {self.cache!r}: use {' or '.join(BY_NAME['cache'].choices)}")
+        for row in self.rows:
+            BY_NAME["coefs"].read([row.coef])  # finite
+        choices = self.probe_choices
+        if len(choices) < 2 or any(not c.strip() for c in choices):
+            raise UserError(f"the probe needs two or more non-empty choices, got {list(choices)}")
+        if len({c.strip().lower() for c in choices}) != len(choices):
+            raise UserError(f"probe choices must differ (ignoring case), got {list(choices)}")
+
+    # --- the session log's JSON --------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        """Plain JSON, by knob name; each row names its vector by content hash (the log keeps the bytes)."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = [r.to_dict() for r in value] if f.name == "rows" else (
+                list(value) if isinstance(value, tuple) else value)
+        return out
+
+    @classmethod
+    def from_dict(cls, d: dict, vectors: Mapping[str, SteeringVector] | None = None) -> RunSettings:
+        """Settings as ``to_dict`` wrote them (or as versions before per-row vectors did), with the
+        stored vectors by content hash."""
+        vectors = vectors or {}
+        try:
+            if "rows" not in d:
+                d = _from_single_vector_dict(d, next(iter(vectors.values()), None))
+            rows = []
+            for r in d["rows"]:
+                vec = r["vector"] if isinstance(r["vector"], SteeringVector) else vectors.get(r.get("vector_hash"))
+                if vec is None:
+                    raise KeyError(f"vector {r.get('vector_hash')}")
+                rows.append(SteeredRow(vec, float(r["coef"]),
+                                       tuple(r["layers"]) if r.get("layers") is not None else None,
+                                       Scope.parse(r.get("scope", "all"))))
+            values = {f.name: d[f.name] for f in fields(cls) if f.name in d and f.name != "rows"}
+            values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+            return cls(rows=tuple(rows), **values)
+        except (KeyError, TypeError, ValueError) as err:
+            raise UserError(f"stored settings are incomplete or malformed: {err}") from None
 
 
-def parse_layers(text: str, n_layers: int | None = None) -> tuple[int, ...] | None:
-    """'12-15', '3,5,7', '10-12,20' or 'all' (None: every layer of the vector)."""
-    text = text.strip().lower()
-    if text in ("", "all"):
-        return None
-    layers: set[int] = set()
-    for part in text.split(","):
-        m = re.fullmatch(r"\s*(-?\d+)\s*(?:-\s*(-?\d+)\s*)?", part)
-        if not m:
-            raise UserError(f"cannot read layers {text!r}: use '12-15', '3,5,7' or 'all'")
-        lo = int(m.group(1))
-        hi = int(m.group(2)) if m.group(2) is not None else lo
-        if hi < lo:
-            raise UserError(f"layer range {part.strip()!r} runs backwards")
-        layers.update(range(lo, hi + 1))
-    if n_layers is not None:
-        check_layers(layers, n_layers)
-    return tuple(sorted(layers))
+def _from_single_vector_dict(d: dict, vector: SteeringVector | None) -> dict:
+    """Runs logged before rows carried their own vectors: one vector, one layer set, one scope."""
+    sampling, probe = d.get("sampling", {}), d.get("probe", {})
+    coefs = d.get("coefs", [])
+    return {
+        "prompt": d["prompt"], "system_prompt": d.get("system"), "chat_template": not d.get("raw", False),
+        "rows": [{"vector": vector, "coef": c, "layers": d.get("layers"), "scope": d.get("scope", "all")}
+                 for c in coefs] if vector is not None else [],
+        "max_new_tokens": d.get("max_new_tokens", default("max_new_tokens")),
+        "ignore_eos": d.get("ignore_eos", False), "cache": d.get("cache", "dynamic"),
+        **{k: sampling[k] for k in ("temperature", "top_p", "top_k", "seed") if k in sampling},
+        "probe_suffix": probe.get("suffix"), "probe_choices": probe.get("choices", list(default("probe_choices"))),
+        **({"probe_every": probe["every"]} if "every" in probe else {}),
+        **({"probe_min_mass": probe["min_mass"]} if "min_mass" in probe else {}),
+    }
 
 
-def check_layers(layers: set[int] | tuple[int, ...], n_layers: int) -> None:
-    bad = sorted(x for x in layers if not 0 <= x < n_layers)
-    if bad:
-        raise UserError(f"layer {bad[0]} is out of range: the model has {n_layers} layers (0-{n_layers - 1})")
+# --- forms: the knobs' values as a front end collects them --------------------------------------
+def settings_from_form(form: Mapping[str, Any], resolve_vector: ResolveVector) -> RunSettings:
+    """Settings from knob values by name (text or typed; missing ones take their defaults).
+
+    ``vector``/``layers``/``coefs``/``scope`` give one steered row per coefficient; each of ``rows``
+    (``VECTOR=COEF@LAYERS``) adds a row with its own vector, on the form's layers unless it names its
+    own, and the form's scope. ``resolve_vector`` turns a name or path into the vector.
+    """
+    values = {k.name: k.read(form.get(k.name)) for k in KNOBS}
+    scope, layers = values["scope"], values["layers"]
+    vector = resolve_vector(values["vector"]) if values["vector"] else None
+    rows = list(steered(vector, values["coefs"], layers, scope))
+    for spec in values["rows"]:
+        rows.append(SteeredRow(resolve_vector(spec.vector), spec.coef,
+                               spec.layers if spec.layers is not None else layers, scope))
+    settings = RunSettings(rows=tuple(rows), **{k: v for k, v in values.items() if k not in STEERING})
+    settings.validate()
+    return settings
 
 
-def parse_choices(text: str) -> tuple[str, ...]:
-    return tuple(c.strip() for c in text.split(","))
+def form_from_settings(settings: RunSettings, name_of: Callable[[SteeringVector], str] | None = None
+                       ) -> dict[str, Any]:
+    """The form that gives ``settings`` back, each value in its text form: the rows that share the first
+    row's vector, layers and scope as vector/layers/coefs/scope, every other row in ``rows``."""
+    name_of = name_of or (lambda v: v.name)
+    form: dict[str, Any] = {}
+    for f in fields(settings):
+        if f.name != "rows" and f.name in BY_NAME:
+            form[f.name] = BY_NAME[f.name].shown(getattr(settings, f.name))
+    first = settings.rows[0] if settings.rows else None
+    shared = [first is not None and r.vector is first.vector and (r.layers, r.scope) == (first.layers, first.scope)
+              for r in settings.rows]
+    same = [r for r, s in zip(settings.rows, shared) if s]
+    others = [RowSpec(name_of(r.vector), r.coef, r.layers) for r, s in zip(settings.rows, shared) if not s]
+    form.update(vector=name_of(first.vector) if first else None,
+                layers=format_layers(first.layers) if first and first.layers is not None else "",
+                coefs=BY_NAME["coefs"].shown([r.coef for r in same]), scope=str(first.scope if first else Scope()),
+                rows=BY_NAME["rows"].shown(others))
+    return form

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import torch
 
-from steer_ui.engine.run_settings import Sampling
+from steer_ui.engine.run_settings import RunSettings
 
 
 class Sampler:
-    def __init__(self, settings: Sampling, device: torch.device):
+    def __init__(self, settings: RunSettings, device: torch.device):
         self.settings = settings
         self._gen: torch.Generator | None = None
         if settings.temperature > 0:

@@ -2,10 +2,13 @@
 
 ZeroGPU attaches a GPU only while a ``@spaces.GPU`` function runs, and runs that function in a
 process it forks: the arguments and whatever it returns or yields are pickled across, nothing else
-comes back. So the GPU functions here take only settings (never the model), find the model in a
-module global that the fork inherits, and send back events or a vector; the session log, the
-views and the model lock stay in the main process. A Stop reaches the worker through a shared
-memory word made before any fork (a ``threading.Event`` would stay behind in this process).
+comes back. So the GPU functions here take a plan (never the model), find the model in a module
+global that the fork inherits, and send back events or a vector; the session log, the views and
+the model lock stay in the main process. A run is planned (validated) once, here, before any GPU is
+booked. A Stop reaches the worker through a shared memory word made before any fork (a
+``threading.Event`` would stay behind in this process). ZeroGPU passes only its own error type back
+with a message, so a worker yields a ``WorkerFailure`` instead of raising, and the main process
+raises it again as a ``UserError``.
 
 Without the ``spaces`` package, or with it outside a ZeroGPU Space, ``spaces.GPU`` is the identity
 and everything below is a plain call in this process.
@@ -18,17 +21,18 @@ import multiprocessing
 import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 
 import torch
 
-from steer_ui.engine.decode import plan_run
-from steer_ui.engine.decode import run as engine_run
-from steer_ui.errors import UserError
+from steer_ui.engine.decode import decode
 from steer_ui.engine.events import Event
+from steer_ui.engine.plan import RunPlan, plan_run
+from steer_ui.engine.run_settings import RunSettings
+from steer_ui.errors import UserError
+from steer_ui.model.loading import LoadedModel
 from steer_ui.vectors.contrastive import ComputedVector, Pair
 from steer_ui.vectors.contrastive import compute_vector as _compute_vector
-from steer_ui.model.loading import LoadedModel
-from steer_ui.engine.run_settings import RunSettings
 
 spaces = None
 if os.environ.get("SPACES_ZERO_GPU"):  # anywhere else spaces.GPU is the identity: skip the import
@@ -47,6 +51,13 @@ _stop_run = multiprocessing.get_context("fork").Value("q", -1, lock=False) if sp
 _numbers = itertools.count()
 
 
+@dataclass(frozen=True)
+class WorkerFailure:
+    """A user-facing error from the GPU worker, carried back as a value (see the module docstring)."""
+
+    message: str
+
+
 def out_of_memory_message(err: BaseException) -> str:
     first = str(err).strip().splitlines()[0] if str(err).strip() else ""
     return f"out of memory ({first}); try fewer tokens, fewer rows or a smaller model"
@@ -56,9 +67,9 @@ def _gpu(duration: int | Callable[..., int]) -> Callable[[Callable], Callable]:
     return spaces.GPU(duration=duration) if spaces is not None else (lambda fn: fn)
 
 
-def _decode_seconds(model_id: str, settings: RunSettings, number: int) -> int:
+def _decode_seconds(model_id: str, plan: RunPlan, number: int) -> int:
     """ZeroGPU's time request for one run: generous per token, as reasoning models think long."""
-    return int(min(300, 20 + 0.06 * settings.max_new_tokens * max(1, len(settings.coefs))))
+    return int(min(300, 20 + 0.06 * plan.settings.max_new_tokens * max(1, len(plan.rows) - 1)))
 
 
 class _SharedStop:
@@ -75,24 +86,23 @@ class _SharedStop:
 
 
 @_gpu(duration=_decode_seconds)
-def _decode(model_id: str, settings: RunSettings, number: int) -> Iterator[Event]:
-    lm = _current(model_id)
+def _decode(model_id: str, plan: RunPlan, number: int) -> Iterator[Event | WorkerFailure]:
     try:
-        yield from engine_run(lm, settings, _SharedStop(number))
+        yield from decode(_current(model_id), plan, _SharedStop(number))
     except torch.OutOfMemoryError as err:
         torch.cuda.empty_cache()
-        raise _to_worker_error(UserError(out_of_memory_message(err))) from None
+        yield WorkerFailure(out_of_memory_message(err))
     except UserError as err:
-        raise _to_worker_error(err) from None
+        yield WorkerFailure(str(err))
 
 
 @_gpu(duration=120)
 def _compute(model_id: str, pairs: list[Pair], layers: tuple[int, ...], method: str,
-             source: str) -> ComputedVector:
+             source: str) -> ComputedVector | WorkerFailure:
     try:
         return _compute_vector(_current(model_id), pairs, layers, method, source=source)
     except UserError as err:
-        raise _to_worker_error(err) from None
+        return WorkerFailure(str(err))
 
 
 ACTIVE = hasattr(_decode, "zerogpu")  # spaces.GPU marks what it wraps only on a ZeroGPU Space
@@ -102,23 +112,6 @@ def _current(model_id: str) -> LoadedModel:
     if _model is None or _model.model_id != model_id:
         raise UserError(f"the GPU worker has no {model_id!r} loaded; on ZeroGPU the model is fixed at startup")
     return _model
-
-
-_USER_ERROR_TAG = "steer-ui: "
-
-
-def _to_worker_error(err: UserError) -> Exception:
-    """ZeroGPU re-raises only Gradio errors with their message; anything else arrives as a class name."""
-    import gradio as gr
-
-    return gr.Error(f"{_USER_ERROR_TAG}{err}", print_exception=False)
-
-
-def _from_worker_error(err: Exception) -> Exception:
-    message = getattr(err, "message", None)
-    if isinstance(message, str) and message.startswith(_USER_ERROR_TAG):
-        return UserError(message.removeprefix(_USER_ERROR_TAG))
-    return err
 
 
 def attach(lm: LoadedModel) -> None:
@@ -150,27 +143,27 @@ class Cancel:
 
 def stream(lm: LoadedModel, settings: RunSettings, cancel: Cancel | threading.Event | None = None
            ) -> Iterator[Event]:
-    """The run's events: validated here first (UserError before any GPU is asked for)."""
+    """The run's events, planned here first: a mistake is a UserError before any GPU is asked for."""
+    plan = plan_run(lm, settings)
     if not ACTIVE:
-        return engine_run(lm, settings, cancel)
-    plan_run(lm, settings)
+        return decode(lm, plan, cancel)
     number = cancel._shared.number if isinstance(cancel, Cancel) else next(_numbers)
-    return _relay(lm.model_id, settings, number)
+    return _relay(_decode(lm.model_id, plan, number))
 
 
-def _relay(model_id: str, settings: RunSettings, number: int) -> Iterator[Event]:
-    try:
-        yield from _decode(model_id, settings, number)
-    except Exception as err:  # noqa: BLE001 - re-raised: a UserError again if it was one in the worker
-        raise _from_worker_error(err) from None
+def _relay(items: Iterator[Event | WorkerFailure]) -> Iterator[Event]:
+    for item in items:
+        if isinstance(item, WorkerFailure):
+            raise UserError(item.message)
+        yield item
 
 
 def compute_vector(lm: LoadedModel, pairs: Sequence[Pair], layers: Sequence[int], method: str,
                    progress=None, source: str = "") -> ComputedVector:
-    """``extract.compute_vector``, on the GPU worker when there is one (without progress there)."""
+    """``contrastive.compute_vector``, on the GPU worker when there is one (without progress there)."""
     if not ACTIVE:
         return _compute_vector(lm, pairs, layers, method, progress=progress, source=source)
-    try:
-        return _compute(lm.model_id, list(pairs), tuple(layers), method, source)
-    except Exception as err:  # noqa: BLE001 - re-raised: a UserError again if it was one in the worker
-        raise _from_worker_error(err) from None
+    result = _compute(lm.model_id, list(pairs), tuple(layers), method, source)
+    if isinstance(result, WorkerFailure):
+        raise UserError(result.message)
+    return result

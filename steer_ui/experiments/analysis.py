@@ -14,12 +14,12 @@ import bisect
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from steer_ui.experiments.grading import extract, is_correct
 from steer_ui.engine.decode import run as engine_run
 from steer_ui.engine.events import DoneEvent
-from steer_ui.model.loading import LoadedModel
+from steer_ui.engine.run_settings import RunSettings, SteeredRow
+from steer_ui.experiments.grading import is_correct, read_answer
 from steer_ui.experiments.questions import Question
-from steer_ui.engine.run_settings import ProbeSettings, RunSettings, Sampling
+from steer_ui.model.loading import LoadedModel
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,7 @@ def split_steps(pieces: list[str]) -> list[tuple[int, int]]:
     return ranges
 
 
-def analyse(pieces: list[str], probe_steps: list[int], logodds: list[float], mass: list[float],
+def analyze(pieces: list[str], probe_steps: list[int], logodds: list[float], mass: list[float],
             reliable: list[bool], commit: float = 2.0, drop: float = 2.0) -> Analysis:
     """Steps, their readings and flags, from a row's tokens and its probe series (sorted by step)."""
     steps: list[Step] = []
@@ -86,11 +86,12 @@ def analyse(pieces: list[str], probe_steps: list[int], logodds: list[float], mas
 
 
 def rollout_values(lm: LoadedModel, prompt_text: str, analysis: Analysis, question: Question, k: int,
-                   max_new_tokens: int, settings: RunSettings, coef: float,
+                   max_new_tokens: int, settings: RunSettings, row: SteeredRow | None,
                    progress: Callable[[int, int], None] | None = None) -> Analysis:
     """Each step's value: of ``k`` sampled continuations from the text up to its end, the share correct.
 
-    The continuation runs under the row's own coefficient (steered as a generated-token row).
+    The continuation runs under the row's own steering (``row``: its vector, coefficient, layers and
+    scope; None for the baseline), as the only steered row.
     """
     steps = []
     prefix = ""
@@ -98,16 +99,12 @@ def rollout_values(lm: LoadedModel, prompt_text: str, analysis: Analysis, questi
         prefix += step.text
         correct = 0
         for sample in range(k):
-            rs = RunSettings(
-                prompt=prompt_text + prefix, raw=True, vector=settings.vector if coef else None,
-                layers=settings.layers, coefs=(coef,) if coef else (), scope=settings.scope,
-                max_new_tokens=max_new_tokens, sampling=Sampling(max(settings.sampling.temperature, 0.7), 1.0, 0,
-                                                                 1000 + sample),
-                probe=ProbeSettings(every=0),
-            )
+            rs = RunSettings(prompt=prompt_text + prefix, chat_template=False, rows=(row,) if row else (),
+                             max_new_tokens=max_new_tokens, temperature=max(settings.temperature, 0.7), top_p=1.0,
+                             top_k=0, seed=1000 + sample, probe_every=0)
             done = next(e for e in engine_run(lm, rs) if isinstance(e, DoneEvent))
             text = prefix + done.rows[-1].text
-            correct += is_correct(extract(text, question.kind, lm.profile.think_close).value, question)
+            correct += is_correct(read_answer(text, question.kind, lm.profile.think_close).value, question)
         steps.append(Step(**{**step.__dict__, "value": correct / k}))
         if progress is not None:
             progress(i + 1, len(analysis.steps))

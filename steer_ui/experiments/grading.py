@@ -74,7 +74,7 @@ def _fmt(x: Fraction) -> str:
     return str(x.numerator) if x.denominator == 1 else f"{x.numerator}/{x.denominator}"
 
 
-def extract(text: str, kind: str, think_close: str | None = "</think>") -> Extracted:
+def read_answer(text: str, kind: str, think_close: str | None = "</think>") -> Extracted:
     answer = after_thinking(text, think_close)
     boxed = last_boxed(answer)
     if boxed is not None:

@@ -14,19 +14,20 @@ import json
 import math
 import os
 import shutil
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from steer_ui.engine import worker as gpu
-from steer_ui.experiments.grading import extract, is_correct
-from steer_ui.errors import UserError
+from steer_ui.engine import worker
 from steer_ui.engine.events import DoneEvent, ProbeEvent
-from steer_ui.model.loading import LoadedModel
+from steer_ui.engine.run_settings import RunSettings, steered
+from steer_ui.engine.scope import Scope
+from steer_ui.errors import UserError
+from steer_ui.experiments.grading import is_correct, read_answer
 from steer_ui.experiments.questions import Question
 from steer_ui.log.recorder import RunRecorder
-from steer_ui.engine.run_settings import ProbeSettings, RunSettings, Sampling, Scope
 from steer_ui.log.store import Store
+from steer_ui.model.loading import LoadedModel
 from steer_ui.vectors.vector import SteeringVector
 
 FIELDS = ["question_id", "coef", "sample", "seed", "gold", "extracted", "how", "correct", "forced", "forced_correct",
@@ -36,18 +37,17 @@ Progress = Callable[[int, int], None]  # (runs done, runs total)
 
 @dataclass(frozen=True)
 class SweepConfig:
+    """Every question at every coefficient of one vector (and every sample), each run as ``template``
+    says (system prompt, decoding, probe: the same knobs as a single run) with the question as its prompt.
+    A coefficient of 0 is the baseline row; sample k uses the template's seed + k."""
+
     questions: list[Question]
     coefs: tuple[float, ...]
-    max_new_tokens: int
+    template: RunSettings = field(default_factory=lambda: RunSettings(prompt=""))
     vector: SteeringVector | None = None
     layers: tuple[int, ...] | None = None
     scope: Scope = field(default_factory=Scope)
     samples: int = 1
-    temperature: float = 0.0
-    top_p: float = 1.0
-    seed: int = 0
-    probe_every: int = 1  # every token: the last reading is the forced answer after the whole chain
-    system: str | None = None
     label: dict = field(default_factory=dict)  # what to record in sweep.json besides the settings (sources)
 
     def validate(self) -> None:
@@ -61,20 +61,29 @@ class SweepConfig:
             raise UserError("nonzero coefficients need a steering vector")
         if self.samples < 1:
             raise UserError(f"samples must be >= 1, got {self.samples}")
-        if self.samples > 1 and self.temperature <= 0:
+        if self.samples > 1 and self.template.temperature <= 0:
             raise UserError("several samples need sampling: pass --temperature > 0 (greedy runs are identical)")
-        if self.max_new_tokens < 1:
-            raise UserError(f"max new tokens must be >= 1, got {self.max_new_tokens}")
+        if self.template.rows:
+            raise UserError("a sweep steers one vector over its coefficients; rows with their own vectors are "
+                            "for single runs")
+        replace(self.template, prompt="?").validate()
+
+    def run_settings(self, question: Question, sample: int, coefs: Sequence[float]) -> RunSettings:
+        """The run for ``question``'s ``sample`` with a steered row for each nonzero coefficient."""
+        steered_coefs = [c for c in coefs if c != 0]
+        t = self.template
+        return replace(t, prompt=question.prompt(), rows=steered(self.vector if steered_coefs else None,
+                                                                  steered_coefs, self.layers, self.scope),
+                       seed=t.seed + sample, probe_every=t.probe_every if question.kind == "yesno" else 0)
 
     def fingerprint(self) -> dict:
         """What must match for a resume to append to existing results."""
+        template = {k: v for k, v in self.template.to_dict().items() if k not in ("prompt", "rows")}
         return {
             "questions": [q.id for q in self.questions], "coefs": list(self.coefs),
-            "max_new_tokens": self.max_new_tokens,
             "vector": self.vector.content_hash() if self.vector is not None else None,
             "layers": list(self.layers) if self.layers is not None else None, "scope": str(self.scope),
-            "samples": self.samples, "temperature": self.temperature, "top_p": self.top_p, "seed": self.seed,
-            "probe_every": self.probe_every, "system": self.system,
+            "samples": self.samples, "template": template,
         }
 
 
@@ -160,18 +169,12 @@ def _prepare(out: Path, cfg: SweepConfig) -> Path:
 
 def _one_run(lm: LoadedModel, cfg: SweepConfig, q: Question, sample: int, pending: list[float],
              store: Store | None, session: str | None) -> list[dict]:
-    steered = tuple(c for c in pending if c != 0)
-    settings = RunSettings(
-        prompt=q.prompt(), system=cfg.system, vector=cfg.vector if steered else None, layers=cfg.layers,
-        coefs=steered, scope=cfg.scope, max_new_tokens=cfg.max_new_tokens,
-        sampling=Sampling(cfg.temperature, cfg.top_p, 0, cfg.seed + sample),
-        probe=ProbeSettings(None, ("Yes", "No"), cfg.probe_every if q.kind == "yesno" else 0),
-    )
+    settings = cfg.run_settings(q, sample, pending)
     recorder = RunRecorder(store, session, lm, settings) if store is not None else None
     last: dict[int, ProbeEvent] = {}
     done: DoneEvent | None = None
     try:
-        for event in gpu.stream(lm, settings):
+        for event in worker.stream(lm, settings):
             if recorder is not None:
                 recorder(event)
             if isinstance(event, ProbeEvent):
@@ -190,13 +193,13 @@ def _one_run(lm: LoadedModel, cfg: SweepConfig, q: Question, sample: int, pendin
     out = []
     for c in pending:
         r = by_coef[float(c)] if c != 0 else done.rows[0]
-        got = extract(r.text, q.kind, lm.profile.think_close)
+        got = read_answer(r.text, q.kind, lm.profile.think_close)
         probe = last.get(r.row)
         # The forced answer: what the probe says right after the chain of thought, when it is reliable.
         forced = ("Yes" if probe.logodds > 0 else "No") if probe and probe.reliable and probe.step == len(
             r.token_ids) else None
         out.append({
-            "question_id": q.id, "coef": c, "sample": sample, "seed": cfg.seed + sample, "gold": q.answer,
+            "question_id": q.id, "coef": c, "sample": sample, "seed": settings.seed, "gold": q.answer,
             "extracted": got.value if got.value is not None else "", "how": got.how,
             "correct": int(is_correct(got.value, q)), "forced": forced or "",
             "forced_correct": int(is_correct(forced, q)) if q.kind == "yesno" else "",

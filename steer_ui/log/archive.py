@@ -1,68 +1,42 @@
-"""Reading the session log back: export (JSONL, CSV), import, and the settings to replay a run."""
+"""The session log in files and back: export (JSONL, CSV), import, the settings to replay a run, and a
+logged run as the engine's event stream again (to show it as it was streamed)."""
 
 from __future__ import annotations
 
-import base64
 import csv
 import json
 import os
 import tempfile
 from collections.abc import Iterator
-from datetime import datetime
 from pathlib import Path
 
-from safetensors.torch import load as safetensors_load
-from sqlalchemy import select
-
 from steer_ui.engine.detokenize import Detokenizer
-from steer_ui.errors import UserError
-from steer_ui.engine.events import (ChoiceInfo, DoneEvent, Event, ProbeEvent, RowInfo, RowResult, StartEvent, Timing,
-                             TokenEvent)
+from steer_ui.engine.events import (
+    ChoiceInfo,
+    DoneEvent,
+    Event,
+    ProbeEvent,
+    RowInfo,
+    RowResult,
+    StartEvent,
+    Timing,
+    TokenEvent,
+)
 from steer_ui.engine.run_settings import RunSettings
-from steer_ui.log.store import ProbeRow, RunRow, SessionRow, Store, StreamRow, VectorRow, utcnow
-from steer_ui.vectors.vector import SteeringVector
+from steer_ui.errors import UserError
+from steer_ui.log.store import Store
 
 FORMATS = ("jsonl", "csv")
 
 
-def stored_vector(store: Store, vector_hash: str) -> SteeringVector:
-    data = store.vector_bytes(vector_hash)
-    tensors = safetensors_load(data)
-    # safetensors' own API reads metadata only from a file; the header is 8 bytes of length, then JSON.
-    header_len = int.from_bytes(data[:8], "little")
-    meta = dict(json.loads(data[8:8 + header_len]).get("__metadata__") or {})
-    directions = {int(k.split(".")[1]): v for k, v in tensors.items()}
-    return SteeringVector(directions, meta.pop("model_hint", ""), meta.pop("name", ""), meta)
-
-
 def replay_settings(store: Store, run_id: str, session_id: str | None = None) -> tuple[str, RunSettings]:
-    """(model id, settings) that reproduce run ``run_id``, its stored vector copy included."""
+    """(model id, settings) that reproduce run ``run_id``, with the stored copies of its vectors."""
     run = store.get_run(run_id, session_id)
-    vector = stored_vector(store, run.vector_hash) if run.vector_hash else None
-    return run.model_id, RunSettings.from_dict(run.settings, vector)
+    return run.model_id, RunSettings.from_dict(run.settings, store.run_vectors(run))
 
 
-def run_record(store: Store, run: RunRow) -> dict:
-    """One run as plain JSON: settings, the vector copy, streams and the probe series."""
-    vector = None
-    if run.vector_hash:
-        with store.Session() as s:
-            v = s.get(VectorRow, run.vector_hash)
-            vector = {"hash": v.hash, "name": v.name, "model_hint": v.model_hint,
-                      "safetensors_b64": base64.b64encode(v.data).decode()}
-    return {
-        "id": run.id, "session_id": run.session_id, "created": _iso(run.created), "finished": _iso(run.finished),
-        "status": run.status, "error": run.error, "model_id": run.model_id, "model_source": run.model_source,
-        "dtype": run.dtype, "device": run.device, "settings": run.settings, "prompt_text": run.prompt_text,
-        "prompt_ids": run.prompt_ids, "layers": run.layers, "probe_suffix_ids": run.probe_suffix_ids,
-        "probe_choices": run.probe_choices,
-        "timing": {"load_s": run.load_s, "prefill_s": run.prefill_s, "decode_s": run.decode_s, "steps": run.steps},
-        "vector": vector,
-        "streams": [{"row": s.row, "label": s.label, "coef": s.coef, "token_ids": s.token_ids, "text": s.text,
-                     "finish_reason": s.finish_reason} for s in run.streams],
-        "probes": [{"row": p.row, "step": p.step, "logodds": p.logodds, "mass": p.mass, "logprobs": p.logprobs,
-                    "reliable": p.reliable, "think_closed": p.think_closed} for p in store.probe_points(run.id)],
-    }
+def run_record(store: Store, run) -> dict:
+    return store.run_record(run)
 
 
 def record_events(record: dict, tokenizer=None) -> Iterator[Event]:
@@ -75,10 +49,10 @@ def record_events(record: dict, tokenizer=None) -> Iterator[Event]:
     settings = record["settings"]
     yield StartEvent(
         model=record["model_id"], prompt_ids=record["prompt_ids"], prompt_text=record["prompt_text"],
-        rows=[RowInfo(s["row"], s["label"], s["coef"]) for s in streams], layers=record["layers"],
-        scope=settings.get("scope", "all"), probe_suffix_ids=record["probe_suffix_ids"],
+        rows=[_row_info(s, record) for s in streams], layers=record["layers"],
+        scope=next((s["scope"] for s in streams if s.get("scope")), "all"), probe_suffix_ids=record["probe_suffix_ids"],
         probe_choices=[ChoiceInfo(c["label"], c["token_ids"]) for c in record["probe_choices"]],
-        probe_every=settings.get("probe", {}).get("every", 0),
+        probe_every=settings.get("probe_every", settings.get("probe", {}).get("every", 0)),
     )
     pieces = {s["row"]: _pieces(s, tokenizer) for s in streams}
     probes: dict[int, list[dict]] = {}
@@ -102,6 +76,12 @@ def record_events(record: dict, tokenizer=None) -> Iterator[Event]:
     )
 
 
+def _row_info(stream: dict, record: dict) -> RowInfo:
+    names = {v["hash"]: v["name"] for v in record.get("vectors", [])}
+    return RowInfo(stream["row"], stream["label"], stream["coef"], names.get(stream.get("vector_hash")),
+                   list(stream.get("layers") or []), stream.get("scope"))
+
+
 def _pieces(stream: dict, tokenizer) -> list[str]:
     ids = stream["token_ids"]
     if tokenizer is None:
@@ -118,21 +98,12 @@ def _pieces(stream: dict, tokenizer) -> list[str]:
     return [stream["text"]] + [""] * (len(ids) - 1)
 
 
-def _iso(t: datetime | None) -> str | None:
-    return t.isoformat() if t else None
-
-
 def iter_records(store: Store, session_id: str | None = None, run_id: str | None = None) -> Iterator[dict]:
     if run_id is not None:
-        yield run_record(store, store.get_run(run_id, session_id))
+        yield store.run_record(store.get_run(run_id, session_id))
         return
-    with store.Session() as s:
-        q = select(RunRow.id).order_by(RunRow.created)
-        if session_id is not None:
-            q = q.where(RunRow.session_id == session_id)
-        ids = list(s.scalars(q))
-    for rid in ids:
-        yield run_record(store, store.get_run(rid))
+    for rid in store.run_ids(session_id):
+        yield store.run_record(store.get_run(rid))
 
 
 def export(store: Store, out: str | Path, fmt: str, session_id: str | None = None,
@@ -150,17 +121,27 @@ def export(store: Store, out: str | Path, fmt: str, session_id: str | None = Non
     return _export_csv(records, out)
 
 
+def _run_row(r: dict) -> dict:
+    """A run's line in the runs table; settings from before per-row vectors are read too."""
+    s, steered = r["settings"], [st for st in r["streams"] if st["row"] > 0]
+    legacy = "rows" not in s
+    names = {v["hash"]: v["name"] for v in r.get("vectors", [])}
+    return {"run_id": r["id"], "session_id": r["session_id"], "created": r["created"], "status": r["status"],
+            "model_id": r["model_id"], "prompt": s["prompt"], "coefs": json.dumps([st["coef"] for st in steered]),
+            "vectors": json.dumps([names.get(st.get("vector_hash"), "") for st in steered]),
+            "layers": json.dumps(r["layers"]), "scopes": json.dumps([st.get("scope") for st in steered]),
+            "temperature": s["sampling"]["temperature"] if legacy else s["temperature"],
+            "seed": s["sampling"]["seed"] if legacy else s["seed"],
+            "probe_suffix": (s["probe"]["suffix"] if legacy else s["probe_suffix"]) or "",
+            "steps": r["timing"]["steps"], "decode_s": r["timing"]["decode_s"]}
+
+
 def _export_csv(records: list[dict], out: Path) -> list[Path]:
     stem = out.with_suffix("")
     tables = {
-        "runs": [{"run_id": r["id"], "session_id": r["session_id"], "created": r["created"], "status": r["status"],
-                  "model_id": r["model_id"], "prompt": r["settings"]["prompt"],
-                  "coefs": json.dumps(r["settings"]["coefs"]), "layers": json.dumps(r["layers"]),
-                  "scope": r["settings"]["scope"], "temperature": r["settings"]["sampling"]["temperature"],
-                  "seed": r["settings"]["sampling"]["seed"], "vector": (r["vector"] or {}).get("name", ""),
-                  "probe_suffix": r["settings"]["probe"]["suffix"] or "", "steps": r["timing"]["steps"],
-                  "decode_s": r["timing"]["decode_s"]} for r in records],
-        "streams": [{"run_id": r["id"], **{k: v for k, v in s.items() if k != "token_ids"},
+        "runs": [_run_row(r) for r in records],
+        "streams": [{"run_id": r["id"], **{k: json.dumps(v) if isinstance(v, list) else v for k, v in s.items()
+                                          if k != "token_ids"},
                      "n_tokens": len(s["token_ids"]), "token_ids": json.dumps(s["token_ids"])}
                     for r in records for s in r["streams"]],
         "probes": [{"run_id": r["id"], **{k: v for k, v in p.items() if k != "logprobs"},
@@ -219,7 +200,7 @@ def import_jsonl(store: Store, path: str | Path) -> tuple[int, int]:
     imported = skipped = 0
     for number, r in enumerate(records, 1):
         try:
-            if _import_one(store, r):
+            if store.import_record(r):
                 imported += 1
             else:
                 skipped += 1
@@ -227,31 +208,3 @@ def import_jsonl(store: Store, path: str | Path) -> tuple[int, int]:
             raise UserError(f"{p}: record {number} is not a steer-ui run export "
                             f"({type(err).__name__}: {err})") from None
     return imported, skipped
-
-
-def _import_one(store: Store, r: dict) -> bool:
-    with store.Session.begin() as s:
-        if s.get(RunRow, r["id"]) is not None:
-            return False
-        if s.get(SessionRow, r["session_id"]) is None:
-            now = utcnow()
-            s.add(SessionRow(id=r["session_id"], kind="import", label="imported", created=now, last_seen=now))
-        v = r.get("vector")
-        if v and s.get(VectorRow, v["hash"]) is None:
-            s.add(VectorRow(hash=v["hash"], name=v["name"], model_hint=v["model_hint"],
-                            data=base64.b64decode(v["safetensors_b64"])))
-        s.flush()  # session and vector rows before the run that references them
-        t = r.get("timing") or {}
-        s.add(RunRow(
-            id=r["id"], session_id=r["session_id"], created=datetime.fromisoformat(r["created"]),
-            finished=datetime.fromisoformat(r["finished"]) if r.get("finished") else None, status=r["status"],
-            error=r.get("error"), owner=None, model_id=r["model_id"], model_source=r.get("model_source", ""),
-            dtype=r["dtype"], device=r["device"], settings=r["settings"], prompt_text=r["prompt_text"],
-            prompt_ids=r["prompt_ids"], vector_hash=v["hash"] if v else None, layers=r["layers"],
-            probe_suffix_ids=r["probe_suffix_ids"], probe_choices=r["probe_choices"], load_s=t.get("load_s"),
-            prefill_s=t.get("prefill_s"), decode_s=t.get("decode_s"), steps=t.get("steps"),
-        ))
-        s.flush()
-        s.add_all(StreamRow(run_id=r["id"], **st) for st in r["streams"])
-        s.add_all(ProbeRow(run_id=r["id"], **pr) for pr in r["probes"])
-    return True

@@ -13,13 +13,10 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from safetensors.torch import save as safetensors_bytes
-from sqlalchemy import update
-
 from steer_ui.engine.events import DoneEvent, Event, ProbeEvent, StartEvent, TokenEvent
-from steer_ui.model.loading import LoadedModel
 from steer_ui.engine.run_settings import RunSettings
-from steer_ui.log.store import ProbeRow, RunRow, Store, StreamRow, VectorRow, new_id, owner_tag, utcnow
+from steer_ui.log.store import NewRun, NewStream, Store, new_id
+from steer_ui.model.loading import LoadedModel
 
 _STOP = object()
 
@@ -104,62 +101,32 @@ class RunRecorder:
                 self._finish("error", item[1], None)
 
     def _start(self, ev: StartEvent) -> None:
-        lm, s = self.lm, self.settings
-        vector_hash = None
-        with self.store.Session.begin() as db:
-            if s.vector is not None and s.coefs:
-                vector_hash = s.vector.content_hash()
-                if db.get(VectorRow, vector_hash) is None:
-                    tensors = {f"direction.{k}": v.contiguous() for k, v in s.vector.directions.items()}
-                    meta = {**s.vector.metadata, "model_hint": s.vector.model_hint, "name": s.vector.name}
-                    db.add(VectorRow(hash=vector_hash, name=s.vector.name, model_hint=s.vector.model_hint,
-                                     data=safetensors_bytes(tensors, metadata=meta)))
-                    db.flush()  # no ORM relationship orders these inserts: the vector must exist first
-            db.add(RunRow(
-                id=self.run_id, session_id=self.session_id, created=utcnow(), status="running",
-                owner=owner_tag(), model_id=lm.model_id, model_source=lm.source,
-                dtype=str(lm.dtype).removeprefix("torch."), device=str(lm.device), settings=s.to_dict(),
-                prompt_text=ev.prompt_text, prompt_ids=ev.prompt_ids, vector_hash=vector_hash, layers=ev.layers,
-                probe_suffix_ids=ev.probe_suffix_ids,
-                probe_choices=[{"label": c.label, "token_ids": c.token_ids} for c in ev.probe_choices],
-            ))
-            db.flush()  # the run row must exist before its streams reference it
-            for r in ev.rows:
-                db.add(StreamRow(run_id=self.run_id, row=r.row, label=r.label, coef=r.coef, token_ids=[], text=""))
+        lm, by_row = self.lm, {i + 1: r for i, r in enumerate(self.settings.rows)}
+        self.store.start_run(NewRun(
+            id=self.run_id, session_id=self.session_id, model_id=lm.model_id, model_source=lm.source,
+            dtype=str(lm.dtype).removeprefix("torch."), device=str(lm.device), settings=self.settings.to_dict(),
+            prompt_text=ev.prompt_text, prompt_ids=ev.prompt_ids, layers=ev.layers,
+            probe_suffix_ids=ev.probe_suffix_ids,
+            probe_choices=[{"label": c.label, "token_ids": c.token_ids} for c in ev.probe_choices],
+            streams=[NewStream(r.row, r.label, r.coef, by_row[r.row].vector if r.row in by_row else None,
+                               r.layers if r.row else None, r.scope) for r in ev.rows]))
         self._rows = {r.row: _RowBuffer() for r in ev.rows}
         self._started = True
 
-    def _flush(self, db=None) -> None:
-        def write(session) -> None:
-            for row, buf in self._rows.items():
-                if buf.dirty:
-                    session.execute(update(StreamRow).where(StreamRow.run_id == self.run_id, StreamRow.row == row)
-                                    .values(token_ids=list(buf.token_ids), text="".join(buf.text)))
-                    buf.dirty = False
-            session.add_all([ProbeRow(run_id=self.run_id, row=p.row, step=p.step, logodds=p.logodds, mass=p.mass,
-                                      logprobs=p.logprobs, reliable=p.reliable, think_closed=p.think_closed)
-                             for p in self._probes])
-            self._probes.clear()
-            self._pending = 0
+    def _changes(self) -> tuple[dict[int, tuple[list[int], str]], list[ProbeEvent]]:
+        """What to write since the last flush: the rows that changed, and the new probe readings."""
+        streams = {row: (list(buf.token_ids), "".join(buf.text)) for row, buf in self._rows.items() if buf.dirty}
+        for buf in self._rows.values():
+            buf.dirty = False
+        probes, self._probes = self._probes, []
+        self._pending = 0
+        return streams, probes
 
-        if db is not None:
-            write(db)
-        else:
-            with self.store.Session.begin() as session:
-                write(session)
+    def _flush(self) -> None:
+        self.store.save_progress(self.run_id, *self._changes())
 
     def _finish(self, status: str, error: str | None, done: DoneEvent | None) -> None:
-        with self.store.Session.begin() as db:
-            self._flush(db)
-            values: dict = {"status": status, "error": error, "finished": utcnow()}
-            if done is not None:
-                t = done.timing
-                values.update(load_s=t.load_s, prefill_s=t.prefill_s, decode_s=t.decode_s, steps=t.steps)
-                for r in done.rows:
-                    db.execute(update(StreamRow).where(StreamRow.run_id == self.run_id, StreamRow.row == r.row)
-                               .values(finish_reason=r.finish_reason))
-            else:
-                db.execute(update(StreamRow).where(StreamRow.run_id == self.run_id, StreamRow.finish_reason.is_(None))
-                           .values(finish_reason="cancelled" if status == "cancelled" else None))
-            db.execute(update(RunRow).where(RunRow.id == self.run_id).values(**values))
+        streams, probes = self._changes()
+        self.store.finish_run(self.run_id, status, error, streams, probes, done.timing if done else None,
+                              {r.row: r.finish_reason for r in done.rows} if done else None)
         self._finished = True

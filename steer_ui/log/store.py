@@ -1,29 +1,33 @@
 """The session log: every run in SQLite (or any SQLAlchemy URL), replayable and exportable.
 
-Tables: sessions (a browser session or a CLI invocation), runs (everything needed to replay), vectors
-(a stored copy of each vector, by content hash), streams (one per row) and probe_points. The schema is
-managed by Alembic (``steer_ui/log/migrations``) and upgraded automatically when a store is opened.
-Writing during a run goes through ``steer_ui.log.recorder``, which batches on its own thread.
+``Store`` owns every SQL statement of the log: opening and migrating (``database``), sessions,
+listing and reading runs, writing a run while it streams (``start_run``, ``save_progress``,
+``finish_run``, called by ``recorder``), and a run as a plain JSON record and back (``run_record``,
+``import_record``, used by ``archive`` for exports and imports). The tables are in ``schema``.
 """
 
 from __future__ import annotations
 
-import os
-import socket
+import base64
 import uuid
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from pathlib import Path
 
-from sqlalchemy import (JSON, Boolean, DateTime, Float, ForeignKey, Integer, LargeBinary, String, Text, create_engine,
-                        event, select, update)
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy import create_engine, event, select, update
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, sessionmaker
+from sqlalchemy.orm import sessionmaker
 
+from steer_ui.engine.events import ProbeEvent, Timing
 from steer_ui.errors import UserError
+from steer_ui.log.database import migrate, owner_alive, owner_tag, resolve_db_url, sqlite_pragmas
+from steer_ui.log.schema import ProbeRow, RunRow, SessionRow, StreamRow, VectorRow
+from steer_ui.vectors.vector import SteeringVector
 
 RUN_STATUSES = ("running", "finished", "cancelled", "error", "interrupted")
+RECORD_FIELDS = ("id", "session_id", "status", "error", "model_id", "model_source", "dtype", "device", "settings",
+                 "prompt_text", "prompt_ids", "layers", "probe_suffix_ids", "probe_choices")
 
 
 def utcnow() -> datetime:
@@ -33,143 +37,6 @@ def utcnow() -> datetime:
 def new_id() -> str:
     # Random, not sequential: a ?run=ID link must not let a stranger enumerate other people's runs.
     return uuid.uuid4().hex[:12]
-
-
-class Base(DeclarativeBase):
-    pass
-
-
-class SessionRow(Base):
-    __tablename__ = "sessions"
-    id: Mapped[str] = mapped_column(String(32), primary_key=True)
-    kind: Mapped[str] = mapped_column(String(16))  # cli | browser | import
-    label: Mapped[str] = mapped_column(String(200), default="")
-    created: Mapped[datetime] = mapped_column(DateTime)
-    last_seen: Mapped[datetime] = mapped_column(DateTime)
-
-
-class VectorRow(Base):
-    __tablename__ = "vectors"
-    hash: Mapped[str] = mapped_column(String(64), primary_key=True)
-    name: Mapped[str] = mapped_column(String(200), default="")
-    model_hint: Mapped[str] = mapped_column(String(64), default="")
-    data: Mapped[bytes] = mapped_column(LargeBinary)  # safetensors bytes, metadata included
-
-
-class RunRow(Base):
-    __tablename__ = "runs"
-    id: Mapped[str] = mapped_column(String(32), primary_key=True)
-    session_id: Mapped[str] = mapped_column(ForeignKey("sessions.id"), index=True)
-    created: Mapped[datetime] = mapped_column(DateTime)
-    finished: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
-    status: Mapped[str] = mapped_column(String(16), default="running", index=True)
-    error: Mapped[str | None] = mapped_column(Text, nullable=True)
-    owner: Mapped[str | None] = mapped_column(String(128), nullable=True)  # host:pid:start of the writer
-    model_id: Mapped[str] = mapped_column(String(300))
-    model_source: Mapped[str] = mapped_column(Text, default="")  # path, hub id + revision, or GGUF cache key
-    dtype: Mapped[str] = mapped_column(String(16))
-    device: Mapped[str] = mapped_column(String(32))
-    settings: Mapped[dict] = mapped_column(JSON)  # RunSettings.to_dict(), without the vector itself
-    prompt_text: Mapped[str] = mapped_column(Text)
-    prompt_ids: Mapped[list] = mapped_column(JSON)
-    vector_hash: Mapped[str | None] = mapped_column(ForeignKey("vectors.hash"), nullable=True)
-    layers: Mapped[list] = mapped_column(JSON)
-    probe_suffix_ids: Mapped[list] = mapped_column(JSON)
-    probe_choices: Mapped[list] = mapped_column(JSON)  # [{"label", "token_ids"}]
-    load_s: Mapped[float | None] = mapped_column(Float, nullable=True)
-    prefill_s: Mapped[float | None] = mapped_column(Float, nullable=True)
-    decode_s: Mapped[float | None] = mapped_column(Float, nullable=True)
-    steps: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    streams: Mapped[list[StreamRow]] = relationship(order_by="StreamRow.row", cascade="all, delete-orphan")
-
-
-class StreamRow(Base):
-    __tablename__ = "streams"
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
-    row: Mapped[int] = mapped_column(Integer)
-    label: Mapped[str] = mapped_column(String(64))
-    coef: Mapped[float] = mapped_column(Float)
-    token_ids: Mapped[list] = mapped_column(JSON, default=list)
-    text: Mapped[str] = mapped_column(Text, default="")
-    finish_reason: Mapped[str | None] = mapped_column(String(16), nullable=True)
-
-
-class ProbeRow(Base):
-    __tablename__ = "probe_points"
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
-    row: Mapped[int] = mapped_column(Integer)
-    step: Mapped[int] = mapped_column(Integer)
-    logodds: Mapped[float] = mapped_column(Float)
-    mass: Mapped[float] = mapped_column(Float)
-    logprobs: Mapped[dict] = mapped_column(JSON)
-    reliable: Mapped[bool] = mapped_column(Boolean)
-    think_closed: Mapped[bool] = mapped_column(Boolean, default=False)
-
-
-def default_db_path() -> Path:
-    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(base) / "steer-ui" / "runs.sqlite"
-
-
-def resolve_db_url(db: str | None = None) -> str:
-    """``--db`` (a path or SQLAlchemy URL), else ``$STEER_UI_DB``, else the user data dir."""
-    db = db or os.environ.get("STEER_UI_DB") or str(default_db_path())
-    if "://" in db:
-        return db
-    path = Path(db).expanduser()
-    if path.is_dir():
-        raise UserError(f"--db {db} is a folder; give a file path such as {path / 'runs.sqlite'}")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise UserError(f"cannot create the folder for the database {path}: {err.strerror}") from None
-    return f"sqlite:///{path}"
-
-
-def _sqlite_pragmas(dbapi_conn, _record) -> None:
-    cur = dbapi_conn.cursor()
-    # WAL: readers never block the writer; a crash leaves a consistent database. busy_timeout: two
-    # processes logging at once wait for each other instead of failing with "database is locked".
-    cur.execute("PRAGMA journal_mode=WAL")
-    cur.execute("PRAGMA busy_timeout=10000")
-    cur.execute("PRAGMA synchronous=NORMAL")
-    cur.execute("PRAGMA foreign_keys=ON")
-    cur.close()
-
-
-def owner_tag() -> str:
-    import psutil
-
-    me = psutil.Process()
-    return f"{socket.gethostname()}:{me.pid}:{int(me.create_time())}"
-
-
-def _owner_alive(tag: str | None) -> bool:
-    import psutil
-
-    if not tag:
-        return False
-    try:
-        host, pid, started = tag.rsplit(":", 2)
-        if host != socket.gethostname():
-            return True  # another machine's run: not ours to judge
-        return int(psutil.Process(int(pid)).create_time()) == int(started)
-    except (ValueError, psutil.Error):
-        return False
-
-
-def migrate(engine: Engine) -> None:
-    """Bring the schema to the newest revision (creates it on an empty database)."""
-    from alembic import command
-    from alembic.config import Config
-
-    cfg = Config()
-    cfg.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
-    with engine.begin() as conn:
-        cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "head")
 
 
 @dataclass(frozen=True)
@@ -184,6 +51,35 @@ class RunSummary:
     tokens: int
 
 
+@dataclass(frozen=True)
+class NewStream:
+    row: int
+    label: str
+    coef: float
+    vector: SteeringVector | None = None  # None for the baseline
+    layers: list[int] | None = None
+    scope: str | None = None
+
+
+@dataclass(frozen=True)
+class NewRun:
+    """What a run's row holds when it starts (the recorder builds it from the settings and the start event)."""
+
+    id: str
+    session_id: str
+    model_id: str
+    model_source: str
+    dtype: str
+    device: str
+    settings: dict
+    prompt_text: str
+    prompt_ids: list[int]
+    layers: list[int]
+    probe_suffix_ids: list[int]
+    probe_choices: list[dict]
+    streams: list[NewStream] = field(default_factory=list)
+
+
 class Store:
     """Open (and migrate) a database; query and write runs. Thread-safe: one SQLAlchemy session per call."""
 
@@ -195,7 +91,7 @@ class Store:
         except (ArgumentError, ImportError, ValueError) as err:
             raise UserError(f"cannot use database {db!r}: {err}") from None
         if url.get_backend_name() == "sqlite":
-            event.listen(self.engine, "connect", _sqlite_pragmas)
+            event.listen(self.engine, "connect", sqlite_pragmas)
         try:
             migrate(self.engine)
         except DBAPIError as err:  # not a database, locked, read-only, unreachable server, ...
@@ -206,16 +102,7 @@ class Store:
     def close(self) -> None:
         self.engine.dispose()
 
-    def mark_interrupted(self) -> int:
-        """Runs left 'running' by a process that no longer exists (killed, crashed) become 'interrupted'."""
-        with self.Session.begin() as s:
-            stale = [r.id for r in s.scalars(select(RunRow).where(RunRow.status == "running"))
-                     if not _owner_alive(r.owner)]
-            if stale:
-                s.execute(update(RunRow).where(RunRow.id.in_(stale))
-                          .values(status="interrupted", error="the process writing this run ended before it did"))
-        return len(stale)
-
+    # --- sessions -----------------------------------------------------------------------------
     def new_session(self, kind: str, label: str = "", session_id: str | None = None) -> str:
         now = utcnow()
         sid = session_id or new_id()
@@ -228,18 +115,34 @@ class Store:
         with self.Session.begin() as s:
             s.execute(update(SessionRow).where(SessionRow.id == session_id).values(last_seen=utcnow()))
 
+    # --- reading ------------------------------------------------------------------------------
+    def mark_interrupted(self) -> int:
+        """Runs left 'running' by a process that no longer exists (killed, crashed) become 'interrupted'."""
+        with self.Session.begin() as s:
+            stale = [r.id for r in s.scalars(select(RunRow).where(RunRow.status == "running"))
+                     if not owner_alive(r.owner)]
+            if stale:
+                s.execute(update(RunRow).where(RunRow.id.in_(stale))
+                          .values(status="interrupted", error="the process writing this run ended before it did"))
+        return len(stale)
+
     def list_runs(self, session_id: str | None = None, limit: int = 100) -> list[RunSummary]:
         """Newest first; with ``session_id`` only that session's runs (what a browser user may see)."""
         with self.Session() as s:
             q = select(RunRow).order_by(RunRow.created.desc()).limit(limit)
             if session_id is not None:
                 q = q.where(RunRow.session_id == session_id)
-            out = []
-            for r in s.scalars(q):
-                tokens = sum(len(st.token_ids) for st in r.streams)
-                out.append(RunSummary(r.id, r.session_id, r.created, r.status, r.model_id, r.settings.get("prompt", ""),
-                                      list(r.settings.get("coefs", [])), tokens))
-            return out
+            return [RunSummary(r.id, r.session_id, r.created, r.status, r.model_id, r.settings.get("prompt", ""),
+                               [st.coef for st in r.streams if st.row > 0], sum(len(st.token_ids) for st in r.streams))
+                    for r in s.scalars(q)]
+
+    def run_ids(self, session_id: str | None = None) -> list[str]:
+        """Every run id, oldest first (only ``session_id``'s with one)."""
+        with self.Session() as s:
+            q = select(RunRow.id).order_by(RunRow.created)
+            if session_id is not None:
+                q = q.where(RunRow.session_id == session_id)
+            return list(s.scalars(q))
 
     def get_run(self, run_id: str, session_id: str | None = None) -> RunRow:
         """The run with its streams loaded; a UserError if absent (or, with ``session_id``, not that session's)."""
@@ -256,9 +159,128 @@ class Store:
             return list(s.scalars(select(ProbeRow).where(ProbeRow.run_id == run_id)
                                   .order_by(ProbeRow.row, ProbeRow.step)))
 
-    def vector_bytes(self, vector_hash: str) -> bytes:
+    def vector(self, vector_hash: str) -> SteeringVector:
+        """The stored copy of a vector, exactly as the run used it."""
         with self.Session() as s:
             row = s.get(VectorRow, vector_hash)
             if row is None:
                 raise UserError(f"the stored copy of vector {vector_hash[:12]} is missing")
-            return row.data
+            return SteeringVector.from_bytes(row.data, f"stored vector {vector_hash[:12]}")
+
+    def run_vectors(self, run: RunRow) -> dict[str, SteeringVector]:
+        """The stored copies of the vectors ``run``'s rows used, by content hash."""
+        return {h: self.vector(h) for h in dict.fromkeys(st.vector_hash for st in run.streams if st.vector_hash)}
+
+    # --- writing a run as it streams ----------------------------------------------------------------
+    def start_run(self, new: NewRun) -> None:
+        with self.Session.begin() as db:
+            hashes = {}
+            for st in new.streams:
+                if st.vector is not None:
+                    hashes[st.row] = self._put_vector(db, st.vector)
+            db.flush()  # no ORM relationship orders these inserts: the vectors must exist first
+            db.add(RunRow(id=new.id, session_id=new.session_id, created=utcnow(), status="running", owner=owner_tag(),
+                          model_id=new.model_id, model_source=new.model_source, dtype=new.dtype, device=new.device,
+                          settings=new.settings, prompt_text=new.prompt_text, prompt_ids=new.prompt_ids,
+                          layers=new.layers, probe_suffix_ids=new.probe_suffix_ids, probe_choices=new.probe_choices))
+            db.flush()  # the run row must exist before its streams reference it
+            db.add_all(StreamRow(run_id=new.id, row=st.row, label=st.label, coef=st.coef,
+                                 vector_hash=hashes.get(st.row), layers=st.layers, scope=st.scope, token_ids=[],
+                                 text="") for st in new.streams)
+
+    @staticmethod
+    def _put_vector(db, vector: SteeringVector) -> str:
+        vector_hash = vector.content_hash()
+        if db.get(VectorRow, vector_hash) is None:
+            db.add(VectorRow(hash=vector_hash, name=vector.name, model_hint=vector.model_hint, data=vector.to_bytes()))
+        return vector_hash
+
+    def save_progress(self, run_id: str, streams: dict[int, tuple[list[int], str]],
+                      probes: Sequence[ProbeEvent], db=None) -> None:
+        """Each changed row's tokens and text so far, and new probe readings."""
+        if db is None:
+            with self.Session.begin() as session:
+                return self.save_progress(run_id, streams, probes, session)
+        for row, (token_ids, text) in streams.items():
+            db.execute(update(StreamRow).where(StreamRow.run_id == run_id, StreamRow.row == row)
+                       .values(token_ids=list(token_ids), text=text))
+        db.add_all(ProbeRow(run_id=run_id, row=p.row, step=p.step, logodds=p.logodds, mass=p.mass,
+                            logprobs=p.logprobs, reliable=p.reliable, think_closed=p.think_closed) for p in probes)
+
+    def finish_run(self, run_id: str, status: str, error: str | None, streams: dict[int, tuple[list[int], str]],
+                   probes: Sequence[ProbeEvent], timing: Timing | None = None,
+                   finish_reasons: dict[int, str] | None = None) -> None:
+        """The last progress and the outcome, in one transaction. Rows without a finish reason are
+        'cancelled' when the run was."""
+        with self.Session.begin() as db:
+            self.save_progress(run_id, streams, probes, db)
+            values: dict = {"status": status, "error": error, "finished": utcnow()}
+            if timing is not None:
+                values.update(load_s=timing.load_s, prefill_s=timing.prefill_s, decode_s=timing.decode_s,
+                              steps=timing.steps)
+            for row, reason in (finish_reasons or {}).items():
+                db.execute(update(StreamRow).where(StreamRow.run_id == run_id, StreamRow.row == row)
+                           .values(finish_reason=reason))
+            if status == "cancelled":
+                db.execute(update(StreamRow).where(StreamRow.run_id == run_id, StreamRow.finish_reason.is_(None))
+                           .values(finish_reason="cancelled"))
+            db.execute(update(RunRow).where(RunRow.id == run_id).values(**values))
+
+    # --- a run as a plain JSON record (exports) and back (imports) ---------------------------------
+    def run_record(self, run: RunRow) -> dict:
+        """One run as plain JSON: settings, the stored vectors, streams and the probe series."""
+        with self.Session() as s:
+            hashes = list(dict.fromkeys(st.vector_hash for st in run.streams if st.vector_hash))
+            vectors = [s.get(VectorRow, h) for h in hashes]
+        return {
+            **{k: getattr(run, k) for k in RECORD_FIELDS}, "created": _iso(run.created), "finished": _iso(run.finished),
+            "timing": {"load_s": run.load_s, "prefill_s": run.prefill_s, "decode_s": run.decode_s, "steps": run.steps},
+            "vectors": [{"hash": v.hash, "name": v.name, "model_hint": v.model_hint,
+                         "safetensors_b64": base64.b64encode(v.data).decode()} for v in vectors],
+            "streams": [{"row": st.row, "label": st.label, "coef": st.coef, "vector_hash": st.vector_hash,
+                         "layers": st.layers, "scope": st.scope, "token_ids": st.token_ids, "text": st.text,
+                         "finish_reason": st.finish_reason} for st in run.streams],
+            "probes": [{"row": p.row, "step": p.step, "logodds": p.logodds, "mass": p.mass, "logprobs": p.logprobs,
+                        "reliable": p.reliable, "think_closed": p.think_closed} for p in self.probe_points(run.id)],
+        }
+
+    def import_record(self, r: dict) -> bool:
+        """Add a run from its record (``run_record``'s shape); False when a run with its id exists."""
+        r = _record_with_row_vectors(r)
+        with self.Session.begin() as s:
+            if s.get(RunRow, r["id"]) is not None:
+                return False
+            if s.get(SessionRow, r["session_id"]) is None:
+                now = utcnow()
+                s.add(SessionRow(id=r["session_id"], kind="import", label="imported", created=now, last_seen=now))
+            for v in r.get("vectors", []):
+                if s.get(VectorRow, v["hash"]) is None:
+                    s.add(VectorRow(hash=v["hash"], name=v["name"], model_hint=v["model_hint"],
+                                    data=base64.b64decode(v["safetensors_b64"])))
+            s.flush()  # session and vector rows before the run that references them
+            t = r.get("timing") or {}
+            s.add(RunRow(**{k: r[k] for k in RECORD_FIELDS if k in r}, owner=None,
+                         created=datetime.fromisoformat(r["created"]),
+                         finished=datetime.fromisoformat(r["finished"]) if r.get("finished") else None,
+                         load_s=t.get("load_s"), prefill_s=t.get("prefill_s"), decode_s=t.get("decode_s"),
+                         steps=t.get("steps")))
+            s.flush()
+            s.add_all(StreamRow(run_id=r["id"], **st) for st in r["streams"])
+            s.add_all(ProbeRow(run_id=r["id"], **pr) for pr in r["probes"])
+        return True
+
+
+def _record_with_row_vectors(r: dict) -> dict:
+    """Records exported before rows carried their own vectors: one "vector" for every steered row."""
+    if "vector" not in r:
+        return r
+    v = r["vector"]
+    streams = [{**st, "vector_hash": v["hash"] if v and st["row"] > 0 else None,
+                "layers": r["layers"] if v and st["row"] > 0 else None,
+                "scope": r["settings"].get("scope", "all") if v and st["row"] > 0 else None} for st in r["streams"]]
+    rest = {k: val for k, val in r.items() if k not in ("vector", "streams")}
+    return {**rest, "vectors": [v] if v else [], "streams": streams}
+
+
+def _iso(t: datetime | None) -> str | None:
+    return t.isoformat() if t else None

@@ -58,3 +58,7 @@ def use_few_row_linears(model: torch.nn.Module) -> int:
             module.__class__ = FewRowLinear
             swapped += 1
     return swapped
+
+
+def in_use(model: torch.nn.Module) -> bool:
+    return any(isinstance(m, FewRowLinear) for m in model.modules())

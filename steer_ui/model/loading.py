@@ -22,8 +22,8 @@ from urllib.parse import urlparse
 
 import torch
 
-from steer_ui.model import cpu_matmul
 from steer_ui.errors import UserError
+from steer_ui.model import cpu_matmul
 from steer_ui.model.known import BUNDLED_ALIAS, ModelProfile, profile_for
 
 log = logging.getLogger(__name__)

@@ -20,10 +20,10 @@ from typing import Literal
 import torch
 
 from steer_ui.errors import UserError
-from steer_ui.vectors.guidance import LayerStats, layer_stats, suggest_band
 from steer_ui.jsonl import read_jsonl
 from steer_ui.model.loading import LoadedModel
-from steer_ui.engine.run_settings import check_layers
+from steer_ui.vectors.guidance import LayerStats, layer_stats, suggest_band
+from steer_ui.vectors.layers import check_layers
 from steer_ui.vectors.vector import SteeringVector
 
 Method = Literal["mean_diff", "pca_diff", "pca_center"]

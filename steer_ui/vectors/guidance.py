@@ -10,10 +10,12 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from typing import Protocol
 
 import torch
 
 from steer_ui.model.loading import LoadedModel, find_final_norm
+from steer_ui.vectors.vector import SteeringVector
 
 
 @dataclass(frozen=True)
@@ -85,6 +87,24 @@ def dose_summary(metadata: dict[str, str], layers: Sequence[int], coefs: Sequenc
         lo, hi = abs(c) * min(rel), abs(c) * max(rel)
         warn = f"  (above {COLLAPSE_DOSE}: expect collapse)" if hi > COLLAPSE_DOSE else ""
         lines.append(f"coef {c:+g}: relative dose {lo:.2f}-{hi:.2f} per layer over {len(rel)} layers{warn}")
+    return lines
+
+
+class _Row(Protocol):
+    vector: SteeringVector
+    layers: Sequence[int] | None
+    coef: float
+
+
+def dose_lines(rows: Sequence[_Row]) -> list[str]:
+    """``dose_summary`` for each steered row, from its own vector's stored stats (rows whose vectors carry
+    none are left out); rows of a mixed run are named by their vector."""
+    named = len({id(r.vector) for r in rows}) > 1
+    lines = []
+    for r in rows:
+        layers = r.layers if r.layers is not None else r.vector.layers
+        for line in dose_summary(r.vector.metadata, layers, [r.coef]):
+            lines.append(f"{r.vector.name}: {line}" if named else line)
     return lines
 
 

@@ -1,4 +1,5 @@
-"""Contrastive datasets from templates: personas x chain-of-thought openers (repeng's recipe, for reasoning).
+"""Shipped behaviours: contrastive templates (personas x chain-of-thought openers, repeng's recipe for
+reasoning) and the vectors computed from them, found by name.
 
 Each shipped behaviour (``assets/datasets/*.json``) pairs a positive persona with a negative one. A
 pair's two texts are the same chat prompt ("work on the next problem as {persona}"), the assistant
@@ -13,8 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from steer_ui.errors import UserError
-from steer_ui.vectors.contrastive import Pair
 from steer_ui.model.loading import LoadedModel
+from steer_ui.vectors.contrastive import Pair
+from steer_ui.vectors.files import load_vector
+from steer_ui.vectors.vector import SteeringVector
 
 ASSETS = Path(__file__).resolve().parents[2] / "assets"
 DATASETS = ASSETS / "datasets"
@@ -45,6 +48,23 @@ def preset_vector_path(name: str, model_key: str) -> Path:
                             f"'python -m steer_ui vector --preset {name} --model ...'")
         raise UserError(f"unknown preset vector {name!r} for {model_key}: choose from {', '.join(shipped)}")
     return path
+
+
+def preset_vectors(model_key: str) -> list[str]:
+    """Names of the shipped vectors for model ``model_key`` (only the bundled model has them)."""
+    folder = ASSETS / "vectors" / model_key
+    return [n for n in preset_names() if (folder / f"{n}.safetensors").is_file()]
+
+
+def resolve_vector(spec: str, model_key: str) -> SteeringVector:
+    """A vector as the user names it: a file path as given, or a preset name (no extension, not a file)
+    of the shipped vectors for ``model_key``. A preset is named by its behaviour ('confidence')."""
+    path = Path(spec).expanduser()
+    if path.suffix or path.exists():
+        return load_vector(path)
+    vector = load_vector(preset_vector_path(spec.strip(), model_key.strip().lower()))
+    vector.name = spec.strip()
+    return vector
 
 
 def load_template(name_or_path: str) -> Template:

@@ -1,18 +1,18 @@
-"""Steering vectors: ``{layer: direction}`` and the files they come in.
+"""The steering vector: ``{layer: direction}``, its arithmetic, and its bytes.
 
 Layer L is the output of decoder block L (``hidden_states[L + 1]``), 0-based, as in repeng and
-llama.cpp. The repeng / llama.cpp GGUF format: architecture ``controlvector``, keys
-``controlvector.model_hint`` and ``controlvector.layer_count``, one float32 tensor ``direction.{L}``
-per layer.
+llama.cpp. A vector's canonical bytes are safetensors (tensors ``direction.{L}``, float32, and the
+metadata as strings): ``to_bytes``/``from_bytes`` are the one writer and reader, used by .safetensors
+files, the session log's stored copies and the dashboard's History downloads. Other file formats
+are in ``steer_ui.vectors.files``.
 """
+
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,12 +20,12 @@ import numpy as np
 import torch
 
 from steer_ui.errors import UserError
+from steer_ui.vectors.layers import format_layers
 
-MAX_VECTOR_FILE_BYTES = 512 * 1024 * 1024  # 128 layers x 1M hidden floats; real vectors are KBs to MBs
-_LAYER_KEY = re.compile(r"^(?:direction|layer|layers)?\.?(\d+)$")
+LAYER_KEY = re.compile(r"^(?:direction|layer|layers)?\.?(\d+)$")
 
 
-@dataclass
+@dataclass(eq=False)  # compared by identity: tensors have no single truth value
 class SteeringVector:
     """One direction per layer, float32 on the CPU; the engine moves each to its layer's device."""
 
@@ -48,6 +48,40 @@ class SteeringVector:
             h.update(str(layer).encode())
             h.update(self.directions[layer].numpy().tobytes())
         return h.hexdigest()
+
+    def to_bytes(self) -> bytes:
+        """The canonical bytes: safetensors, one float32 tensor ``direction.{L}`` per layer, with the name,
+        model hint, metadata and per-layer norms as string metadata."""
+        from safetensors.torch import save
+
+        meta = {**self.metadata, "name": self.name, "model_hint": self.model_hint,
+                "hidden_size": str(self.hidden_size), "layers": json.dumps(self.layers),
+                "norms": json.dumps({str(k): round(float(v.norm()), 6) for k, v in self.directions.items()})}
+        tensors = {f"direction.{k}": v.to(torch.float32).contiguous() for k, v in self.directions.items()}
+        return save(tensors, metadata={k: str(v) for k, v in meta.items()})
+
+    @classmethod
+    def from_bytes(cls, data: bytes, where: str = "vector", name: str | None = None) -> SteeringVector:
+        """The vector ``to_bytes`` wrote (or any safetensors of ``direction.{L}`` tensors); UserError if not.
+
+        ``name`` (a file's name) wins over the stored one.
+        """
+        from safetensors.torch import load
+
+        try:
+            # safetensors reads metadata only from files; the header is 8 bytes of length, then JSON.
+            header_len = int.from_bytes(data[:8], "little")
+            header = json.loads(data[8:8 + header_len]) if 8 < 8 + header_len <= len(data) else None
+            tensors = load(data)
+        except Exception as err:  # noqa: BLE001 - a damaged file is "unreadable", whatever raised
+            raise UserError(f"{where}: not a readable safetensors file ({why(err)})") from None
+        meta = dict((header or {}).get("__metadata__") or {})
+        directions = {int(m.group(1)): checked_direction(int(m.group(1)), t, where)
+                      for key, t in tensors.items() if (m := LAYER_KEY.fullmatch(key))}
+        stored_name = meta.pop("name", "")
+        vector = vector_from(directions, where, meta.pop("model_hint", ""), meta)
+        vector.name = name if name is not None else stored_name
+        return vector
 
     def scaled(self, factor: float) -> SteeringVector:
         return SteeringVector({k: v * factor for k, v in self.directions.items()}, self.model_hint,
@@ -75,13 +109,13 @@ class SteeringVector:
         over = [x for x in self.layers if x >= n_layers]
         chosen = list(layers) if layers is not None else [x for x in self.layers if x < n_layers]
         if layers is None and over and not chosen:
-            raise UserError(f"the vector's layers ({_span(self.layers)}) are all beyond the model's "
+            raise UserError(f"the vector's layers ({format_layers(self.layers)}) are all beyond the model's "
                             f"{n_layers} layers (0-{n_layers - 1})")
         for x in chosen:
             if not 0 <= x < n_layers:
                 raise UserError(f"layer {x} is out of range: the model has {n_layers} layers (0-{n_layers - 1})")
             if x not in self.directions:
-                raise UserError(f"layer {x} is not in the vector (it has layers {_span(self.layers)})")
+                raise UserError(f"layer {x} is not in the vector (it has layers {format_layers(self.layers)})")
         return chosen
 
 
@@ -102,13 +136,13 @@ def combine(terms: list[tuple[float, SteeringVector]]) -> tuple[SteeringVector, 
     return SteeringVector(out, hints[0] if hints else "", name), warnings
 
 
-def _span(layers: list[int]) -> str:
-    if layers and layers == list(range(layers[0], layers[-1] + 1)):
-        return f"{layers[0]}-{layers[-1]}"
-    return ",".join(map(str, layers))
+def why(err: BaseException) -> str:
+    """The first line of an exception's message (some have none), for a one-line error."""
+    lines = str(err).strip().splitlines()
+    return (lines[0] if lines else type(err).__name__)[:200]
 
 
-def _checked(layer: int, arr: np.ndarray | torch.Tensor, where: str) -> torch.Tensor:
+def checked_direction(layer: int, arr: np.ndarray | torch.Tensor, where: str) -> torch.Tensor:
     t = torch.as_tensor(np.asarray(arr)) if not isinstance(arr, torch.Tensor) else arr
     if not (t.is_floating_point()):
         raise UserError(f"{where}: direction for layer {layer} has dtype {t.dtype}, expected a float type")
@@ -120,166 +154,10 @@ def _checked(layer: int, arr: np.ndarray | torch.Tensor, where: str) -> torch.Te
     return t
 
 
-def _finish(directions: dict[int, torch.Tensor], where: str, hint: str, meta: dict[str, str]) -> SteeringVector:
+def vector_from(directions: dict[int, torch.Tensor], where: str, hint: str, meta: dict[str, str]) -> SteeringVector:
     if not directions:
         raise UserError(f"{where}: no steering directions found (expected tensors named direction.N)")
     sizes = {t.numel() for t in directions.values()}
     if len(sizes) > 1:
         raise UserError(f"{where}: directions have different sizes {sorted(sizes)}")
     return SteeringVector(directions=directions, model_hint=hint, name=Path(where).name, metadata=meta)
-
-
-def read_repeng_gguf(path: Path) -> SteeringVector:
-    import gguf
-
-    try:
-        reader = gguf.GGUFReader(str(path))
-    except Exception as err:  # the reader raises many types on malformed input
-        raise UserError(f"{path}: not a readable GGUF file ({type(err).__name__}: {_why(err)})") from None
-
-    def text_field(key: str) -> str:
-        f = reader.get_field(key)
-        return "" if f is None or not f.parts else bytes(f.parts[-1]).decode("utf-8", "replace")
-
-    arch = text_field("general.architecture")
-    if arch != "controlvector":
-        raise UserError(f"{path}: GGUF architecture is {arch!r}, expected 'controlvector' (a model file?)")
-    directions: dict[int, torch.Tensor] = {}
-    for tensor in reader.tensors:
-        m = re.fullmatch(r"direction\.(\d+)", tensor.name)
-        if m:
-            directions[int(m.group(1))] = _checked(int(m.group(1)), np.array(tensor.data), str(path))
-    return _finish(directions, str(path), text_field("controlvector.model_hint"), {})
-
-
-def read_safetensors(path: Path) -> SteeringVector:
-    from safetensors.torch import safe_open
-
-    directions: dict[int, torch.Tensor] = {}
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = dict(f.metadata() or {})
-            for key in f.keys():
-                m = _LAYER_KEY.fullmatch(key)
-                if m:
-                    directions[int(m.group(1))] = _checked(int(m.group(1)), f.get_tensor(key), str(path))
-    except UserError:
-        raise
-    except Exception as err:  # noqa: BLE001 - a damaged file is "unreadable", whatever raised
-        raise UserError(f"{path}: not a readable safetensors file ({_why(err)})") from None
-    return _finish(directions, str(path), meta.get("model_hint", ""), meta)
-
-
-def _from_mapping(items: dict, where: str) -> dict[int, torch.Tensor]:
-    directions = {}
-    for key, value in items.items():
-        m = _LAYER_KEY.fullmatch(str(key))
-        if m:
-            directions[int(m.group(1))] = _checked(int(m.group(1)), value, where)
-    return directions
-
-
-def _from_matrix(arr: np.ndarray | torch.Tensor, where: str) -> dict[int, torch.Tensor]:
-    if arr.ndim != 2:
-        raise UserError(f"{where}: expected a 2-D array (layers x hidden) or a dict of layers, "
-                        f"got shape {tuple(arr.shape)}")
-    return {i: _checked(i, arr[i], where) for i in range(arr.shape[0])}
-
-
-def _why(err: BaseException) -> str:
-    """The first line of an exception's message (some have none), for a one-line error."""
-    lines = str(err).strip().splitlines()
-    return (lines[0] if lines else type(err).__name__)[:200]
-
-
-def read_torch(path: Path) -> SteeringVector:
-    """``torch.load(weights_only=True)``: tensors and plain containers only, never arbitrary pickles."""
-    try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - pickles and damaged files raise many types: all are refused
-        raise UserError(f"{path}: refused or unreadable .pt file (only plain tensors are accepted, never "
-                        f"pickled code): {_why(err)}") from None
-    if isinstance(obj, torch.Tensor):
-        return _finish(_from_matrix(obj, str(path)), str(path), "", {})
-    if isinstance(obj, dict):
-        return _finish(_from_mapping(obj, str(path)), str(path), "", {})
-    raise UserError(f"{path}: expected a tensor or a dict of layer tensors, got {type(obj).__name__}")
-
-
-def read_numpy(path: Path) -> SteeringVector:
-    """``numpy.load(allow_pickle=False)``: object arrays (pickles) are refused."""
-    try:
-        data = np.load(str(path), allow_pickle=False)
-        if isinstance(data, np.lib.npyio.NpzFile):
-            with data:  # members are read lazily: a damaged zip fails here, inside the try
-                arrays: dict | np.ndarray = {k: data[k] for k in data.files}
-        else:
-            arrays = data
-    except Exception as err:  # noqa: BLE001 - numpy's header parser and zipfile raise many types
-        raise UserError(f"{path}: refused or unreadable numpy file: {_why(err)}") from None
-    if isinstance(arrays, dict):
-        return _finish(_from_mapping(arrays, str(path)), str(path), "", {})
-    return _finish(_from_matrix(arrays, str(path)), str(path), "", {})
-
-
-READERS = {".gguf": read_repeng_gguf, ".safetensors": read_safetensors, ".pt": read_torch, ".pth": read_torch,
-           ".npy": read_numpy, ".npz": read_numpy}
-
-
-def load_vector(path: str | os.PathLike[str]) -> SteeringVector:
-    """Read a vector file (.gguf, .safetensors, .pt, .npy, .npz); UserError on anything wrong."""
-    p = Path(path).expanduser()
-    if not p.is_file():
-        raise UserError(f"no such vector file: {p}")
-    size = p.stat().st_size
-    if size > MAX_VECTOR_FILE_BYTES:
-        raise UserError(f"{p}: {size} bytes is too large for a steering vector (limit {MAX_VECTOR_FILE_BYTES})")
-    reader = READERS.get(p.suffix.lower())
-    if reader is None:
-        raise UserError(f"{p}: unknown vector format {p.suffix!r}: use {', '.join(READERS)}")
-    return reader(p)
-
-
-def save_vector(vector: SteeringVector, path: str | os.PathLike[str]) -> Path:
-    """Write .gguf (repeng / llama.cpp) or .safetensors (with metadata) atomically: temp file, then rename."""
-    target = Path(path).expanduser()
-    writers = {".gguf": _write_gguf, ".safetensors": _write_safetensors}
-    writer = writers.get(target.suffix.lower())
-    if writer is None:
-        raise UserError(f"cannot write {target.suffix!r}: save as .gguf or .safetensors")
-    if not target.parent.is_dir():
-        raise UserError(f"no such folder: {target.parent}")
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=target.suffix, dir=target.parent)
-    os.close(fd)
-    try:
-        writer(vector, tmp)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; a saved vector is an ordinary file
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return target
-
-
-def _write_gguf(vector: SteeringVector, path: str) -> None:
-    import gguf
-
-    writer = gguf.GGUFWriter(path, "controlvector")
-    writer.add_string("controlvector.model_hint", vector.model_hint or "llama")
-    writer.add_uint32("controlvector.layer_count", len(vector.directions))
-    for layer in vector.layers:
-        writer.add_tensor(f"direction.{layer}", vector.directions[layer].to(torch.float32).numpy())
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-
-
-def _write_safetensors(vector: SteeringVector, path: str) -> None:
-    from safetensors.torch import save_file
-
-    meta = {**vector.metadata, "model_hint": vector.model_hint, "hidden_size": str(vector.hidden_size),
-            "layers": json.dumps(vector.layers),
-            "norms": json.dumps({str(k): round(float(v.norm()), 6) for k, v in vector.directions.items()})}
-    tensors = {f"direction.{k}": v.to(torch.float32).contiguous() for k, v in vector.directions.items()}
-    save_file(tensors, path, metadata={k: str(v) for k, v in meta.items()})

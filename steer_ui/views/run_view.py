@@ -1,15 +1,13 @@
-"""What a run looks like on screen, built from engine events: pane contents, chart figure, final result.
+"""A run as people look at it, folded from engine events: each row's pieces, probe series, first
+divergence and end of thinking, and the result the API returns.
 
-Pure data, no Gradio: the dashboard sends ``streams_value()`` and ``chart_value()`` to two small
-browser components, windowed by ``Windower`` so an update's size does not grow with the run;
-``figure()`` is the whole plotly figure, for the HTML download.
+Pure data, no Gradio: the dashboard (``steer_ui.app.stream_values``), the chart (``chart``) and the
+CLI's analysis all read a ``RunView``.
 """
 
 from __future__ import annotations
 
-import json
 import math
-from collections import deque
 from dataclasses import dataclass, field
 
 from steer_ui.engine.events import DoneEvent, Event, ProbeEvent, StartEvent, TokenEvent
@@ -47,7 +45,7 @@ class RowView:
 
     @property
     def display_label(self) -> str:
-        return "Baseline" if self.row == 0 else f"coef {self.coef:+g}"
+        return "Baseline" if self.row == 0 else self.label
 
 
 class RunView:
@@ -104,75 +102,9 @@ class RunView:
     def finished(self) -> bool:
         return self.done is not None or self.error is not None
 
-    # --- what the browser components get --------------------------------------------------------
-    # Live values carry, per row, only the items from ``start`` on and say where that is ("from"): the
-    # browser keeps what it has and appends, so an update's size does not grow with the run. The items
-    # travel as JSON strings: Gradio's streaming diff garbles lists that shrink inside other lists
-    # (gradio 6.31 utils.diff adjusts nested delete indices twice), while a string is replaced whole.
     def counts(self) -> tuple[list[int], list[int]]:
         """(tokens, probe readings) per row so far."""
         return [len(r.pieces) for r in self.rows], [len(r.steps) for r in self.rows]
-
-    def streams_value(self, start: list[int] | None = None) -> dict:
-        start = start or [0] * len(self.rows)
-        return {
-            "run": self.key,
-            "choices": self.choices,
-            "rows": [{"label": r.display_label, "colour": row_colour(r.row), "from": k,
-                      "t": json.dumps(r.pieces[k:]), "lo": json.dumps(r.shade[k:]), "div": r.diverge,
-                      "think": r.think_end, "end": r.finish}
-                     for r, k in zip(self.rows, start)],
-        }
-
-    def chart_value(self, start: list[int] | None = None) -> dict:
-        """The figure for the live chart: per trace its static properties, "from", and its points from
-        there as a JSON string ``[x, y, marker symbols or null]``."""
-        fig = self.figure(start)
-        points = []
-        for trace in fig["data"]:
-            symbols = trace.get("marker", {}).pop("symbol", None)
-            points.append(json.dumps([trace.pop("x"), trace.pop("y"), symbols]))
-        return {"run": self.key, "data": fig["data"], "layout": fig["layout"], "from": fig["from"], "points": points}
-
-    def figure(self, start: list[int] | None = None) -> dict:
-        """The plotly figure (data + layout) as plain JSON, for the HTML export (and ``chart_value``).
-
-        ``from`` gives, per trace, the index of its first point included (0: the whole figure).
-        """
-        start = start or [0] * len(self.rows)
-        yes, no = self.choices[:2] if len(self.choices) >= 2 else ("Yes", "No")
-        data: list[dict] = []
-        for r, k in zip(self.rows, start):
-            colour = row_colour(r.row)
-            data.append({
-                "type": "scatter", "mode": "lines+markers", "name": r.display_label, "legendgroup": str(r.row),
-                "x": r.steps[k:], "y": r.logodds[k:], "line": {"color": colour, "width": 2},
-                "marker": {"color": colour, "size": 5,
-                           "symbol": ["circle" if ok else "x-open" for ok in r.reliable[k:]]},
-                "hovertemplate": f"{r.display_label}<br>token %{{x}}<br>log-odds %{{y:.2f}}<extra></extra>",
-            })
-            data.append({
-                "type": "scatter", "mode": "lines", "name": f"{r.display_label} mass", "legendgroup": str(r.row),
-                "showlegend": False, "x": r.steps[k:], "y": r.mass[k:], "yaxis": "y2",
-                "line": {"color": colour, "width": 1, "dash": "dot"},
-                "hovertemplate": f"{r.display_label}<br>token %{{x}}<br>mass %{{y:.2f}}<extra></extra>",
-            })
-        shapes = [{"type": "line", "xref": "x", "yref": "paper", "x0": r.think_end, "x1": r.think_end, "y0": 0,
-                   "y1": 1, "line": {"color": row_colour(r.row), "dash": "dash", "width": 1}}
-                  for r in self.rows if r.think_end is not None]
-        layout = {
-            "margin": {"l": 56, "r": 56, "t": 28, "b": 40}, "height": 320,
-            "xaxis": {"title": {"text": "generated tokens"}, "zeroline": False},
-            "yaxis": {"title": {"text": f"log-odds  log p({yes}) - log p({no})"}, "zeroline": True,
-                      "zerolinecolor": "#9ca3af"},
-            "yaxis2": {"title": {"text": "mass on choices (dotted)"}, "overlaying": "y", "side": "right",
-                       "range": [0, 1.02], "showgrid": False, "tickmode": "linear", "tick0": 0, "dtick": 0.25},
-            "legend": {"orientation": "h", "y": 1.12, "x": 0},
-            "shapes": shapes, "hovermode": "closest", "plot_bgcolor": "#ffffff", "paper_bgcolor": "#ffffff",
-            # Same revision for a whole run: Plotly.react keeps the user's zoom while points arrive.
-            "uirevision": self.key,
-        }
-        return {"run": self.key, "data": data, "layout": layout, "from": [k for k in start for _ in (0, 1)]}
 
     def result(self, run_id: str | None = None, status: str | None = None) -> dict:
         """The API's answer: each row's final text and its probe series."""
@@ -186,23 +118,3 @@ class RunView:
                       "probe": {"step": r.steps, "logodds": r.logodds, "mass": r.mass, "reliable": r.reliable}}
                      for r in self.rows],
         }
-
-
-class Windower:
-    """Live values for the browser that repeat only the last ``keep`` updates' worth of items.
-
-    The repeat covers updates the browser coalesced or missed; one that misses more finds a gap
-    (its "from" is past what it has) and fetches the whole value once (``Dashboard.snapshot``).
-    """
-
-    def __init__(self, keep: int = 8):
-        self._past: deque[tuple[list[int], list[int]]] = deque(maxlen=keep)
-
-    def __call__(self, view: RunView) -> tuple[dict, dict]:
-        tokens, probes = view.counts()
-        if len(self._past) < (self._past.maxlen or 0) or len(self._past[0][0]) != len(tokens):
-            start_t, start_p = [0] * len(tokens), [0] * len(probes)
-        else:
-            start_t, start_p = self._past[0]
-        self._past.append((tokens, probes))
-        return view.streams_value(start_t), view.chart_value(start_p)

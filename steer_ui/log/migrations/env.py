@@ -3,7 +3,7 @@
 from alembic import context
 from sqlalchemy import create_engine
 
-from steer_ui.log.store import Base
+from steer_ui.log.schema import Base
 
 config = context.config
 

@@ -1,0 +1,64 @@
+"""What the dashboard's handlers share: the loaded model (one per process), the session log, running runs."""
+
+from __future__ import annotations
+
+import tempfile
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import gradio as gr
+
+from steer_ui.app.hosted import Limits, RateLimiter
+from steer_ui.app.live import LiveRun
+from steer_ui.errors import UserError
+from steer_ui.log.store import Store
+from steer_ui.model.loading import LoadedModel
+from steer_ui.views.run_view import RunView
+
+KEEP_VIEWS = 32  # runs whose full view a browser can fetch again (GenerateTab.snapshot)
+
+
+@dataclass
+class AppContext:
+    lm: LoadedModel
+    store: Store
+    device: str = "auto"
+    dtype: str = "auto"
+    model_lock: threading.Lock = field(default_factory=threading.Lock)  # hooks on the shared model
+    active: dict[str, LiveRun] = field(default_factory=dict)  # by Gradio session hash: what Stop stops
+    views: OrderedDict[str, RunView] = field(default_factory=OrderedDict)  # recent runs, for snapshots
+    files: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="steer-ui-")))
+    any_run_link: bool = True  # ?run=ID may open runs of other sessions (a local, single-user app)
+    limits: Limits | None = None  # hosted mode: caps, rate limit, model allow-list (None: a local install)
+    startup_model: str = ""
+    rate: RateLimiter | None = None
+
+    def __post_init__(self) -> None:
+        if self.limits is not None:
+            self.any_run_link = False  # hosted: a browser opens only its own runs
+            self.rate = self.rate or RateLimiter(self.limits.runs_per_minute)
+        self.startup_model = self.startup_model or self.lm.model_id
+
+    @property
+    def hosted(self) -> bool:
+        return self.limits is not None
+
+    def remember(self, view: RunView) -> None:
+        """Keep ``view`` for snapshots (a browser that missed updates fetches it whole); the newest few only."""
+        self.views[view.key] = view
+        self.views.move_to_end(view.key)
+        while len(self.views) > KEEP_VIEWS:
+            self.views.popitem(last=False)
+
+    def session_for(self, browser_id: str | None, kind: str = "browser") -> str:
+        """This browser's session in the log (created on first use); API callers without one get their own."""
+        sid = self.store.new_session(kind, session_id=browser_id or None)
+        self.store.touch_session(sid)
+        return sid
+
+
+def shown(err: UserError) -> gr.Error:
+    """A user mistake as Gradio shows it: a red toast in the browser, an AppError for API clients."""
+    return gr.Error(str(err), print_exception=False)

@@ -1,0 +1,217 @@
+"""The Generate tab: the run form (one widget per knob), and the baseline and steered rows streaming side by
+side with the live log-odds chart; Stop; the run's link and downloads.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Iterator
+from html import escape
+from typing import Any
+
+import gradio as gr
+
+from steer_ui.app import widgets
+from steer_ui.app.context import AppContext, shown
+from steer_ui.app.downloads import run_downloads
+from steer_ui.app.form import knob_widget, knobs_in
+from steer_ui.app.hosted import rate_validator
+from steer_ui.app.live import LiveRun
+from steer_ui.app.model_panel import ModelPanel
+from steer_ui.app.stream_values import Windower, chart_value, streams_value
+from steer_ui.app.vector_panel import NO_VECTOR, VectorPanel
+from steer_ui.app.wiring import Components, by_name
+from steer_ui.engine.knobs import BY_NAME, KNOBS, parse_rows
+from steer_ui.engine.run_settings import RunSettings, settings_from_form
+from steer_ui.engine.scope import Scope
+from steer_ui.errors import UserError
+from steer_ui.log.recorder import RunRecorder
+from steer_ui.vectors.guidance import dose_lines
+from steer_ui.vectors.vector import SteeringVector
+from steer_ui.views.run_view import RunView
+
+UPDATES_PER_S = 15  # what a browser comfortably renders; the engine may be much faster or slower
+FORM = (*(k.name for k in KNOBS), "vector_file")  # the generate event's inputs (and API parameters), by name
+# The generate API's outputs, in the documented order (gradio_client scripts unpack them positionally).
+RUN_OUTPUTS = ("streams", "chart", "status", "result", "downloads", "link")
+GENERATE_OUTPUTS = (*RUN_OUTPUTS, "browser_id")
+
+EXAMPLES: list[dict[str, Any]] = [
+    {"prompt": "Is 91 a prime number? Think it through step by step, then answer Yes or No.",
+     "vector": "reconsideration", "coefs": "4, 8", "rows": "", "scope": "generated", "max_new_tokens": 96},
+    {"prompt": "A bat and a ball cost $1.10 in total. The bat costs $1.00 more than the ball. Does the ball cost "
+               "10 cents? Answer Yes or No, then explain.",
+     "vector": "confidence", "coefs": "6, -6", "rows": "", "scope": "all", "max_new_tokens": 80},
+    {"prompt": "Is 17 x 23 greater than 400? Work it out, then say Yes or No.",
+     "vector": "reconsideration", "coefs": "4", "rows": "confidence=-6@16-19\nverbosity=6@16-19",
+     "scope": "generated", "max_new_tokens": 96},
+    {"prompt": "Is the Great Wall of China visible from the Moon with the naked eye? Answer Yes or No.",
+     "vector": "confidence", "coefs": "6, -6", "rows": "", "scope": "all", "max_new_tokens": 64},
+]
+
+
+class GenerateTab:
+    def __init__(self, ctx: AppContext, vectors: VectorPanel, model: ModelPanel):
+        self.ctx, self.vectors, self.model = ctx, vectors, model
+
+    def settings(self, form: dict[str, Any]) -> RunSettings:
+        """The form's values (by knob name, plus the uploaded ``vector_file``) as checked settings."""
+        form = {**form, "vector": None if form.get("vector") in (None, "", NO_VECTOR) else form["vector"]}
+        settings = settings_from_form(form, self.vectors.resolver(form.get("vector_file")))
+        if self.ctx.limits is not None:
+            self.ctx.limits.check_settings(settings)
+        return settings
+
+    def shared_steering(self, form: dict[str, Any]) -> tuple[SteeringVector | None, tuple[int, ...] | None, Scope]:
+        """The form's vector (None when none is chosen), layers and scope, for a sweep over coefficients."""
+        name = form.get("vector")
+        vector = None if name in (None, "", NO_VECTOR) else self.vectors.resolver(form.get("vector_file"))(name)
+        layers = BY_NAME["layers"].read(form.get("layers") or None)
+        if vector is not None:
+            vector.check_against(self.ctx.lm.n_layers, self.ctx.lm.hidden_size, layers)
+        return vector, layers, BY_NAME["scope"].read(form.get("scope") or None)
+
+    def generate(self, vector_file: str | None = None, browser_id: str | None = None, request: gr.Request = None,
+                 **form: Any) -> Iterator[dict[str, Any]]:
+        """Streams {streams, chart, status} about 15 times a second; the last update carries every output.
+
+        ``form``: the knobs by name; ``vector_file``: an uploaded vector ('file' in the form names it)."""
+        try:
+            settings = self.settings({**form, "vector_file": vector_file})
+            sid = self.ctx.session_for(browser_id, "browser" if browser_id else "api")
+            recorder = RunRecorder(self.ctx.store, sid, self.ctx.lm, settings)
+            # The view's key is what a browser quotes to fetch the whole run (snapshot): a fresh random
+            # token, not the run id, so only the page that streamed or opened the run knows it.
+            live = LiveRun(self.ctx.lm, settings, self.ctx.model_lock, recorder, key=secrets.token_hex(12))
+        except UserError as err:
+            raise shown(err) from None
+        tab = getattr(request, "session_hash", None) or live.run_id
+        self.ctx.active[tab] = live
+        self.ctx.remember(live.view)
+        window = Windower()
+        notes = dose_lines(settings.rows)
+        started = time.monotonic()
+        try:
+            for view in live.frames(1 / UPDATES_PER_S):
+                if view.finished:
+                    break
+                streams, chart = window(view)
+                yield {"streams": streams, "chart": chart, "status": status_text(view, notes, started),
+                       "browser_id": sid}
+        finally:
+            live.stop()  # Stop, a closed tab, or the end: the run is saved and the model free on return
+            self.ctx.active.pop(tab, None)
+        view = live.view
+        streams, chart = window(view)
+        yield {"streams": streams, "chart": chart, "status": status_text(view, notes, started),
+               "result": self._result(live), "downloads": run_downloads(self.ctx.store, self.ctx.files,
+                                                                        live.run_id, view),
+               "link": run_link(live.run_id), "browser_id": sid}
+
+    def _result(self, live: LiveRun) -> dict:
+        status = self.ctx.store.get_run(live.run_id).status if live.view.rows else "error"
+        return live.view.result(live.run_id, status)
+
+    def stop(self, request: gr.Request = None) -> None:
+        live = self.ctx.active.get(getattr(request, "session_hash", None) or "")
+        if live is not None:
+            live.stop()
+
+    def snapshot(self, key: str) -> dict:
+        """A run's whole streams and chart values, for a browser that missed live updates."""
+        view = self.ctx.views.get(str(key))
+        if view is None:
+            return {}
+        return {"streams": streams_value(view), "chart": chart_value(view)}
+
+    # --- layout and wiring -----------------------------------------------------------------------
+    def layout(self, ui: Components) -> None:
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=2, min_width=340):
+                self._form(ui)
+            with gr.Column(scale=5, min_width=480):
+                self._outputs(ui)
+        gr.Examples(self._examples(), inputs=ui.outputs(EXAMPLES[0]), label="Examples", cache_examples=False)
+
+    def _examples(self) -> list[list]:
+        """The examples by knob name, with their preset vectors where the loaded model has them (else
+        baseline only)."""
+        presets = set(self.vectors.presets())
+        out = []
+        for ex in EXAMPLES:
+            if not {ex["vector"], *(spec.vector for spec in parse_rows(ex["rows"]))} <= presets:
+                ex = {**ex, "vector": NO_VECTOR, "coefs": "", "rows": ""}
+            out.append([ex[name] for name in EXAMPLES[0]])
+        return out
+
+    def _form(self, ui: Components) -> None:
+        lm, limits = self.ctx.lm, self.ctx.limits
+        self.model.layout(ui)
+        ui.add("prompt", knob_widget(knobs_in("prompt")[0], limits))
+        with gr.Accordion("System prompt and template", open=False):
+            for knob in knobs_in("prompt", skip=("prompt",)):
+                ui.add(knob.name, knob_widget(knob, limits))
+        self.vectors.layout(ui)
+        with gr.Row():
+            for knob in knobs_in("steering", skip=("vector", "scope", "rows")):
+                ui.add(knob.name, knob_widget(knob, limits))
+        for knob in knobs_in("steering", skip=("vector", "layers", "coefs")):
+            ui.add(knob.name, knob_widget(knob, limits))
+        with gr.Accordion("Decoding", open=False):
+            for knob in knobs_in("decoding"):
+                ui.add(knob.name, knob_widget(knob, limits))
+        with gr.Accordion("Probe", open=False):
+            for knob in knobs_in("probe"):
+                ui.add(knob.name, knob_widget(knob, limits, lm.profile.probe_suffix if knob.name == "probe_suffix"
+                                              else None))
+        with gr.Row():
+            ui.add("generate_btn", gr.Button("Generate", variant="primary"))
+            ui.add("stop_btn", gr.Button("Stop", variant="stop"))
+
+    def _outputs(self, ui: Components) -> None:
+        ui.add("status", gr.Markdown("", label="Status"))
+        ui.add("streams", widgets.streams(self._snapshot_fn(), label="Streams"))
+        ui.add("chart", widgets.chart(self._snapshot_fn(), label="Log-odds chart"))
+        ui.add("link", gr.Markdown("", label="Run link"))
+        ui.add("downloads", gr.File(label="Downloads", file_count="multiple", interactive=False))
+        with gr.Accordion("Run data (JSON, what the API returns)", open=False):
+            ui.add("result", gr.JSON(label="Run data"))
+
+    def _snapshot_fn(self):
+        def snapshot(run_key: str) -> dict:  # a plain function: Gradio marks server functions with an attribute
+            return self.snapshot(run_key)
+        return snapshot
+
+    def wire(self, ui: Components) -> gr.events.Dependency:
+        self.model.wire(ui)
+        self.vectors.wire(ui)
+        run = ui["generate_btn"].click(
+            by_name(self.generate, GENERATE_OUTPUTS), inputs_kwargs=ui.inputs([*FORM, "browser_id"]),
+            outputs=ui.outputs(GENERATE_OUTPUTS), api_name="generate", concurrency_id="gpu", concurrency_limit=1,
+            validator=rate_validator(self.ctx.rate), show_progress="minimal", show_progress_on=[ui["status"]])
+        ui["stop_btn"].click(self.stop, api_name="stop", queue=False)
+        return run
+
+
+def status_text(view: RunView, notes: list[str], started: float) -> str:
+    lines = []
+    if view.error:
+        lines.append(f"**Error:** {escape(view.error)}")
+    tokens = max((len(r.pieces) for r in view.rows), default=0)
+    elapsed = time.monotonic() - started
+    if view.done is not None:
+        reasons = {r.finish_reason for r in view.done.rows}
+        state = "stopped" if "cancelled" in reasons else "finished"
+        t = view.done.timing
+        rate = t.steps / t.decode_s if t.decode_s > 0 else 0.0
+        lines.append(f"**{state}**: {tokens} tokens per row in {elapsed:.1f} s ({rate:.1f} steps/s, prefill "
+                     f"{t.prefill_s * 1000:.0f} ms)")
+    elif not view.error:
+        lines.append(f"**streaming**: {tokens} tokens per row, {elapsed:.1f} s")
+    lines += [escape(w) for w in view.warnings + notes]
+    return "  \n".join(lines)
+
+
+def run_link(run_id: str | None) -> str:
+    return f"Link to this run: [`?run={run_id}`](?run={run_id})" if run_id else ""

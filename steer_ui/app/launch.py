@@ -1,0 +1,132 @@
+"""``python app.py``: the dashboard's command line, loading the model and opening the log, and launching Gradio."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+import gradio as gr  # noqa: E402
+
+from steer_ui.app import widgets  # noqa: E402
+from steer_ui.app.context import AppContext  # noqa: E402
+from steer_ui.app.dashboard import Dashboard  # noqa: E402
+from steer_ui.app.hosted import Limits  # noqa: E402
+from steer_ui.app.layout import CSS, build  # noqa: E402
+from steer_ui.engine import worker  # noqa: E402
+from steer_ui.errors import UserError  # noqa: E402
+from steer_ui.model.known import BUNDLED_ALIAS  # noqa: E402
+
+
+def browser_secret() -> str:
+    """The key that encrypts each browser's session id in its local storage, kept across restarts.
+
+    Gradio's default is a new random key per launch, which would give every browser a new, empty
+    History after each restart.
+    """
+    import secrets
+
+    from steer_ui.model.loading import default_cache_dir
+
+    env = os.environ.get("STEER_UI_SECRET")
+    if env:
+        return env
+    path = default_cache_dir() / "browser-secret"
+    try:
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                with os.fdopen(fd, "w") as f:
+                    f.write(secrets.token_hex(32))
+            except FileExistsError:  # another process made it first: use theirs
+                pass
+        return path.read_text().strip()
+    except OSError:  # an unwritable cache: sessions last until the next restart
+        return secrets.token_hex(32)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python app.py", description="steer-ui dashboard")
+    p.add_argument("--model", default=os.environ.get("STEER_UI_MODEL", BUNDLED_ALIAS),
+                   help=f"hub id, local folder or .gguf file (default {BUNDLED_ALIAS}, bundled)")
+    p.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
+                   help="interface to listen on (0.0.0.0 to serve your network)")
+    p.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
+    p.add_argument("--share", action="store_true", help="also open a temporary public gradio.live link")
+    p.add_argument("--auth", default=os.environ.get("STEER_UI_AUTH"),
+                   help="require a login: 'user:password' (several: 'a:pw1,b:pw2'; default $STEER_UI_AUTH)")
+    p.add_argument("--db", default=None, help="session log: path or SQLAlchemy URL (default $STEER_UI_DB)")
+    p.add_argument("--hosted", action="store_true", default=os.environ.get("STEER_UI_HOSTED", "") not in ("", "0"),
+                   help="a shared server: request caps, a rate limit, a model allow-list, runs private to each "
+                        "browser (also $STEER_UI_HOSTED=1; caps from $STEER_UI_MAX_NEW_TOKENS etc.)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
+    p.add_argument("--dtype", default="auto", help="auto | float32 | bfloat16 | float16")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the decode steps (static cache; the first run of each shape compiles: "
+                        "~3 minutes for the bundled model on 2 CPU cores)")
+    return p
+
+
+def create_app(model: str = BUNDLED_ALIAS, db: str | None = None, device: str = "auto",
+               dtype: str = "auto", limits: Limits | None = None, compile: bool = False) -> tuple[gr.Blocks, Dashboard]:
+    """Load the model, open the log and build the app (UserError on bad arguments)."""
+    from steer_ui.log.store import Store
+    from steer_ui.model.loading import compile_model, load_model
+
+    store = Store(db)  # a bad --db fails before the model loads
+    device = worker.startup_device(device)
+    lm = load_model(model, device=device, dtype=dtype)
+    if compile:
+        compile_model(lm)
+    worker.attach(lm)
+    dash = Dashboard(AppContext(lm=lm, store=store, device=device, dtype=dtype, limits=limits))
+    gr.set_static_paths(widgets.static_paths())
+    return build(dash), dash
+
+
+def parse_auth(text: str | None) -> list[tuple[str, str]] | None:
+    """'user:password[,user2:password2]' as Gradio's auth list; None when empty."""
+    if not text or not text.strip():
+        return None
+    pairs = []
+    for item in text.split(","):
+        user, sep, password = item.strip().partition(":")
+        if not sep or not user or not password:
+            raise UserError("--auth wants 'user:password' (several separated by commas), with neither part empty")
+        pairs.append((user, password))
+    return pairs
+
+
+def launch_kwargs(limits: Limits | None = None) -> dict:
+    kwargs = {"css": CSS, "run_history": False, "show_error": True, "allowed_paths": []}
+    if limits is not None:
+        kwargs["max_file_size"] = f"{limits.upload_mb}mb"  # Gradio refuses bigger uploads before they land
+    return kwargs
+
+
+def queue_kwargs(limits: Limits | None = None) -> dict:
+    return {"default_concurrency_limit": 4, **({"max_size": limits.queue_size} if limits is not None else {})}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    print(f"loading {args.model} ...", file=sys.stderr, flush=True)
+    try:
+        auth = parse_auth(args.auth)  # a malformed --auth fails before the model loads
+        limits = Limits.from_env() if args.hosted else None
+        demo, dash = create_app(args.model, args.db, args.device, args.dtype, limits, args.compile)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(dash.ctx.lm.describe(), file=sys.stderr)
+    if limits is not None:
+        print(f"hosted mode: {limits}", file=sys.stderr)
+    demo.queue(**queue_kwargs(limits)).launch(server_name=args.host, server_port=args.port, share=args.share,
+                                              auth=auth, **launch_kwargs(limits))
+    return 0

@@ -1,0 +1,105 @@
+"""The Sweep tab: a small sweep (every question at every coefficient) with the Generate tab's settings as its
+template; each run is logged and shows in History. Big sweeps: ``python -m steer_ui sweep``."""
+
+from __future__ import annotations
+
+import tempfile
+from html import escape
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from steer_ui.app.context import AppContext, shown
+from steer_ui.app.generate_tab import FORM, GenerateTab
+from steer_ui.app.hosted import rate_validator
+from steer_ui.app.wiring import Components, by_name
+from steer_ui.engine.knobs import parse_coefs
+from steer_ui.engine.scope import Scope
+from steer_ui.errors import UserError
+
+MAX_SWEEP_QUESTIONS = 50  # the Sweep tab is for a quick look; the CLI runs big sweeps
+SWEEP_INPUTS = ("questions", "questions_file", "sweep_coefs", *(n for n in FORM if n not in ("prompt", "coefs")))
+SWEEP_OUTPUTS = ("sweep_table", "sweep_plot", "sweep_files", "sweep_status")
+TABLE_HEADERS = ["coef", "n", "accuracy", "95% CI", "CoT tokens", "CoT tokens (correct)", "final log-odds to gold",
+                 "forced accuracy"]
+
+
+class SweepTab:
+    def __init__(self, ctx: AppContext, generate: GenerateTab):
+        self.ctx, self.generate = ctx, generate
+
+    def sweep(self, questions: str = "yesno:8", questions_file: str | None = None, sweep_coefs: str = "-4, 0, 4",
+              vector_file: str | None = None, browser_id: str | None = None,
+              progress: gr.Progress | None = gr.Progress(), **form: Any) -> dict:  # noqa: B008
+        from steer_ui.experiments.questions import load_questions
+        from steer_ui.experiments.sweep import SweepConfig, run_sweep
+
+        form = {**form, "vector_file": vector_file}
+        try:
+            if self.ctx.limits is not None:
+                self.ctx.limits.check_file(questions_file, "questions file")
+            qs = load_questions(questions_file or (questions or "").strip() or "yesno:8")
+            most = self.ctx.limits.sweep_questions if self.ctx.limits is not None else MAX_SWEEP_QUESTIONS
+            if len(qs) > most:
+                raise UserError(f"the dashboard runs at most {most} questions; use "
+                                "'python -m steer_ui sweep' for more")
+            coefs = parse_coefs(sweep_coefs)
+            template = self.generate.settings({**form, "prompt": "(each question)", "vector": None, "coefs": (),
+                                               "rows": ""})
+            vector, layers, scope = self.generate.shared_steering(form) if any(coefs) else (None, None, Scope())
+            cfg = SweepConfig(questions=qs, coefs=coefs, template=template, vector=vector, layers=layers,
+                              scope=scope, label={"title": f"{self.ctx.lm.model_id} | "
+                                                           f"{vector.name if vector else 'no vector'}"})
+            cfg.validate()
+            sid = self.ctx.session_for(browser_id)
+            out = Path(tempfile.mkdtemp(prefix="sweep-", dir=self.ctx.files))
+
+            def report(done: int, total: int) -> None:
+                if progress is not None:
+                    progress((done, total), desc="sweeping", unit="questions")
+
+            with self.ctx.model_lock:
+                result = run_sweep(self.ctx.lm, cfg, out, self.ctx.store, report, session_id=sid)
+        except UserError as err:
+            raise shown(err) from None
+        return self._shown(result, cfg, len(qs))
+
+    @staticmethod
+    def _shown(result, cfg, n_questions: int) -> dict:
+        import plotly.graph_objects as go
+
+        from steer_ui.experiments.sweep import figure as sweep_figure
+
+        table = [[f"{s.coef:+g}", s.n, f"{s.accuracy:.0%}", f"{s.ci_low:.0%}-{s.ci_high:.0%}",
+                  f"{s.mean_tokens:.1f}", f"{s.mean_tokens_correct:.1f}" if s.mean_tokens_correct is not None else "-",
+                  f"{s.mean_final_logodds_gold:+.2f}" if s.mean_final_logodds_gold is not None else "-",
+                  f"{s.forced_accuracy:.0%}" if s.forced_accuracy is not None else "-"] for s in result.summary]
+        status = (f"**finished**: {n_questions} questions x {len(cfg.coefs)} coefficients, {result.ran} runs, logged "
+                  "in this browser's History." + "".join(f"  \n{escape(n)}" for n in result.notes))
+        return {"sweep_table": table, "sweep_plot": go.Figure(sweep_figure(result.summary, cfg.label["title"])),
+                "sweep_files": [str(p) for p in result.files if p.suffix in (".csv", ".html", ".png")],
+                "sweep_status": status}
+
+    def layout(self, ui: Components) -> None:
+        gr.Markdown("Run every question at every coefficient with the vector, layers, scope, decoding and probe "
+                    "chosen on the Generate tab (the question replaces the prompt; 0 is the baseline); each run is "
+                    "logged in History. Big sweeps: `python -m steer_ui sweep` (see README).")
+        with gr.Row():
+            ui.add("questions", gr.Dropdown(["yesno:8", "yesno:20", "wordproblems:8"], value="yesno:8",
+                                            allow_custom_value=True, label="Questions",
+                                            info="a generated set (name:size)"))
+            ui.add("questions_file", gr.File(label="or a questions file (.jsonl)", file_types=[".jsonl"],
+                                             type="filepath"))
+            ui.add("sweep_coefs", gr.Textbox("-4, 0, 4", label="Sweep coefficients", info="0 is the baseline"))
+        ui.add("sweep_btn", gr.Button("Run sweep", variant="primary"))
+        ui.add("sweep_status", gr.Markdown("", label="Sweep status"))
+        ui.add("sweep_table", gr.Dataframe(headers=TABLE_HEADERS, interactive=False, label="Summary"))
+        ui.add("sweep_plot", gr.Plot(label="Accuracy and chain-of-thought length against the coefficient"))
+        ui.add("sweep_files", gr.File(label="Sweep files", file_count="multiple", interactive=False))
+
+    def wire(self, ui: Components) -> gr.events.Dependency:
+        return ui["sweep_btn"].click(
+            by_name(self.sweep, SWEEP_OUTPUTS), inputs_kwargs=ui.inputs([*SWEEP_INPUTS, "browser_id"]),
+            outputs=ui.outputs(SWEEP_OUTPUTS), api_name="sweep", validator=rate_validator(self.ctx.rate),
+            concurrency_id="gpu", concurrency_limit=1)

@@ -1,0 +1,177 @@
+"""The steering-vector panel of the Generate tab: choose a preset, upload a file, or compute one from pairs;
+see its per-layer separation; and how vector names in the form become vectors.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from html import escape
+from pathlib import Path
+
+import gradio as gr
+
+from steer_ui.app.context import AppContext, shown
+from steer_ui.app.wiring import Components, by_name
+from steer_ui.engine import worker
+from steer_ui.errors import UserError
+from steer_ui.jsonl import parse_lines
+from steer_ui.vectors.contrastive import METHODS, parse_pair, read_pairs_jsonl
+from steer_ui.vectors.files import load_vector, save_vector
+from steer_ui.vectors.layers import parse_layers
+from steer_ui.vectors.presets import preset_vector_path, preset_vectors
+from steer_ui.vectors.vector import SteeringVector
+
+NO_VECTOR = "(none)"
+FILE_VECTOR = "uploaded or computed file"
+FILE_NAMES = (FILE_VECTOR, "file")  # what names the uploaded file in the form (in rows: 'file=-6')
+PAIRS_PLACEHOLDER = ('{"positive": "Wait, let me double-check that step.", '
+                     '"negative": "That step is clearly right, moving on."}\n'
+                     '{"positive": "Hmm, maybe I made a mistake.", "negative": "No mistakes here."}')
+
+
+class VectorPanel:
+    def __init__(self, ctx: AppContext):
+        self.ctx = ctx
+
+    # --- names -> vectors -------------------------------------------------------------------------
+    def presets(self) -> list[str]:
+        """Shipped vectors for the loaded model (only the bundled model has them)."""
+        return preset_vectors(self.ctx.lm.profile.key)
+
+    def choices(self) -> list[str]:
+        return [NO_VECTOR, *self.presets(), FILE_VECTOR]
+
+    def resolver(self, vector_file: str | None) -> Callable[[str], SteeringVector]:
+        """How the form's vector names become vectors: a preset, the uploaded file ('file'), or a vector
+        file this server wrote (a reopened run's stored copy); any path only on a local install."""
+        def resolve(name: str) -> SteeringVector:
+            name = name.strip()
+            if name in FILE_NAMES:
+                if not vector_file:
+                    raise UserError("upload a vector file (.gguf, .safetensors, .pt, .npy) or compute one from pairs")
+                if self.ctx.limits is not None:
+                    self.ctx.limits.check_file(vector_file, "vector file")
+                return load_vector(vector_file)
+            if name in self.presets():
+                vector = load_vector(preset_vector_path(name, self.ctx.lm.profile.key))
+                vector.name = name
+                return vector
+            path = Path(name).expanduser()
+            if path.suffix and (not self.ctx.hosted or path.resolve().parent == self.ctx.files.resolve()):
+                return load_vector(path)
+            raise UserError(f"no preset vector {name[:60]!r} for {self.ctx.lm.model_id}; choose one of "
+                            f"{', '.join(self.presets()) or '(none ship for this model)'}, 'file' (the uploaded "
+                            "file) or upload one")
+        return resolve
+
+    def form_name(self, vector: SteeringVector) -> str:
+        """How the form names ``vector`` when a logged run is reopened: its preset name if it is that
+        preset exactly, else the path of its stored copy, written here."""
+        if vector.name in self.presets():
+            preset = load_vector(preset_vector_path(vector.name, self.ctx.lm.profile.key))
+            if preset.content_hash() == vector.content_hash():
+                return vector.name
+        path = self.ctx.files / f"vector-{vector.content_hash()[:12]}.safetensors"
+        return str(save_vector(vector, path))
+
+    # --- handlers ---------------------------------------------------------------------------------
+    def info(self, vector: str | None, vector_file: str | None) -> dict:
+        """The per-layer separation table and the suggested layers for the chosen vector."""
+        try:
+            vec = self.resolver(vector_file)(vector) if vector and vector != NO_VECTOR else None
+            if vec is not None:
+                vec.check_against(self.ctx.lm.n_layers, self.ctx.lm.hidden_size, None)
+        except UserError as err:
+            raise shown(err) from None
+        if vec is None:
+            return {"layer_info": self.layer_table(None), "layers": ""}
+        band = vec.metadata.get("suggested_band") or "-".join(map(str, self.ctx.lm.profile.layer_band))
+        return {"layer_info": self.layer_table(vec), "layers": band}
+
+    def layer_table(self, vec: SteeringVector | None) -> str:
+        if vec is None:
+            return ("<p class='su-hint'>No vector: only the baseline runs. Pick a preset, upload a file, "
+                    "or compute one.</p>")
+        stats = {s["layer"]: s for s in json.loads(vec.metadata.get("layer_stats", "[]"))}
+        head = (f"<p class='su-hint'><b>{escape(vec.name or 'vector')}</b>: {len(vec.layers)} layers, "
+                f"hidden {vec.hidden_size}")
+        if not stats:
+            return head + ". The file has no separation scores; start from the model's suggested band.</p>"
+        band = vec.metadata.get("suggested_band", "")
+        top = max((s["effect_size"] for s in stats.values()), default=1.0) or 1.0
+        cells = []
+        for layer in vec.layers:
+            s = stats.get(layer)
+            if s is None:
+                continue
+            width = max(0.0, s["effect_size"] / top) * 100
+            cells.append(
+                f"<div class='su-bar' title='layer {layer}: effect size {s['effect_size']:.2f}, pair accuracy "
+                f"{s['pair_accuracy']:.2f}, relative norm {s['relative_norm']:.3f}'><span>{layer}</span>"
+                f"<i style='height:{width:.0f}%'></i></div>")
+        return (head + f"; separation by layer (effect size, taller is better), suggested band "
+                f"<b>{escape(band)}</b>:</p><div class='su-bars'>{''.join(cells)}</div>")
+
+    def compute(self, pairs_text: str, pairs_file: str | None, method: str, layers: str,
+                progress: gr.Progress | None = gr.Progress()) -> dict:  # noqa: B008
+        """A vector from contrastive pairs, saved as .safetensors and selected as the file vector."""
+        try:
+            if self.ctx.limits is not None:
+                self.ctx.limits.check_file(pairs_file, "pairs file")
+            pairs = self._pairs(pairs_text, pairs_file)
+            if self.ctx.limits is not None and len(pairs) > self.ctx.limits.pairs:
+                raise UserError(f"{len(pairs)} pairs; this server's limit is {self.ctx.limits.pairs}")
+            lm = self.ctx.lm
+            chosen = parse_layers(layers or "all", lm.n_layers) or tuple(range(lm.n_layers))
+
+            def report(done: int, total: int) -> None:
+                if progress is not None:
+                    progress((done, total), desc="reading hidden states", unit="texts")
+
+            with self.ctx.model_lock:
+                computed = worker.compute_vector(lm, pairs, chosen, method, progress=report, source="dashboard")
+        except UserError as err:
+            raise shown(err) from None
+        out = self.ctx.files / f"vector-{computed.vector.content_hash()[:12]}.safetensors"
+        save_vector(computed.vector, out)
+        return {"vector": gr.update(value=FILE_VECTOR), "vector_file": str(out),
+                "layer_info": self.layer_table(computed.vector), "layers": f"{computed.band[0]}-{computed.band[1]}"}
+
+    @staticmethod
+    def _pairs(text: str, file: str | None) -> list:
+        if file:
+            return read_pairs_jsonl(file)
+        try:
+            return [parse_pair(obj, where) for where, obj in parse_lines(text or "", "pairs")]
+        except UserError as err:
+            raise UserError(f'{err}: write one {{"positive": "...", "negative": "..."}} per line') from None
+
+    # --- layout and wiring -----------------------------------------------------------------------
+    def layout(self, ui: Components) -> None:
+        with gr.Group():
+            ui.add("vector", gr.Dropdown(self.choices(), value=NO_VECTOR, label="Steering vector"))
+            ui.add("layer_info", gr.HTML(self.layer_table(None), label="Separation by layer"))
+        with gr.Accordion("Upload a vector file (.gguf, .safetensors, .pt, .npy)", open=False):
+            ui.add("vector_file", gr.File(label="Vector file", type="filepath",
+                                          file_types=[".gguf", ".safetensors", ".pt", ".pth", ".npy", ".npz"]))
+        with gr.Accordion("Compute a vector from contrastive pairs", open=False):
+            ui.add("pairs_text", gr.Textbox(label="Pairs (JSONL)", lines=4, placeholder=PAIRS_PLACEHOLDER))
+            ui.add("pairs_file", gr.File(label="or a pairs file (.jsonl)", file_types=[".jsonl", ".json"],
+                                         type="filepath", height=90))
+            with gr.Row():
+                ui.add("method", gr.Dropdown(list(METHODS), value="mean_diff", label="Method"))
+                ui.add("compute_layers", gr.Textbox(label="Layers to compute", value="all"))
+            ui.add("compute_btn", gr.Button("Compute vector"))
+
+    def wire(self, ui: Components) -> None:
+        info = ("layer_info", "layers")
+        for trigger in (ui["vector"].change, ui["vector_file"].upload):
+            trigger(by_name(self.info, info), inputs_kwargs=ui.inputs(["vector", "vector_file"]),
+                    outputs=ui.outputs(info), api_visibility="private", queue=False)
+        ui["vector_file"].upload(lambda: FILE_VECTOR, outputs=ui["vector"], api_visibility="private", queue=False)
+        computed = ("vector", "vector_file", "layer_info", "layers")
+        ui["compute_btn"].click(
+            by_name(self.compute, computed), outputs=ui.outputs(computed), api_name="compute_vector",
+            inputs_kwargs={**ui.inputs(["pairs_text", "pairs_file", "method"]), "layers": ui["compute_layers"]},
+            concurrency_id="gpu", concurrency_limit=1)

@@ -1,0 +1,148 @@
+"""``sweep`` (every question at every coefficient) and ``analyze`` (where a logged run's reasoning went wrong)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from steer_ui.cli.options import COMPILE_HELP, add_db, add_knobs, add_model, form_from_args, progress_bar
+from steer_ui.cli.run_commands import open_store
+from steer_ui.engine.knobs import KNOBS
+from steer_ui.errors import UserError
+
+# Sweeps read the probe at every token: its last reading is the forced answer right after the chain.
+SWEEP_DEFAULTS = {"probe_every": 1}
+PER_QUESTION = ("prompt", "coefs", "rows")  # knobs a sweep sets itself (the question, --coefs) or does not take
+
+
+def add(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("sweep", help="every question at every coefficient: accuracy and chain-of-thought length")
+    add_model(p)
+    p.add_argument("--coefs", required=True, help="comma-separated, e.g. '-4,-2,0,2,4' (0 is the baseline)")
+    p.add_argument("--questions", required=True,
+                   help='JSONL file of {"question": ..., "answer": ...}, or a generated set: yesno, '
+                        "wordproblems (optionally with a size: yesno:40)")
+    p.add_argument("--samples", type=int, default=1, help="samples per question and coefficient (needs --temperature)")
+    add_knobs(p, [k.name for k in KNOBS if k.name not in PER_QUESTION], SWEEP_DEFAULTS)
+    p.add_argument("--out", required=True, help="folder for results.csv, summary.csv/.txt, figure.html/.png")
+    p.add_argument("--compile", action="store_true", help=COMPILE_HELP)
+    add_db(p, no_log=True)
+    p.set_defaults(func=cmd_sweep)
+
+    q = sub.add_parser("analyze", help="where did the reasoning go wrong: the probe at each step of a logged run")
+    q.add_argument("run")
+    q.add_argument("--row", type=int, default=None, help="row to analyze (default: every row)")
+    q.add_argument("--commit", type=float, default=2.0, help="|log-odds| at which the answer counts as emerged")
+    q.add_argument("--drop", type=float, default=2.0, help="a fall in log-odds this large flags a step")
+    q.add_argument("--rollouts", type=int, default=0,
+                   help="K continuations sampled from each step to estimate its value (needs --answer)")
+    q.add_argument("--rollout-tokens", type=int, default=128)
+    q.add_argument("--answer", default=None, help="the right answer, to score rollouts (Yes/No or a number)")
+    q.add_argument("--json", default=None, help="also write the analysis to this JSON file")
+    q.add_argument("--plot", default=None, help="also write the step chart: FILE.html (or FILE.png with kaleido)")
+    add_model(q, model=False)
+    add_db(q)
+    q.set_defaults(func=cmd_analyze)
+
+
+def sweep_config(args: argparse.Namespace):
+    """The sweep the arguments describe, checked before any model loads."""
+    from steer_ui.engine.knobs import parse_coefs
+    from steer_ui.engine.run_settings import settings_from_form
+    from steer_ui.experiments.questions import load_questions
+    from steer_ui.experiments.sweep import SweepConfig
+    from steer_ui.vectors.presets import resolve_vector
+
+    form = form_from_args(args)
+    template = settings_from_form({**form, "prompt": "(each question)", "vector": None}, lambda spec: None)
+    return SweepConfig(
+        questions=load_questions(args.questions), coefs=parse_coefs(args.coefs), template=template,
+        vector=resolve_vector(form["vector"], args.model) if form["vector"] else None, layers=form["layers"],
+        scope=form["scope"], samples=args.samples,
+        label={"model": args.model, "vector_source": form["vector"], "questions_source": args.questions,
+               "title": f"{args.model} | {form['vector'] or 'no vector'} | {args.questions}"})
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from steer_ui.experiments.sweep import run_sweep, summary_table
+    from steer_ui.model.loading import compile_model, load_model
+
+    config = sweep_config(args)
+    config.validate()
+    store = None if args.no_log else open_store(args.db)
+    print(f"loading {args.model} ...", file=sys.stderr, flush=True)
+    lm = load_model(args.model, device=args.device, dtype=args.dtype)
+    if args.compile:
+        compile_model(lm)
+    if config.vector is not None:
+        config.vector.check_against(lm.n_layers, lm.hidden_size, config.layers)
+    with progress_bar(f"{len(config.questions)} questions x {len(config.coefs)} coefs", unit="run") as progress:
+        result = run_sweep(lm, config, args.out, store, progress)
+    print(summary_table(result.summary))
+    for note in result.notes:
+        print(f"note: {note}", file=sys.stderr)
+    print(f"wrote {', '.join(p.name for p in result.files)} in {result.out}", file=sys.stderr)
+    return 0
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from steer_ui.experiments.analysis import analyze, report, rollout_values
+    from steer_ui.experiments.analysis import figure as step_figure
+    from steer_ui.experiments.questions import Question, kind_of
+    from steer_ui.log.archive import record_events, replay_settings, run_record
+    from steer_ui.model.loading import load_model
+    from steer_ui.views.run_view import RunView
+
+    store = open_store(args.db)
+    record = run_record(store, store.get_run(args.run))
+    model_id, settings = replay_settings(store, args.run)
+    if args.rollouts and not args.answer:
+        raise UserError("--rollouts needs --answer (the right answer, to score each continuation)")
+    lm = load_model(model_id, device=args.device, dtype=args.dtype)
+    view = RunView(args.run, lm.profile.think_close)
+    for event in record_events(record, lm.tokenizer):
+        view.apply(event)
+    rows = view.rows if args.row is None else [r for r in view.rows if r.row == args.row]
+    if not rows:
+        raise UserError(f"run {args.run} has no row {args.row} (rows 0-{len(view.rows) - 1})")
+    out, figures = [], []
+    for r in rows:
+        result = analyze(r.pieces, r.steps, r.logodds, r.mass, r.reliable, args.commit, args.drop)
+        if args.rollouts:
+            question = Question("q", settings.prompt, args.answer, kind_of(args.answer))
+            steered = settings.rows[r.row - 1] if r.row > 0 else None
+            with progress_bar(f"rollouts for {r.display_label}", unit="step") as progress:
+                result = rollout_values(lm, record["prompt_text"], result, question, args.rollouts,
+                                        args.rollout_tokens, settings, steered, progress)
+        print(report(result, r.display_label))
+        print()
+        figures.append(step_figure(result, r.display_label))
+        out.append({"row": r.row, "label": r.label, "coef": r.coef, "first_flag": result.first_flag,
+                    "emergence": result.emergence, "steps": [s.__dict__ for s in result.steps]})
+    if args.json:
+        Path(args.json).write_text(json.dumps({"run": args.run, "rows": out}, indent=1), encoding="utf-8")
+    if args.plot:
+        _write_plot(figures, Path(args.plot), f"run {args.run}")
+    return 0
+
+
+def _write_plot(figures: list[dict], path: Path, title: str) -> None:
+    import plotly.graph_objects as go
+
+    fig = go.Figure(figures[0])
+    for extra in figures[1:]:
+        fig.add_traces(extra["data"])
+    fig.update_layout(title_text=f"{title}: probe at step boundaries (x = flagged step, dashed = answer emerges)")
+    if path.suffix.lower() == ".png":
+        from steer_ui.experiments.sweep import find_browser
+
+        find_browser()
+        try:
+            fig.write_image(path, width=1000, height=420, scale=2)
+        except Exception as err:  # noqa: BLE001 - kaleido or its browser missing
+            raise UserError(f"cannot write {path} ({type(err).__name__}); write .html instead") from None
+    else:
+        fig.write_html(path, include_plotlyjs=True)
+    print(f"wrote {path}", file=sys.stderr)

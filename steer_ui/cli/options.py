@@ -1,0 +1,107 @@
+"""CLI options derived from the knob declarations, and the options every model command shares.
+
+``add_knobs`` gives a subcommand one option per knob (``--max-new-tokens``, ``--top-p``, ``--coef``,
+...), with the knob's default and help text; ``form_from_args`` collects them back by knob name, ready
+for ``settings_from_form``, which reads and checks them. Option names are a contract researchers
+script against: they come from the knob names, so keep those stable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+from steer_ui.engine.knobs import KNOBS, Knob
+from steer_ui.model.known import BUNDLED_ALIAS
+
+COMPILE_HELP = ("torch.compile the decode steps (uses the static cache; the first run of each shape compiles: "
+                "~3 minutes for the bundled model on 2 CPU cores; for long runs and sweeps)")
+
+
+def add_knobs(p: argparse.ArgumentParser, names: Iterable[str] | None = None,
+              defaults: Mapping[str, Any] | None = None) -> None:
+    """One option per knob in ``names`` (default: every knob); ``defaults`` overrides a knob's default for
+    this command only."""
+    wanted = set(names) if names is not None else None
+    for knob in KNOBS:
+        if wanted is None or knob.name in wanted:
+            _add(p, knob, (defaults or {}).get(knob.name, knob.default))
+
+
+def _add(p: argparse.ArgumentParser, knob: Knob, default: Any) -> None:
+    help_text = (knob.flag_help or knob.help) + (f" (default {knob.shown(default)})"
+                                                 if _worth_showing(knob, default) else "")
+    metavar = knob.metavar or {"int": "N", "float": "X"}.get(knob.kind) or knob.name.upper()
+    if knob.kind == "bool":
+        p.add_argument(knob.cli_flag, dest=knob.name, action="store_const", const=knob.flag_sets,
+                       default=default, help=help_text)
+    elif knob.repeat:
+        p.add_argument(knob.cli_flag, dest=knob.name, action="append", default=None,
+                       help=help_text, metavar=metavar)
+    else:
+        p.add_argument(knob.cli_flag, dest=knob.name, default=default, help=help_text,
+                       required=knob.required, metavar=None if knob.kind == "choice" else metavar)
+
+
+def _worth_showing(knob: Knob, default: Any) -> bool:
+    return knob.kind not in ("bool", "list") and default not in (None, "")
+
+
+def form_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The knob values of ``args`` by name, as text: the knobs read them (``settings_from_form``), so a bad
+    value is one ``error:`` line like any other mistake. A repeated option (``--coef``, ``--row``) is
+    joined with ';', which both lists read as a separator."""
+    form: dict[str, Any] = {}
+    for knob in KNOBS:
+        if hasattr(args, knob.name):
+            value = getattr(args, knob.name)
+            form[knob.name] = ";".join(value) if knob.repeat and value else value
+    return form
+
+
+def add_model(p: argparse.ArgumentParser, model: bool = True) -> None:
+    """--model (unless the command takes the model from elsewhere), --device, --dtype."""
+    if model:
+        p.add_argument("--model", default=BUNDLED_ALIAS,
+                       help=f"hub id, local directory, .gguf file, or {BUNDLED_ALIAS} (bundled, default)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
+    p.add_argument("--dtype", default="auto", help="auto | float32 | bfloat16 | float16")
+
+
+def add_db(p: argparse.ArgumentParser, no_log: bool = False) -> None:
+    p.add_argument("--db", default=None,
+                   help="session log: a path or SQLAlchemy URL "
+                        "(default $STEER_UI_DB, else ~/.local/share/steer-ui/runs.sqlite)")
+    if no_log:
+        p.add_argument("--no-log", action="store_true", help="do not record runs in the session log")
+
+
+def join_negative_lists(argv: list[str], options: tuple[str, ...] = ("--coefs", "--coef")) -> list[str]:
+    """``--coefs -4,0,4`` as ``--coefs=-4,0,4``: argparse takes '-4,0,4' for an option otherwise."""
+    out: list[str] = []
+    for arg in argv:
+        if out and out[-1] in options and re.match(r"-\d|-\.\d", arg):
+            out[-1] = f"{out[-1]}={arg}"
+        else:
+            out.append(arg)
+    return out
+
+
+@contextmanager
+def progress_bar(desc: str, unit: str = "text") -> Iterator[Callable[[int, int], None]]:
+    from tqdm import tqdm
+
+    bar = tqdm(total=0, desc=desc, unit=unit, file=sys.stderr, disable=None)
+
+    def update(done: int, total: int) -> None:
+        bar.total = total
+        bar.update(done - bar.n)
+
+    try:
+        yield update
+    finally:
+        bar.close()

@@ -1,0 +1,151 @@
+"""Planning a run: settings checked against the model, the prompt rendered, each row's steering laid out.
+
+Every user mistake surfaces here as a ``UserError``, before any event is yielded or any GPU booked.
+A ``RunPlan`` is plain data (ids, tensors, small dataclasses): it can be pickled to a ZeroGPU worker.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from steer_ui.engine.events import RowInfo
+from steer_ui.engine.kv_cache import check_static_cache
+from steer_ui.engine.probe import ProbeSpec, build_probe
+from steer_ui.engine.run_settings import RunSettings, SteeredRow
+from steer_ui.engine.scope import Scope
+from steer_ui.errors import UserError
+from steer_ui.model.loading import LoadedModel
+from steer_ui.vectors.layers import format_layers
+
+STATIC_CACHE_ROUNDING = 256  # compiled runs round their cache length up to this: fewer shapes to compile
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """A validated run: token ids, rows, steering and probe, ready to decode.
+
+    ``directions[L]`` is a (rows x hidden) matrix: row r's direction at layer L, zero where row r does
+    not steer L (the baseline everywhere). ``coefs`` and ``scopes`` are per row, baseline first.
+    """
+
+    settings: RunSettings
+    prompt_ids: list[int]
+    prompt_text: str
+    rows: list[RowInfo]
+    coefs: list[float]
+    scopes: list[Scope | None]
+    layers: list[int]  # every layer some row steers
+    directions: dict[int, torch.Tensor]
+    probe: ProbeSpec | None
+    eos_ids: frozenset[int]
+    starts_thinking: bool  # the rendered prompt leaves a <think> block open
+    cache: str  # "dynamic" or "static"
+    max_len: int  # the most positions the cache ever holds: prompt + new tokens + the longest suffix
+    warnings: list[str] = field(default_factory=list)
+
+
+def render_prompt(lm: LoadedModel, settings: RunSettings) -> tuple[str, list[int], list[str]]:
+    """The prompt as text and ids: chat template unless turned off (or the model has none)."""
+    tok = lm.tokenizer
+    if settings.chat_template and getattr(tok, "chat_template", None):
+        messages = [{"role": "user", "content": settings.prompt}]
+        if settings.system_prompt is not None:
+            messages.insert(0, {"role": "system", "content": settings.system_prompt})
+        text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return text, tok.encode(text, add_special_tokens=False), []
+    warnings = [f"{lm.model_id} has no chat template: the prompt is sent as raw text"] if settings.chat_template else []
+    return settings.prompt, tok.encode(settings.prompt), warnings
+
+
+def eos_ids(lm: LoadedModel) -> frozenset[int]:
+    ids: set[int] = set()
+    for source in (lm.model.generation_config.eos_token_id, lm.tokenizer.eos_token_id):
+        if isinstance(source, int):
+            ids.add(source)
+        elif source:
+            ids.update(int(i) for i in source)
+    return frozenset(ids)
+
+
+def plan_run(lm: LoadedModel, settings: RunSettings) -> RunPlan:
+    """Check ``settings`` against the model and tokenize; every user mistake is a UserError here."""
+    settings.validate()
+    row_layers = [_check_row(lm, i + 1, row) for i, row in enumerate(settings.rows)]
+    warnings = _hint_warnings(lm, settings)
+    text, ids, render_warnings = render_prompt(lm, settings)
+    warnings += render_warnings
+    probe = build_probe(lm.tokenizer, lm.profile, settings) if settings.probe_every > 0 else None
+    longest_suffix = max(len(probe.suffix_ids), len(probe.close_think_ids or ())) if probe else 0
+    limit = getattr(lm.model.config.get_text_config(), "max_position_embeddings", None)
+    if limit and len(ids) + settings.max_new_tokens + longest_suffix > limit:
+        raise UserError(f"prompt ({len(ids)} tokens) + max new tokens ({settings.max_new_tokens}) exceeds "
+                        f"the model's context of {limit} tokens")
+    cache = "static" if lm.step_forward is not None else settings.cache  # compiled steps need fixed shapes
+    if cache == "static":
+        check_static_cache(lm.model.config, lm.model_id)
+    profile = lm.profile
+    starts_thinking = bool(profile.has_thinking and text.rfind(profile.think_open) > text.rfind(profile.think_close))
+    max_len = len(ids) + settings.max_new_tokens + longest_suffix
+    if lm.step_forward is not None:
+        max_len = -(-max_len // STATIC_CACHE_ROUNDING) * STATIC_CACHE_ROUNDING
+    layers = sorted({x for chosen in row_layers for x in chosen})
+    return RunPlan(
+        settings=settings, prompt_ids=ids, prompt_text=text, rows=row_infos(settings.rows, row_layers),
+        coefs=[0.0] + [r.coef for r in settings.rows], scopes=[None] + [r.scope for r in settings.rows],
+        layers=layers, directions=_directions(settings.rows, row_layers, layers, lm.hidden_size), probe=probe,
+        eos_ids=eos_ids(lm), starts_thinking=starts_thinking, cache=cache, max_len=max_len, warnings=warnings)
+
+
+def _check_row(lm: LoadedModel, number: int, row: SteeredRow) -> list[int]:
+    """The layers row ``number`` steers, after checking its vector and scope against the model."""
+    if row.scope.needs_thinking and not lm.profile.has_thinking:
+        raise UserError(f"scope '{row.scope}' needs a model with a thinking block; "
+                        f"{lm.model_id} has none (use all, generated or kick:N)")
+    try:
+        return row.vector.check_against(lm.n_layers, lm.hidden_size, row.layers)
+    except UserError as err:
+        raise UserError(f"row {number} ({vector_label(row.vector)} {row.coef:+g}): {err}") from None
+
+
+def _hint_warnings(lm: LoadedModel, settings: RunSettings) -> list[str]:
+    model_type = lm.model.config.model_type
+    return [f"vector {vector_label(v)} was made for a '{v.model_hint}' model, this is '{model_type}'"
+            for v in settings.vectors if v.model_hint and v.model_hint.lower() != model_type.lower()]
+
+
+def vector_label(vector) -> str:
+    """A vector's name as a row label shows it: the file's stem ('confidence', not 'confidence.safetensors')."""
+    name = vector.name or "vector"
+    return Path(name).stem if Path(name).suffix in (".safetensors", ".gguf", ".pt", ".pth", ".npy", ".npz") else name
+
+
+def row_infos(rows: tuple[SteeredRow, ...], row_layers: list[list[int]]) -> list[RowInfo]:
+    """Baseline first. A label says what tells a row apart: the coefficient, and the vector, layers or
+    scope when the run's rows differ in them ('coef +4' in a one-vector run, 'confidence -6' in a mixed one)."""
+    differ_vector = len({id(r.vector) for r in rows}) > 1
+    differ_layers = len({tuple(x) for x in row_layers}) > 1
+    differ_scope = len({str(r.scope) for r in rows}) > 1
+    infos = [RowInfo(0, "baseline", 0.0)]
+    for i, (row, layers) in enumerate(zip(rows, row_layers)):
+        label = f"{vector_label(row.vector)} {row.coef:+g}" if differ_vector else f"coef {row.coef:+g}"
+        if differ_layers:
+            label += f" @{format_layers(layers)}"
+        if differ_scope:
+            label += f" ({row.scope})"
+        infos.append(RowInfo(i + 1, label, float(row.coef), row.vector.name, list(layers), str(row.scope)))
+    return infos
+
+
+def _directions(rows: tuple[SteeredRow, ...], row_layers: list[list[int]], layers: list[int],
+                hidden: int) -> dict[int, torch.Tensor]:
+    out = {}
+    for layer in layers:
+        matrix = torch.zeros(len(rows) + 1, hidden)  # row 0, the baseline, stays zero
+        for i, (row, chosen) in enumerate(zip(rows, row_layers)):
+            if layer in chosen:
+                matrix[i + 1] = row.vector.directions[layer]
+        out[layer] = matrix
+    return out

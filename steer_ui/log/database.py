@@ -1,0 +1,75 @@
+"""Opening the session log's database: where it lives, SQLite's pragmas, migrations, writer ownership."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+from sqlalchemy.engine import Engine
+
+from steer_ui.errors import UserError
+
+
+def default_db_path() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "steer-ui" / "runs.sqlite"
+
+
+def resolve_db_url(db: str | None = None) -> str:
+    """``--db`` (a path or SQLAlchemy URL), else ``$STEER_UI_DB``, else the user data dir."""
+    db = db or os.environ.get("STEER_UI_DB") or str(default_db_path())
+    if "://" in db:
+        return db
+    path = Path(db).expanduser()
+    if path.is_dir():
+        raise UserError(f"--db {db} is a folder; give a file path such as {path / 'runs.sqlite'}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"cannot create the folder for the database {path}: {err.strerror}") from None
+    return f"sqlite:///{path}"
+
+
+def sqlite_pragmas(dbapi_conn, _record) -> None:
+    cur = dbapi_conn.cursor()
+    # WAL: readers never block the writer; a crash leaves a consistent database. busy_timeout: two
+    # processes logging at once wait for each other instead of failing with "database is locked".
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA busy_timeout=10000")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.close()
+
+
+def owner_tag() -> str:
+    import psutil
+
+    me = psutil.Process()
+    return f"{socket.gethostname()}:{me.pid}:{int(me.create_time())}"
+
+
+def owner_alive(tag: str | None) -> bool:
+    import psutil
+
+    if not tag:
+        return False
+    try:
+        host, pid, started = tag.rsplit(":", 2)
+        if host != socket.gethostname():
+            return True  # another machine's run: not ours to judge
+        return int(psutil.Process(int(pid)).create_time()) == int(started)
+    except (ValueError, psutil.Error):
+        return False
+
+
+def migrate(engine: Engine) -> None:
+    """Bring the schema to the newest revision (creates it on an empty database)."""
+    from alembic import command
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "head")
