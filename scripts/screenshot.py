@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from playwright.sync_api import expect, sync_playwright  # noqa: E402
 
-from steer_ui.app.layout import create_app, launch_kwargs  # noqa: E402
+from steer_ui.app.launch import create_app, launch_kwargs  # noqa: E402
 
 
 def main(out: str) -> None:

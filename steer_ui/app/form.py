@@ -21,7 +21,7 @@ HINTS: dict[str, dict[str, Any]] = {
     "system_prompt": {"lines": 2, "placeholder": "(the chat template's own)"},
     "layers": {"placeholder": "15-18, or 3,5,7, or all", "scale": 1},
     "coefs": {"placeholder": "4, 8, -6", "info": "one steered pane each", "scale": 2},
-    "rows": {"lines": 2, "placeholder": "confidence=-6@12-15 (one per line; 'file' = the uploaded file)"},
+    "rows": {"lines": 2, "placeholder": "confidence=-6@16-19 (one per line; 'file' = the uploaded file)"},
     "probe_suffix": {"placeholder": "(the model's: ' So the final answer is')"},
 }
 
@@ -46,6 +46,8 @@ def knob_widget(knob: Knob, limits: Limits | None = None, value: Any = None) -> 
 
 
 def _initial(knob: Knob, value: Any) -> Any:
+    if knob.required and value is None:
+        return None  # no default: API clients must give it
     value = knob.default if value is None else value
     return "" if value is None else knob.shown(value)
 

@@ -32,7 +32,8 @@ from steer_ui.vectors.vector import SteeringVector
 from steer_ui.views.run_view import RunView
 
 UPDATES_PER_S = 15  # what a browser comfortably renders; the engine may be much faster or slower
-FORM = (*(k.name for k in KNOBS), "vector_file")  # the generate event's inputs (and API parameters), by name
+# The generate event's inputs (and API parameters), by name: the knobs, the uploaded file beside the vector.
+FORM = tuple(name for k in KNOBS for name in ((k.name, "vector_file") if k.name == "vector" else (k.name,)))
 # The generate API's outputs, in the documented order (gradio_client scripts unpack them positionally).
 RUN_OUTPUTS = ("streams", "chart", "status", "result", "downloads", "link")
 GENERATE_OUTPUTS = (*RUN_OUTPUTS, "browser_id")
@@ -156,10 +157,12 @@ class GenerateTab:
         with gr.Row():
             for knob in knobs_in("steering", skip=("vector", "scope", "rows")):
                 ui.add(knob.name, knob_widget(knob, limits))
-        for knob in knobs_in("steering", skip=("vector", "layers", "coefs")):
-            ui.add(knob.name, knob_widget(knob, limits))
+        with gr.Row():  # the two knobs changed most often stay in sight
+            for name in ("scope", "max_new_tokens"):
+                ui.add(name, knob_widget(BY_NAME[name], limits))
+        ui.add("rows", knob_widget(BY_NAME["rows"], limits))
         with gr.Accordion("Decoding", open=False):
-            for knob in knobs_in("decoding"):
+            for knob in knobs_in("decoding", skip=("max_new_tokens",)):
                 ui.add(knob.name, knob_widget(knob, limits))
         with gr.Accordion("Probe", open=False):
             for knob in knobs_in("probe"):

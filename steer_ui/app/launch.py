@@ -23,34 +23,6 @@ from steer_ui.errors import UserError  # noqa: E402
 from steer_ui.model.known import BUNDLED_ALIAS  # noqa: E402
 
 
-def browser_secret() -> str:
-    """The key that encrypts each browser's session id in its local storage, kept across restarts.
-
-    Gradio's default is a new random key per launch, which would give every browser a new, empty
-    History after each restart.
-    """
-    import secrets
-
-    from steer_ui.model.loading import default_cache_dir
-
-    env = os.environ.get("STEER_UI_SECRET")
-    if env:
-        return env
-    path = default_cache_dir() / "browser-secret"
-    try:
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-                with os.fdopen(fd, "w") as f:
-                    f.write(secrets.token_hex(32))
-            except FileExistsError:  # another process made it first: use theirs
-                pass
-        return path.read_text().strip()
-    except OSError:  # an unwritable cache: sessions last until the next restart
-        return secrets.token_hex(32)
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python app.py", description="steer-ui dashboard")
     p.add_argument("--model", default=os.environ.get("STEER_UI_MODEL", BUNDLED_ALIAS),

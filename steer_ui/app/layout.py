@@ -7,6 +7,8 @@ vector info) skip the queue.
 
 from __future__ import annotations
 
+import os
+
 import gradio as gr
 
 from steer_ui.app.dashboard import Dashboard
@@ -29,8 +31,6 @@ INTRO = ("Steer a language model's chain of thought and watch it bend: the **bas
 
 def build(dash: Dashboard, secret: str | None = None) -> gr.Blocks:
     """The page for ``dash``; ``secret`` encrypts each browser's session id in its local storage."""
-    from steer_ui.app.launch import browser_secret
-
     ui = Components()
     # Hosted: Gradio's copies of downloads older than 2 h are deleted hourly (our own folders are pruned too).
     cleanup = {"delete_cache": (3600, 7200)} if dash.ctx.hosted else {}
@@ -49,3 +49,31 @@ def build(dash: Dashboard, secret: str | None = None) -> gr.Blocks:
         dash.history.refresh_after(dash.sweep.wire(ui), ui)
         dash.history.wire(ui, demo)
     return demo
+
+
+def browser_secret() -> str:
+    """The key that encrypts each browser's session id in its local storage, kept across restarts.
+
+    Gradio's default is a new random key per launch, which would give every browser a new, empty
+    History after each restart.
+    """
+    import secrets
+
+    from steer_ui.model.loading import default_cache_dir
+
+    env = os.environ.get("STEER_UI_SECRET")
+    if env:
+        return env
+    path = default_cache_dir() / "browser-secret"
+    try:
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                with os.fdopen(fd, "w") as f:
+                    f.write(secrets.token_hex(32))
+            except FileExistsError:  # another process made it first: use theirs
+                pass
+        return path.read_text().strip()
+    except OSError:  # an unwritable cache: sessions last until the next restart
+        return secrets.token_hex(32)

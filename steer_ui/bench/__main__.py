@@ -42,7 +42,7 @@ def _peak_in_fresh_process(case: str, args: argparse.Namespace) -> dict[str, flo
     """Run one case in a new process; its peak memory growth in MB, as ``{"tensor_mb", "rss_mb"}``."""
     import subprocess
 
-    cmd = [sys.executable, "-m", "steer_ui.bench.__main__", "--memory-case", case, "--new-tokens", str(args.new_tokens),
+    cmd = [sys.executable, "-m", "steer_ui.bench", "--memory-case", case, "--new-tokens", str(args.new_tokens),
            "--model", args.model, "--device", args.device, "--dtype", args.dtype, "--cache", args.cache]
     if args.compile:
         cmd.append("--compile")
@@ -77,7 +77,7 @@ def run_benchmark(lm: LoadedModel, n: int, repeats: int, contexts: list[int], sp
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m steer_ui.bench.__main__", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m steer_ui.bench", description=__doc__.splitlines()[0])
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--random-shape", choices=["r1-distill-qwen-1.5b"], default=None,
                    help="benchmark a randomly initialised model of this shape instead (no download)")

@@ -49,18 +49,20 @@ def add(sub: argparse._SubParsersAction) -> None:
 
 def sweep_config(args: argparse.Namespace):
     """The sweep the arguments describe, checked before any model loads."""
-    from steer_ui.engine.knobs import parse_coefs
+    from steer_ui.engine.knobs import BY_NAME, parse_coefs
     from steer_ui.engine.run_settings import settings_from_form
     from steer_ui.experiments.questions import load_questions
     from steer_ui.experiments.sweep import SweepConfig
     from steer_ui.vectors.presets import resolve_vector
 
-    form = form_from_args(args)
+    # --coefs is the sweep's own option (one text), not the coefs knob: the template has no steered rows.
+    form = {k: v for k, v in form_from_args(args).items() if k not in PER_QUESTION}
     template = settings_from_form({**form, "prompt": "(each question)", "vector": None}, lambda spec: None)
     return SweepConfig(
         questions=load_questions(args.questions), coefs=parse_coefs(args.coefs), template=template,
-        vector=resolve_vector(form["vector"], args.model) if form["vector"] else None, layers=form["layers"],
-        scope=form["scope"], samples=args.samples,
+        vector=resolve_vector(form["vector"], args.model) if form["vector"] else None,
+        layers=BY_NAME["layers"].read(form["layers"]), scope=BY_NAME["scope"].read(form["scope"]),
+        samples=args.samples,
         label={"model": args.model, "vector_source": form["vector"], "questions_source": args.questions,
                "title": f"{args.model} | {form['vector'] or 'no vector'} | {args.questions}"})
 

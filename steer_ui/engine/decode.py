@@ -21,18 +21,8 @@ from dataclasses import dataclass, field
 import torch
 
 from steer_ui.engine.detokenize import Detokenizer
-from steer_ui.engine.events import (
-    ChoiceInfo,
-    DoneEvent,
-    Event,
-    FinishReason,
-    ProbeEvent,
-    RowInfo,
-    RowResult,
-    StartEvent,
-    Timing,
-    TokenEvent,
-)
+from steer_ui.engine.events import (ChoiceInfo, DoneEvent, Event, FinishReason, ProbeEvent, RowInfo, RowResult,
+                                    StartEvent, Timing, TokenEvent)
 from steer_ui.engine.forward import Forward
 from steer_ui.engine.hooks import Steerer
 from steer_ui.engine.plan import RunPlan, plan_run

@@ -26,15 +26,23 @@ Group = Literal["prompt", "steering", "decoding", "probe"]
 
 @dataclass(frozen=True)
 class RowSpec:
-    """One steered row as written (``--row confidence=-6@12-15``): the vector by name or path."""
+    """One steered row as written (``--row confidence=-6@12-15/generated``): the vector by name or path."""
 
     vector: str
     coef: float
     layers: tuple[int, ...] | None = None  # None: the layers of the form (or the vector's own)
+    scope: Scope | None = None  # None: the form's scope
 
     def __str__(self) -> str:
         at = f"@{format_layers(self.layers)}" if self.layers is not None else ""
-        return f"{self.vector}={self.coef:g}{at}"
+        scope = f"/{self.scope}" if self.scope is not None else ""
+        return f"{self.vector}={number_text(self.coef)}{at}{scope}"
+
+
+def number_text(x: float) -> str:
+    """The shortest text that reads back as exactly ``x`` ('4', '-0.5', '0.3333333333333333')."""
+    short = f"{x:g}"
+    return short if float(short) == x else repr(float(x))
 
 
 # --- readers from text (CLI arguments, text boxes, API strings) ---------------------------------
@@ -67,18 +75,19 @@ def parse_choices(text: str | Sequence[str]) -> tuple[str, ...]:
 
 
 def parse_row(text: str | RowSpec) -> RowSpec:
-    """``VECTOR=COEF`` or ``VECTOR=COEF@LAYERS`` (VECTOR: a preset name or a vector file)."""
+    """``VECTOR=COEF[@LAYERS][/SCOPE]`` (VECTOR: a preset name or a vector file), e.g. ``confidence=-6``,
+    ``confidence=-6@12-15``, ``confidence=-6@12-15/generated``."""
     if isinstance(text, RowSpec):
         return text
-    m = re.fullmatch(r"\s*([^=]+?)\s*=\s*([^@]+?)\s*(?:@\s*(.+?))?\s*", str(text))
+    m = re.fullmatch(r"\s*([^=]+?)\s*=\s*([^@/]+?)\s*(?:@\s*([^/]+?))?\s*(?:/\s*(.+?))?\s*", str(text))
     if not m:
-        raise UserError(f"cannot read row {str(text)[:60]!r}: write VECTOR=COEF or VECTOR=COEF@LAYERS, "
-                        "e.g. confidence=-6@12-15")
+        raise UserError(f"cannot read row {str(text)[:60]!r}: write VECTOR=COEF, VECTOR=COEF@LAYERS or "
+                        "VECTOR=COEF@LAYERS/SCOPE, e.g. confidence=-6@12-15")
     coefs = parse_coefs(m.group(2))
     if len(coefs) != 1:
-        raise UserError(f"row {text.strip()!r} needs exactly one coefficient after '='")
+        raise UserError(f"row {text.strip()[:60]!r} needs exactly one coefficient after '='")
     layers = parse_layers(m.group(3)) if m.group(3) else None
-    return RowSpec(m.group(1), coefs[0], layers)
+    return RowSpec(m.group(1), coefs[0], layers, Scope.parse(m.group(4)) if m.group(4) else None)
 
 
 def parse_rows(text: str | Sequence[str | RowSpec] | None) -> tuple[RowSpec, ...]:
@@ -195,7 +204,7 @@ def _show_choices(choices: Sequence[str]) -> str:
 
 
 def _show_coefs(coefs: Sequence[float]) -> str:
-    return ", ".join(f"{c:g}" for c in coefs)
+    return ", ".join(map(number_text, coefs))
 
 
 KNOBS: tuple[Knob, ...] = (
@@ -217,9 +226,10 @@ KNOBS: tuple[Knob, ...] = (
          show=_show_coefs, metavar="C"),
     Knob("scope", Scope(), "Scope", f"where the vector is added: {SCOPE_HELP}", kind="choice",
          choices=SCOPE_CHOICES, group="steering", parse=Scope.parse, show=str),
-    Knob("rows", (), "Rows with their own vector", "a steered row with its own vector: VECTOR=COEF or "
-         "VECTOR=COEF@LAYERS (repeat the option; in a text box one per line)", kind="list", group="steering",
-         flag="--row", repeat=True, parse=parse_rows, show=format_rows, metavar="VECTOR=COEF[@LAYERS]"),
+    Knob("rows", (), "Rows with their own vector", "a steered row with its own vector: VECTOR=COEF, "
+         "VECTOR=COEF@LAYERS or VECTOR=COEF@LAYERS/SCOPE (repeat the option; in a text box one per line)",
+         kind="list", group="steering", flag="--row", repeat=True, parse=parse_rows, show=format_rows,
+         metavar="VECTOR=COEF[@LAYERS][/SCOPE]"),
     # Decoding.
     Knob("max_new_tokens", 128, "Max new tokens", "new tokens per row at most", kind="int", lo=1, ui_max=2048,
          hosted_cap=("max_new_tokens", 512)),

@@ -73,7 +73,9 @@ def eos_ids(lm: LoadedModel) -> frozenset[int]:
 def plan_run(lm: LoadedModel, settings: RunSettings) -> RunPlan:
     """Check ``settings`` against the model and tokenize; every user mistake is a UserError here."""
     settings.validate()
-    row_layers = [_check_row(lm, i + 1, row) for i, row in enumerate(settings.rows)]
+    # A mistake in a run whose rows share one vector and layer set is the form's; in a mixed run, name the row.
+    mixed = len({(id(r.vector), r.layers) for r in settings.rows}) > 1
+    row_layers = [_check_row(lm, i + 1, row, mixed) for i, row in enumerate(settings.rows)]
     warnings = _hint_warnings(lm, settings)
     text, ids, render_warnings = render_prompt(lm, settings)
     warnings += render_warnings
@@ -99,7 +101,7 @@ def plan_run(lm: LoadedModel, settings: RunSettings) -> RunPlan:
         eos_ids=eos_ids(lm), starts_thinking=starts_thinking, cache=cache, max_len=max_len, warnings=warnings)
 
 
-def _check_row(lm: LoadedModel, number: int, row: SteeredRow) -> list[int]:
+def _check_row(lm: LoadedModel, number: int, row: SteeredRow, name_it: bool) -> list[int]:
     """The layers row ``number`` steers, after checking its vector and scope against the model."""
     if row.scope.needs_thinking and not lm.profile.has_thinking:
         raise UserError(f"scope '{row.scope}' needs a model with a thinking block; "
@@ -107,6 +109,8 @@ def _check_row(lm: LoadedModel, number: int, row: SteeredRow) -> list[int]:
     try:
         return row.vector.check_against(lm.n_layers, lm.hidden_size, row.layers)
     except UserError as err:
+        if not name_it:
+            raise
         raise UserError(f"row {number} ({vector_label(row.vector)} {row.coef:+g}): {err}") from None
 
 

@@ -39,7 +39,7 @@ def steered(vector: SteeringVector | None, coefs: Sequence[float], layers: Seque
             scope: Scope | str = Scope()) -> tuple[SteeredRow, ...]:
     """One row per coefficient, all with ``vector`` on ``layers`` and ``scope`` (the ``--vector --coef`` form)."""
     if coefs and vector is None:
-        raise UserError("steered rows (--coef) need a steering vector (--vector FILE or a preset name)")
+        raise UserError("steered rows need a steering vector (a vector file or a preset name), or no coefficients")
     scope = Scope.parse(scope)
     layers = tuple(layers) if layers is not None else None
     return tuple(SteeredRow(vector, float(c), layers, scope) for c in coefs) if vector is not None else ()
@@ -126,6 +126,8 @@ def _from_single_vector_dict(d: dict, vector: SteeringVector | None) -> dict:
     """Runs logged before rows carried their own vectors: one vector, one layer set, one scope."""
     sampling, probe = d.get("sampling", {}), d.get("probe", {})
     coefs = d.get("coefs", [])
+    if coefs and vector is None:
+        raise KeyError("the vector its steered rows used")
     return {
         "prompt": d["prompt"], "system_prompt": d.get("system"), "chat_template": not d.get("raw", False),
         "rows": [{"vector": vector, "coef": c, "layers": d.get("layers"), "scope": d.get("scope", "all")}
@@ -144,8 +146,8 @@ def settings_from_form(form: Mapping[str, Any], resolve_vector: ResolveVector) -
     """Settings from knob values by name (text or typed; missing ones take their defaults).
 
     ``vector``/``layers``/``coefs``/``scope`` give one steered row per coefficient; each of ``rows``
-    (``VECTOR=COEF@LAYERS``) adds a row with its own vector, on the form's layers unless it names its
-    own, and the form's scope. ``resolve_vector`` turns a name or path into the vector.
+    (``VECTOR=COEF[@LAYERS][/SCOPE]``) adds a row with its own vector, on the form's layers and scope
+    unless it names its own. ``resolve_vector`` turns a name or path into the vector.
     """
     values = {k.name: k.read(form.get(k.name)) for k in KNOBS}
     scope, layers = values["scope"], values["layers"]
@@ -153,7 +155,7 @@ def settings_from_form(form: Mapping[str, Any], resolve_vector: ResolveVector) -
     rows = list(steered(vector, values["coefs"], layers, scope))
     for spec in values["rows"]:
         rows.append(SteeredRow(resolve_vector(spec.vector), spec.coef,
-                               spec.layers if spec.layers is not None else layers, scope))
+                               spec.layers if spec.layers is not None else layers, spec.scope or scope))
     settings = RunSettings(rows=tuple(rows), **{k: v for k, v in values.items() if k not in STEERING})
     settings.validate()
     return settings
@@ -161,18 +163,24 @@ def settings_from_form(form: Mapping[str, Any], resolve_vector: ResolveVector) -
 
 def form_from_settings(settings: RunSettings, name_of: Callable[[SteeringVector], str] | None = None
                        ) -> dict[str, Any]:
-    """The form that gives ``settings`` back, each value in its text form: the rows that share the first
-    row's vector, layers and scope as vector/layers/coefs/scope, every other row in ``rows``."""
+    """The form that gives ``settings`` back, each value in its text form: the leading rows that share the
+    first row's vector, layers and scope as vector/layers/coefs/scope, every later row in ``rows`` (so the
+    rows keep their order). A later row on every layer of its vector names them, since a row without
+    layers takes the form's."""
     name_of = name_of or (lambda v: v.name)
     form: dict[str, Any] = {}
     for f in fields(settings):
         if f.name != "rows" and f.name in BY_NAME:
             form[f.name] = BY_NAME[f.name].shown(getattr(settings, f.name))
     first = settings.rows[0] if settings.rows else None
-    shared = [first is not None and r.vector is first.vector and (r.layers, r.scope) == (first.layers, first.scope)
-              for r in settings.rows]
-    same = [r for r, s in zip(settings.rows, shared) if s]
-    others = [RowSpec(name_of(r.vector), r.coef, r.layers) for r, s in zip(settings.rows, shared) if not s]
+    n_same = 0
+    while n_same < len(settings.rows) and (r := settings.rows[n_same]).vector is first.vector and \
+            (r.layers, r.scope) == (first.layers, first.scope):
+        n_same += 1
+    same = settings.rows[:n_same]
+    others = [RowSpec(name_of(r.vector), r.coef,
+                      r.layers if r.layers is not None or first.layers is None else tuple(r.vector.layers),
+                      r.scope if r.scope != first.scope else None) for r in settings.rows[n_same:]]
     form.update(vector=name_of(first.vector) if first else None,
                 layers=format_layers(first.layers) if first and first.layers is not None else "",
                 coefs=BY_NAME["coefs"].shown([r.coef for r in same]), scope=str(first.scope if first else Scope()),

@@ -11,17 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from steer_ui.engine.detokenize import Detokenizer
-from steer_ui.engine.events import (
-    ChoiceInfo,
-    DoneEvent,
-    Event,
-    ProbeEvent,
-    RowInfo,
-    RowResult,
-    StartEvent,
-    Timing,
-    TokenEvent,
-)
+from steer_ui.engine.events import (ChoiceInfo, DoneEvent, Event, ProbeEvent, RowInfo, RowResult, StartEvent, Timing,
+                                    TokenEvent)
 from steer_ui.engine.run_settings import RunSettings
 from steer_ui.errors import UserError
 from steer_ui.log.store import Store
