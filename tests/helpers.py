@@ -64,6 +64,14 @@ def generate_greedy(lm: LoadedModel, prompt_ids: list[int], n: int, eos: frozens
     return new
 
 
+def our_hooks(lm: LoadedModel) -> int:
+    """Forward hooks on the decoder layers, not counting transformers' own: its output-capturing hooks are
+    installed for good on the first forward with ``output_hidden_states=True`` (repeng's training makes
+    one, in test_vectors), so a plain count depends on which tests ran before."""
+    return sum(1 for layer in lm.layers for hook in layer._forward_hooks.values()
+               if not getattr(hook, "__module__", "").startswith("transformers."))
+
+
 def probe_logits_fingerprint(lm: LoadedModel) -> torch.Tensor:
     with torch.no_grad():
         return lm.model(input_ids=torch.tensor([[1, 2, 3, 4, 5, 6]]), use_cache=False).logits.clone()

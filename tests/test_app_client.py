@@ -9,7 +9,7 @@ from gradio_client import Client
 from gradio_client.exceptions import AppError
 from helpers import collect
 
-from steer_ui.engine.run_settings import ProbeSettings, RunSettings
+from steer_ui.engine.run_settings import RunSettings, steered
 from steer_ui.vectors.files import load_vector
 from steer_ui.vectors.presets import preset_vector_path
 
@@ -29,7 +29,13 @@ def test_api_names_every_parameter(client):
     names = [p["parameter_name"] for p in api["/generate"]["parameters"]]
     assert names[:8] == ["prompt", "system_prompt", "chat_template", "vector", "vector_file", "layers", "coefs",
                          "scope"]
-    assert not [n for n in names if n.startswith("parameter_")]
+    assert not [n for n in names if n.startswith(("parameter_", "param_"))]
+    # Every knob is a parameter, by its own name (the knobs are declared once: steer_ui/engine/knobs.py).
+    from steer_ui.engine.knobs import KNOBS
+
+    assert {k.name for k in KNOBS} | {"vector_file", "browser_id"} == set(names)
+    defaults = {p["parameter_name"]: p["parameter_default"] for p in api["/generate"]["parameters"]}
+    assert defaults["max_new_tokens"] == 128 and defaults["top_k"] == 0 and defaults["probe_min_mass"] == 0.1
     required = [p["parameter_name"] for p in api["/generate"]["parameters"] if not p["parameter_has_default"]]
     assert required == ["prompt"]
 
@@ -39,9 +45,8 @@ def test_generate_returns_texts_and_probe_series(client, bundled, app_server):
                         api_name="/generate")
     outputs = job.result()
     result = outputs[3]
-    settings = RunSettings(PROMPT, vector=load_vector(preset_vector_path("confidence", "smollm2-135m")),
-                           layers=(16, 17, 18, 19), coefs=(6.0, -6.0), max_new_tokens=16,
-                           probe=ProbeSettings(None, ("Yes", "No"), 4))
+    vector = load_vector(preset_vector_path("confidence", "smollm2-135m"))
+    settings = RunSettings(PROMPT, rows=steered(vector, (6.0, -6.0), (16, 17, 18, 19)), max_new_tokens=16)
     _, _, probes, done = collect(bundled, settings)
     assert [r["text"] for r in result["rows"]] == [r.text for r in done.rows]
     assert [r["label"] for r in result["rows"]] == ["baseline", "coef +6", "coef -6"]

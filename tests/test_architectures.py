@@ -6,8 +6,9 @@ import pytest
 from conftest import random_vector
 from helpers import add_everywhere, collect, full_forward_reading, generate_greedy
 
-from steer_ui.engine.decode import eos_ids
-from steer_ui.engine.run_settings import ProbeSettings, RunSettings, Scope
+from steer_ui.engine.plan import eos_ids
+from steer_ui.engine.run_settings import RunSettings, steered
+from steer_ui.engine.scope import Scope
 
 
 @pytest.mark.parametrize("cache", ["dynamic", "static"])
@@ -15,13 +16,13 @@ from steer_ui.engine.run_settings import ProbeSettings, RunSettings, Scope
 def test_engine_on_architecture(tiny, arch, cache):
     lm = tiny[arch]
     vec = random_vector(lm, [1, 2], scale=4.0)
-    s = RunSettings("Is nine a prime number?", vector=vec, coefs=(0.0, 3.0), scope=Scope("all"),
-                    max_new_tokens=12, probe=ProbeSettings(every=4, choices=("Yes", "No")), cache=cache)
+    s = RunSettings("Is nine a prime number?", rows=steered(vec, (0.0, 3.0), scope=Scope("all")),
+                    max_new_tokens=12, probe_every=4, probe_choices=("Yes", "No"), cache=cache)
     start, _, probes, done = collect(lm, s)
-    base, zero, steered = (r.token_ids for r in done.rows)
+    base, zero, bent = (r.token_ids for r in done.rows)
     assert base == generate_greedy(lm, start.prompt_ids, 12, eos_ids(lm))
     assert zero == base
-    assert steered != base
+    assert bent != base
     choices = [{"label": c.label, "token_ids": c.token_ids} for c in start.probe_choices]
     for row, coef in ((0, 0.0), (2, 3.0)):
         with add_everywhere(lm, vec.directions, coef):
@@ -36,4 +37,4 @@ def test_engine_on_architecture(tiny, arch, cache):
 
 def _close_ids(lm, settings):
     from steer_ui.engine.probe import build_probe
-    return list(build_probe(lm.tokenizer, lm.profile, settings.probe).close_think_ids)
+    return list(build_probe(lm.tokenizer, lm.profile, settings).close_think_ids)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from helpers import collect
 
-from steer_ui.engine.run_settings import ProbeSettings, RunSettings
+from steer_ui.engine.run_settings import RunSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -18,8 +18,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_benchmark_quick_mode_reports_every_case(tmp_path):
     out = tmp_path / "bench.json"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
-    r = subprocess.run([sys.executable, "-m", "steer_ui.bench.__main__", "--quick", "--json", str(out)], capture_output=True,
-                       text=True, timeout=900, env=env, cwd=ROOT)
+    r = subprocess.run([sys.executable, "-m", "steer_ui.bench", "--quick", "--json", str(out)], capture_output=True,
+                       text=True, timeout=900, env=env, cwd=ROOT, check=False)
     assert r.returncode == 0, r.stderr
     report = json.loads(out.read_text())
     assert [c["case"] for c in report["cases"]] == ["1", "2", "3", "4", "5", "6"]
@@ -35,7 +35,7 @@ def test_benchmark_quick_mode_reports_every_case(tmp_path):
 def test_peak_tensor_memory_counts_what_was_live_at_once():
     import torch
 
-    from steer_ui.bench.__main__ import peak_tensor_mb
+    from steer_ui.bench.memory import peak_tensor_mb
 
     def work() -> None:
         a = torch.ones(4, 2**18)  # 4 MB
@@ -48,10 +48,10 @@ def test_peak_tensor_memory_counts_what_was_live_at_once():
 
 
 def test_ignore_eos_generates_exactly_max_new_tokens(bundled):
-    s = RunSettings("Say only the word yes.", max_new_tokens=40, probe=ProbeSettings(every=0))
+    s = RunSettings("Say only the word yes.", max_new_tokens=40, probe_every=0)
     natural = collect(bundled, s)[3].rows[0]
     assert natural.finish_reason == "eos" and len(natural.token_ids) < 40
     forced = collect(bundled, RunSettings("Say only the word yes.", max_new_tokens=40, ignore_eos=True,
-                                          probe=ProbeSettings(every=0)))[3].rows[0]
+                                          probe_every=0))[3].rows[0]
     assert forced.finish_reason == "length" and len(forced.token_ids) == 40
     assert forced.token_ids[:len(natural.token_ids)] == natural.token_ids

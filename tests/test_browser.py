@@ -56,7 +56,7 @@ def fill_form(page: Page, prompt: str, vector: str, coefs: str, max_new_tokens: 
     page.get_by_label("Prompt").fill(prompt)
     page.get_by_label("Steering vector").click()
     page.get_by_role("option", name=vector).click()
-    expect(page.get_by_label("Layers")).not_to_have_value("", timeout=10_000)  # the suggested band arrives
+    expect(page.get_by_label("Layers", exact=True)).not_to_have_value("", timeout=10_000)  # the suggested band arrives
     page.get_by_label("Coefficients").fill(coefs)
     tokens = page.get_by_label("Max new tokens").and_(page.locator("input[type=number]"))
     tokens.fill(str(max_new_tokens))
@@ -133,12 +133,13 @@ def test_stop_ends_the_run_and_the_chart_keeps_its_zoom(page: Page, shots: Path,
     assert chart.evaluate("el => el._fullLayout.xaxis.range") == [0, 6]
     # A browser that misses many updates in a row (a busy or hidden tab) notices the gap and refetches.
     calls = []
-    original = app_server[1].snapshot
-    app_server[1].snapshot = lambda key: calls.append(key) or original(key)
+    tab = app_server[1].generate
+    original = tab.snapshot
+    tab.snapshot = lambda key: calls.append(key) or original(key)
     page.evaluate("() => { window.__suSkipUpdates = 25; }")
     page.wait_for_function("() => window.__suSkipUpdates === 0", timeout=60_000)
     page.wait_for_timeout(1500)
-    del app_server[1].snapshot
+    del tab.snapshot
     assert calls  # the gap was seen and filled from the server
 
     page.get_by_role("button", name="Stop", exact=True).click()
@@ -165,7 +166,7 @@ def test_a_run_link_reopens_it_and_model_html_is_shown_as_text(page: Page, app_s
     store = dash.ctx.store
     source = store.list_runs(limit=1)
     if not source:  # this test alone: make a run to copy
-        list(dash.generate("Is 2 even?", max_new_tokens=4, browser_id="seed"))
+        list(dash.generate.generate(prompt="Is 2 even?", max_new_tokens=4, browser_id="seed"))
         source = store.list_runs(limit=1)
     (path,) = export(store, tmp_path / "one.jsonl", "jsonl", run_id=source[0].id)
     record = json.loads(path.read_text())
@@ -206,12 +207,12 @@ def test_a_2000_token_run_streams_every_token_at_a_bounded_update_rate(browser, 
         page.get_by_text("Upload a vector file").click()
         page.locator("input[type=file]").first.set_input_files(str(vec))
         expect(page.get_by_label("Steering vector")).to_have_value("uploaded or computed file", timeout=15_000)
-        page.get_by_label("Layers").fill("1-2")
+        page.get_by_label("Layers", exact=True).fill("1-2")
         page.get_by_label("Coefficients").fill("8")
         tokens = page.get_by_label("Max new tokens").and_(page.locator("input[type=number]"))
         tokens.fill("2000")
         tokens.press("Enter")
-        page.get_by_text("Sampling").click()
+        page.get_by_text("Decoding").click()
         page.get_by_label("Keep generating past end-of-sequence").check()
         started = time.monotonic()
         page.get_by_role("button", name="Generate", exact=True).click()
@@ -229,16 +230,23 @@ def test_a_2000_token_run_streams_every_token_at_a_bounded_update_rate(browser, 
         demo.close()
 
 
+def test_rows_with_their_own_vectors_stream_side_by_side(page: Page, shots: Path):
+    fill_form(page, "Is 17 x 23 greater than 400? Answer Yes or No.", "reconsideration", "4", 12)
+    page.get_by_label("Rows with their own vector").fill("confidence=-6@16-19\nverbosity=6@16-19")
+    page.get_by_role("button", name="Generate", exact=True).click()
+    expect(page.get_by_text(re.compile(r"^finished:"))).to_be_visible(timeout=120_000)
+    titles = page.locator(".su-head > span:first-child").all_text_contents()
+    assert titles == ["Baseline", "reconsideration +4 @15-18", "confidence -6 @16-19", "verbosity +6 @16-19"]
+    assert all(n > 0 for n in pane_lengths(page))
+    page.screenshot(path=str(shots / "8-rows.png"), full_page=True)
+
+
 def test_the_sweep_tab_shows_its_table_and_figure(page: Page, shots: Path):
-    page.get_by_label("Steering vector").click()
-    page.get_by_role("option", name="reconsideration").click()
-    expect(page.get_by_label("Layers")).not_to_have_value("", timeout=10_000)
+    # The Generate form is the sweep's template: its vector, layers and max new tokens.
+    fill_form(page, "(the questions replace the prompt)", "reconsideration", "", 8)
     page.get_by_role("tab", name="Sweep").click()
     page.get_by_label("Questions").fill("yesno:2")
     page.get_by_label("Sweep coefficients").fill("0, 4")
-    tokens = page.get_by_label("Max new tokens per answer").and_(page.locator("input[type=number]"))
-    tokens.fill("8")
-    tokens.press("Enter")
     page.get_by_role("button", name="Run sweep").click()
     expect(page.get_by_text(re.compile(r"^finished: 2 questions x 2 coefficients"))).to_be_visible(timeout=120_000)
     table = page.get_by_label("Summary")

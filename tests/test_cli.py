@@ -41,6 +41,13 @@ def test_jsonl_contract(vector_file):
     assert start["event"] == "start" and done["event"] == "done"
     assert [row["label"] for row in start["rows"]] == ["baseline", "coef +2", "coef -2"]
     assert start["layers"] == [10, 11, 12, 13]
+    # Each row says how it is steered: its vector (by name), layers and scope; the baseline by nothing.
+    assert start["rows"] == [
+        {"row": 0, "label": "baseline", "coef": 0.0, "vector": None, "layers": [], "scope": None},
+        {"row": 1, "label": "coef +2", "coef": 2.0, "vector": "random.gguf", "layers": [10, 11, 12, 13],
+         "scope": "all"},
+        {"row": 2, "label": "coef -2", "coef": -2.0, "vector": "random.gguf", "layers": [10, 11, 12, 13],
+         "scope": "all"}]
     assert [c["label"] for c in start["probe"]["choices"]] == ["Yes", "No"] and start["probe"]["every"] == 4
     assert start["prompt_ids"] and start["probe"]["suffix_ids"]
     tokens = [e for e in events if e["event"] == "token"]
@@ -82,16 +89,86 @@ def test_readable_side_by_side(vector_file):
     (["--prompt", "x", "--probe-choices", "Yes"], "two or more"),
     (["--prompt", "x", "--model", "./no/such/dir"], "no such model path"),
     (["--prompt", "x", "--model", "some-org/not-a-model"], "hub is unreachable"),
+    # Rows with their own vectors: each mistake is one line too.
+    (["--prompt", "x", "--row", "bravery=2"], "unknown preset vector 'bravery' for smollm2-135m"),
+    (["--prompt", "x", "--row", "confidence"], "cannot read row 'confidence': write VECTOR=COEF"),
+    (["--prompt", "x", "--row", "confidence=1,2"], "needs exactly one coefficient"),
+    (["--prompt", "x", "--row", "confidence=nan"], "not a finite number"),
+    (["--prompt", "x", "--row", "{tmp}/missing.gguf=1"], "no such vector file"),
+    (["--prompt", "x", "--vector", "{vec}", "--coef", "1", "--row", "{small}=1"],
+     "row 2 (small +1): vector small.gguf has hidden size 8 but the model has 576"),
+    (["--prompt", "x", "--row", "confidence=1@40-41"], "layer 40 is out of range"),
 ])
 def test_bad_input_is_one_line_and_nonzero(vector_file, tmp_path, args, message):
     small = tmp_path / "small.gguf"
     save_vector(SteeringVector({0: torch.ones(8)}, model_hint="llama"), small)
-    args = [a.format(vec=vector_file, small=small) for a in args]
+    args = [a.format(vec=vector_file, small=small, tmp=tmp_path) for a in args]
     r = cli("generate", *args)
     assert r.returncode == 2
     lines = [line for line in r.stderr.splitlines() if not line.startswith("loading ")]
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], r.stderr
     assert "Traceback" not in r.stderr and r.stdout == ""
+
+
+def test_rows_with_their_own_vectors(tmp_path):
+    from steer_ui.log.store import Store
+    from steer_ui.vectors.presets import resolve_vector
+
+    db = tmp_path / "log.sqlite"
+    r = cli("generate", "--db", str(db), "--prompt", "Is 9 prime?", "--vector", "reconsideration", "--layers", "15-18",
+            "--coef", "4", "--row", "confidence=-6@16-19", "--max-new-tokens", "6", "--jsonl")
+    assert r.returncode == 0, r.stderr
+    events = [json.loads(line) for line in r.stdout.splitlines()]
+    start, done = events[0], events[-1]
+    assert start["rows"] == [
+        {"row": 0, "label": "baseline", "coef": 0.0, "vector": None, "layers": [], "scope": None},
+        {"row": 1, "label": "reconsideration +4 @15-18", "coef": 4.0, "vector": "reconsideration",
+         "layers": [15, 16, 17, 18], "scope": "all"},
+        {"row": 2, "label": "confidence -6 @16-19", "coef": -6.0, "vector": "confidence",
+         "layers": [16, 17, 18, 19], "scope": "all"}]
+    assert start["layers"] == [15, 16, 17, 18, 19]
+    assert [row["label"] for row in done["rows"]] == [row["label"] for row in start["rows"]]
+    assert all(row["token_ids"] for row in done["rows"])
+    # The log keeps each row's own vector, layers and scope.
+    run_id = r.stderr.split("logged as run ")[1].split()[0]
+    recon, conf = (resolve_vector(n, "smollm2-135m").content_hash() for n in ("reconsideration", "confidence"))
+    assert [(st.row, st.vector_hash, st.layers, st.scope) for st in Store(str(db)).get_run(run_id).streams] == \
+        [(0, None, None, None), (1, recon, [15, 16, 17, 18], "all"), (2, conf, [16, 17, 18, 19], "all")]
+
+
+def test_row_options_become_settings(capsys):
+    from steer_ui.cli import build_parser
+    from steer_ui.cli.run_commands import settings_from_args
+    from steer_ui.engine.scope import Scope
+
+    def settings(*args: str):
+        return settings_from_args(build_parser().parse_args(["generate", "--prompt", "x", *args]))
+
+    s = settings("--vector", "reconsideration", "--layers", "15-18", "--coef", "4", "--coef", "-2", "--scope",
+                 "generated", "--row", "confidence=-6@16-19", "--row", "verbosity=2")
+    assert [(r.vector.name, r.coef, r.layers, r.scope) for r in s.rows] == [
+        ("reconsideration", 4.0, (15, 16, 17, 18), Scope("generated")),
+        ("reconsideration", -2.0, (15, 16, 17, 18), Scope("generated")),
+        ("confidence", -6.0, (16, 17, 18, 19), Scope("generated")),  # its own layers, the run's scope
+        ("verbosity", 2.0, (15, 16, 17, 18), Scope("generated"))]  # no layers of its own: the run's
+    assert s.rows[0].vector is s.rows[1].vector
+    s = settings("--row", "confidence=-6")  # a row alone, on the vector's own layers
+    assert [(r.vector.name, r.coef, r.layers) for r in s.rows] == [("confidence", -6.0, None)]
+    assert capsys.readouterr().err == ""
+    assert settings("--layers", "3").rows == ()
+    assert capsys.readouterr().err.startswith("note: --layers given without --coef or --row")
+
+
+def test_a_vector_without_coefficients_runs_the_baseline_with_a_note():
+    r = cli("generate", "--prompt", "Is 7 prime?", "--vector", "reconsideration", "--layers", "15-18",
+            "--max-new-tokens", "3", "--jsonl")
+    assert r.returncode == 0, r.stderr
+    notes = [line for line in r.stderr.splitlines() if line.startswith("note: ")]
+    assert len(notes) == 1 and "--vector and --layers given without --coef or --row" in notes[0], r.stderr
+    assert "only the baseline runs" in notes[0] and "error" not in r.stderr
+    events = [json.loads(line) for line in r.stdout.splitlines()]
+    assert [row["label"] for row in events[0]["rows"]] == ["baseline"] and events[0]["layers"] == []
+    assert events[-1]["event"] == "done" and len(events[-1]["rows"]) == 1
 
 
 def test_vector_command_writes_a_usable_file(tmp_path):

@@ -44,19 +44,24 @@ def test_subclasses_are_left_alone():
         pass
 
     model = torch.nn.Sequential(torch.nn.Linear(4, 4), Adapter(4, 4))
+    assert not cpu_matmul.in_use(model)
     assert use_few_row_linears(model) == 1
     assert type(model[1]) is Adapter
+    assert cpu_matmul.in_use(model)
 
 
 def test_the_bundled_model_gets_them_on_cpu_float32_only(bundled, tiny_dirs, monkeypatch):
     linears = [m for m in bundled.model.modules() if isinstance(m, torch.nn.Linear)]
     assert linears and all(type(m) is FewRowLinear for m in linears)  # every projection and the lm_head
+    assert cpu_matmul.in_use(bundled.model)
 
     bf16 = load_model(str(tiny_dirs["llama"]), device="cpu", dtype="bfloat16")
     assert not any(type(m) is FewRowLinear for m in bf16.model.modules())
+    assert not cpu_matmul.in_use(bf16.model)
     monkeypatch.setenv(cpu_matmul.OPT_OUT_ENV, "1")
     plain = load_model(str(tiny_dirs["llama"]), device="cpu", dtype="float32")
     assert not any(type(m) is FewRowLinear for m in plain.model.modules())
+    assert not cpu_matmul.in_use(plain.model)
 
 
 def test_a_two_row_step_agrees_with_the_plain_model(bundled):

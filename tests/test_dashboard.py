@@ -14,12 +14,17 @@ from gradio.utils import diff
 from gradio_client.utils import apply_diff
 from helpers import collect
 
-from steer_ui.app.dashboard import FILE_VECTOR, NO_VECTOR, UPDATES_PER_S, AppContext, Dashboard, figure_html
-from steer_ui.engine.run_settings import ProbeSettings, RunSettings
+from steer_ui.app.context import AppContext
+from steer_ui.app.dashboard import Dashboard
+from steer_ui.app.generate_tab import UPDATES_PER_S
+from steer_ui.app.stream_values import streams_value
+from steer_ui.app.vector_panel import FILE_VECTOR, NO_VECTOR
+from steer_ui.engine.run_settings import RunSettings, steered
 from steer_ui.log.archive import record_events
 from steer_ui.log.store import Store
 from steer_ui.vectors.files import load_vector, save_vector
 from steer_ui.vectors.presets import preset_vector_path
+from steer_ui.views.chart import figure, figure_html
 from steer_ui.views.run_view import RunView
 
 PROMPT = "Is 91 a prime number? Answer Yes or No."
@@ -44,11 +49,11 @@ def form(**over) -> dict:
     return f
 
 
-def run_to_end(dash: Dashboard, **over) -> list[tuple]:
-    return list(dash.generate(**form(**over), browser_id="browser-a"))
+def run_to_end(dash: Dashboard, **over) -> list[dict]:
+    return list(dash.generate.generate(**form(**over), browser_id="browser-a"))
 
 
-def merge(frames: list[tuple]) -> tuple[list[list[str]], list[list[float]]]:
+def merge(frames: list[dict]) -> tuple[list[list[str]], list[list[float]]]:
     """What the browser components hold after these updates: (pieces per row, y values per trace).
 
     Mirrors the components' rule: an update's items start at index "from"; keep what is there, append
@@ -56,7 +61,8 @@ def merge(frames: list[tuple]) -> tuple[list[list[str]], list[list[float]]]:
     """
     pieces: list[list[str]] = []
     ys: list[list[float]] = []
-    for streams, chart, *_ in frames:
+    for frame in frames:
+        streams, chart = frame["streams"], frame["chart"]
         if len(pieces) != len(streams["rows"]):
             pieces = [[] for _ in streams["rows"]]
             ys = [[] for _ in chart["data"]]
@@ -73,12 +79,14 @@ def merge(frames: list[tuple]) -> tuple[list[list[str]], list[list[float]]]:
 
 def test_generate_streams_the_engines_run_and_logs_it(dash, bundled):
     frames = run_to_end(dash)
-    streams, figure, status, result, files, link, sid = frames[-1]
+    last = frames[-1]
+    streams, chart, status, result = last["streams"], last["chart"], last["status"], last["result"]
+    files, link, sid = last["downloads"], last["link"], last["browser_id"]
     pieces, ys = merge(frames)
     # The same run straight through the engine: the dashboard shows exactly what it produces.
-    settings = RunSettings(PROMPT, vector=load_vector(preset_vector_path("reconsideration", "smollm2-135m")),
-                           layers=(15, 16, 17, 18), coefs=(4.0, 8.0), max_new_tokens=24,
-                           probe=ProbeSettings(None, ("Yes", "No"), 4))
+    vector = load_vector(preset_vector_path("reconsideration", "smollm2-135m"))
+    settings = RunSettings(PROMPT, rows=steered(vector, (4.0, 8.0), (15, 16, 17, 18)), max_new_tokens=24,
+                           probe_every=4)
     _, _, probes, done = collect(bundled, settings)
     assert [r["text"] for r in result["rows"]] == [r.text for r in done.rows]
     assert ["".join(p) for p in pieces] == [r.text for r in done.rows]
@@ -87,11 +95,11 @@ def test_generate_streams_the_engines_run_and_logs_it(dash, bundled):
         assert row["probe"]["step"] == [p.step for p in mine]
         assert row["probe"]["logodds"] == pytest.approx([p.logodds for p in mine], abs=1e-3)
     # One line per row plus its mass, with the points the probe produced.
-    assert len(figure["data"]) == 2 * len(done.rows)
+    assert len(chart["data"]) == 2 * len(done.rows)
     assert ys[::2] == [pytest.approx([p.logodds for p in probes if p.row == r.row], abs=1e-3) for r in done.rows]
     # Every update carries the same static parts; its items start where the windowing says.
-    full = dash.snapshot(streams["run"])
-    assert streams["run"] != result["run_id"] and dash.snapshot(result["run_id"]) == {}  # not by run id
+    full = dash.generate.snapshot(streams["run"])
+    assert streams["run"] != result["run_id"] and dash.generate.snapshot(result["run_id"]) == {}  # not by run id
     assert [json.loads(r["t"]) for r in full["streams"]["rows"]] == pieces
     assert full["chart"]["from"] == [0] * len(ys)
     assert "finished" in status and sid == "browser-a"
@@ -103,12 +111,12 @@ def test_generate_streams_the_engines_run_and_logs_it(dash, bundled):
     assert names == sorted(f"steer-ui-{result['run_id']}{s}" for s in
                            ("-chart.html", ".jsonl", "_runs.csv", "_streams.csv", "_probes.csv"))
     assert json.loads(open([p for p in files if p.endswith(".jsonl")][0]).read())["id"] == result["run_id"]
-    assert dash.history("browser-a")[0][0] == result["run_id"]
-    assert dash.history("browser-b") == []
+    assert dash.history.history("browser-a")[0][0] == result["run_id"]
+    assert dash.history.history("browser-b") == []
 
 
 def test_first_divergence_is_the_first_differing_token(dash):
-    result = run_to_end(dash)[-1][3]
+    result = run_to_end(dash)[-1]["result"]
     base = result["rows"][0]
     for row in result["rows"][1:]:
         d = row["first_divergence"]
@@ -127,43 +135,45 @@ def test_updates_are_throttled_and_each_sends_only_what_is_new(dash):
     assert len(frames) <= elapsed * UPDATES_PER_S + 3
     # Neither what Gradio sends (a diff against the previous yield) nor what the browser then holds and
     # processes (the value itself) grows with the run: both stay a few updates' worth of tokens.
-    sent = [sum(len(json.dumps(diff(prev[i], new[i]))) for i in (0, 1)) for prev, new in zip(frames, frames[1:])]
-    held = [len(json.dumps(f[0])) + len(json.dumps(f[1])) for f in frames]
+    live = ("streams", "chart")
+    sent = [sum(len(json.dumps(diff(prev[k], new[k]))) for k in live) for prev, new in zip(frames, frames[1:])]
+    held = [len(json.dumps(f["streams"])) + len(json.dumps(f["chart"])) for f in frames]
     early, late = slice(9, len(frames) // 3), slice(-len(frames) // 3, -1)
     assert max(sent[late]) < 2 * max(sent[early]) + 500
     assert max(held[late]) < 2 * max(held[early]) + 500
-    assert sum(len(json.loads(r["t"])) for r in frames[-2][0]["rows"]) < 64 * 2  # a window, not the run
+    assert sum(len(json.loads(r["t"])) for r in frames[-2]["streams"]["rows"]) < 64 * 2  # a window, not the run
     # What Gradio's client rebuilds from the diffs is exactly what the server yielded.
-    rebuilt = copy.deepcopy(frames[0][:2])
+    rebuilt = [copy.deepcopy(frames[0][k]) for k in live]
     for prev, new in zip(frames, frames[1:]):
-        rebuilt = [apply_diff(copy.deepcopy(rebuilt[i]), diff(prev[i], new[i])) for i in (0, 1)]
-        assert rebuilt == list(new[:2])
+        rebuilt = [apply_diff(copy.deepcopy(rebuilt[i]), diff(prev[k], new[k])) for i, k in enumerate(live)]
+        assert rebuilt == [new[k] for k in live]
     assert merge(frames) is not None and ["".join(p) for p in merge(frames)[0]] == [
-        r["text"] for r in frames[-1][3]["rows"]]
+        r["text"] for r in frames[-1]["result"]["rows"]]
 
 
 def test_a_browser_that_missed_updates_sees_a_gap_and_the_snapshot_fills_it(dash):
     frames = run_to_end(dash, max_new_tokens=64, coefs="4")
     assert len(frames) > 20
     assert merge(frames[:5] + frames[-1:]) is None  # skipped more than the window repeats
-    full = dash.snapshot(frames[-1][0]["run"])
-    assert merge([(full["streams"], full["chart"])] + frames[-1:]) == merge(frames)
-    assert dash.snapshot("unknown") == {}
+    full = dash.generate.snapshot(frames[-1]["streams"]["run"])
+    assert merge([full] + frames[-1:]) == merge(frames)
+    assert dash.generate.snapshot("unknown") == {}
 
 
 def test_stop_ends_the_run_within_a_step_and_keeps_it(dash):
     class Req:
         session_hash = "tab-1"
 
-    gen = dash.generate(**form(max_new_tokens=400, coefs="4", prompt=LONG), browser_id="browser-a", request=Req())
+    gen = dash.generate.generate(**form(max_new_tokens=400, coefs="4", prompt=LONG), browser_id="browser-a",
+                                 request=Req())
     first = next(gen)
-    assert "streaming" in first[2]
-    stopper = threading.Timer(1.0, dash.stop, kwargs={"request": Req()})
+    assert "streaming" in first["status"]
+    stopper = threading.Timer(1.0, dash.generate.stop, kwargs={"request": Req()})
     stopper.start()
     frames = [first, *gen]
     final = frames[-1]
-    assert "stopped" in final[2]
-    result = final[3]
+    assert "stopped" in final["status"]
+    result = final["result"]
     cancelled = [r for r in result["rows"] if r["finish_reason"] == "cancelled"]
     assert cancelled and all(0 < r["tokens"] < 400 for r in cancelled)
     run = dash.ctx.store.get_run(result["run_id"])
@@ -173,7 +183,7 @@ def test_stop_ends_the_run_within_a_step_and_keeps_it(dash):
 
 
 def test_closing_the_stream_stops_the_run_and_frees_the_model(dash):
-    gen = dash.generate(**form(max_new_tokens=400, coefs="4", prompt=LONG), browser_id="browser-a")
+    gen = dash.generate.generate(**form(max_new_tokens=400, coefs="4", prompt=LONG), browser_id="browser-a")
     next(gen)
     next(gen)
     gen.close()  # what Gradio does when the browser tab goes away
@@ -181,12 +191,18 @@ def test_closing_the_stream_stops_the_run_and_frees_the_model(dash):
     runs = dash.ctx.store.list_runs("browser-a")
     assert runs[0].status == "cancelled" and 0 < runs[0].tokens < 800
     # The next run works.
-    assert "finished" in run_to_end(dash, max_new_tokens=4)[-1][2]
+    assert "finished" in run_to_end(dash, max_new_tokens=4)[-1]["status"]
 
 
 @pytest.mark.parametrize("over, message", [
     (dict(prompt="   "), "prompt is empty"),
-    (dict(vector=NO_VECTOR), "choose a steering vector"),
+    (dict(vector=NO_VECTOR), "need a steering vector"),
+    (dict(rows="confidence"), "cannot read row"),
+    (dict(rows="bravery=4"), "no preset vector 'bravery'"),
+    (dict(rows="/etc/passwd.gguf=4"), "no such vector file"),
+    (dict(top_k=-1), "top-k must be >= 0"),
+    (dict(probe_min_mass=2), "probe min mass"),
+    (dict(cache="huge"), "unknown cache"),
     (dict(layers="15-40"), "layer 30 is out of range"),
     (dict(coefs="4, nan"), "not a finite number"),
     (dict(coefs="four"), "not a number"),
@@ -208,49 +224,54 @@ def test_a_mismatched_vector_file_is_refused(dash, tmp_path):
     import numpy as np
     np.save(bad, np.ones((30, 64), dtype=np.float32))
     with pytest.raises(gr.Error, match="hidden"):
-        dash.vector_info(FILE_VECTOR, str(bad))
+        dash.vectors.info(FILE_VECTOR, str(bad))
     with pytest.raises(gr.Error, match="hidden"):
         run_to_end(dash, vector=FILE_VECTOR, vector_file=str(bad))
+    with pytest.raises(gr.Error, match="row 2 .*hidden size 64"):  # a row of its own with that file
+        run_to_end(dash, coefs="4", rows="file=2", vector_file=str(bad))
     garbage = tmp_path / "garbage.safetensors"
     garbage.write_bytes(b"not a safetensors file")
     with pytest.raises(gr.Error):
-        dash.vector_info(FILE_VECTOR, str(garbage))
+        dash.vectors.info(FILE_VECTOR, str(garbage))
 
 
 def test_vector_info_shows_separation_and_suggests_the_band(dash):
-    html, band = dash.vector_info("reconsideration", None)
-    assert band == "15-18"
-    assert html.count("class='su-bar'") == 30 and "effect size" in html
-    assert dash.vector_info(NO_VECTOR, None)[1] == ""
+    info = dash.vectors.info("reconsideration", None)
+    assert info["layers"] == "15-18"
+    assert info["layer_info"].count("class='su-bar'") == 30 and "effect size" in info["layer_info"]
+    assert dash.vectors.info(NO_VECTOR, None)["layers"] == ""
 
 
 def test_compute_vector_from_pairs_then_steer_with_it(dash, tmp_path):
     pairs = "\n".join(json.dumps({"positive": f"Wait, let me re-check step {i}.", "negative": f"Step {i} is right."})
                       for i in range(6))
-    choice, path, html, band = dash.compute(pairs, None, "mean_diff", "10-20", progress=None)
+    out = dash.vectors.compute(pairs, None, "mean_diff", "10-20", progress=None)
+    choice, path, html, band = out["vector"], out["vector_file"], out["layer_info"], out["layers"]
     assert choice["value"] == FILE_VECTOR
     vec = load_vector(path)
     assert vec.layers == list(range(10, 21)) and vec.metadata["pairs"] == "6"
     lo, hi = map(int, band.split("-"))
     assert 10 <= lo <= hi <= 20 and html.count("class='su-bar'") == 11
-    result = run_to_end(dash, vector=FILE_VECTOR, vector_file=path, layers=band, coefs="6", max_new_tokens=8)[-1][3]
+    result = run_to_end(dash, vector=FILE_VECTOR, vector_file=path, layers=band, coefs="6",
+                        max_new_tokens=8)[-1]["result"]
     assert result["status"] == "finished" and result["layers"] == list(range(lo, hi + 1))
     with pytest.raises(gr.Error, match="pairs:1: not valid JSON"):
-        dash.compute("positive: a, negative: b", None, "mean_diff", "all", progress=None)
+        dash.vectors.compute("positive: a, negative: b", None, "mean_diff", "all", progress=None)
     with pytest.raises(gr.Error, match="at least 2 pairs"):
-        dash.compute(pairs.splitlines()[0], None, "mean_diff", "all", progress=None)
+        dash.vectors.compute(pairs.splitlines()[0], None, "mean_diff", "all", progress=None)
 
 
 def test_load_reports_a_dead_model_and_keeps_the_current_one(dash, bundled, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     for bad in ("", "no-such-org/no-such-model-xyz", "/nonexistent/folder"):
         with pytest.raises(gr.Error):
-            dash.load(bad, progress=None)
+            dash.model.load(bad, progress=None)
     assert dash.ctx.lm is bundled
 
 
 def test_load_another_model_updates_the_form(dash, tiny_dirs, tmp_path):
-    info, vector, suffix, layers, table = dash.load(str(tiny_dirs["qwen2"]), progress=None)
+    loaded = dash.model.load(str(tiny_dirs["qwen2"]), progress=None)
+    info, vector = loaded["model_info"], loaded["vector"]
     assert str(tiny_dirs["qwen2"]) in info and f"{dash.ctx.lm.n_layers} layers" in info
     assert vector["choices"] == [NO_VECTOR, FILE_VECTOR] and vector["value"] == NO_VECTOR  # no presets for it
     with pytest.raises(gr.Error, match="no preset vector"):
@@ -258,51 +279,67 @@ def test_load_another_model_updates_the_form(dash, tiny_dirs, tmp_path):
     with pytest.raises(gr.Error, match="layer 15 is out of range: the model has 4 layers"):
         run_to_end(dash, vector=FILE_VECTOR, vector_file=str(save_vector(random_vector(dash.ctx.lm, range(4)),
                                                                           tmp_path / "v.safetensors")))
-    assert "finished" in run_to_end(dash, vector=NO_VECTOR, coefs="", max_new_tokens=4)[-1][2]
+    assert "finished" in run_to_end(dash, vector=NO_VECTOR, coefs="", max_new_tokens=4)[-1]["status"]
 
 
 def test_open_run_replays_streams_and_chart_exactly(dash):
     live = run_to_end(dash)[-1]
-    run_id = live[3]["run_id"]
-    full = dash.snapshot(live[0]["run"])  # the live run's whole view, as the browser had it
-    opened = dash.open_run(run_id, "browser-a")
-    streams, figure = opened[0], opened[1]
+    run_id = live["result"]["run_id"]
+    full = dash.generate.snapshot(live["streams"]["run"])  # the live run's whole view, as the browser had it
+    opened = dash.history.open_run(run_id, "browser-a")
+    streams, chart = opened["streams"], opened["chart"]
     assert streams["rows"] == full["streams"]["rows"]  # same tokens, colours, divergence marks
-    assert figure["data"] == full["chart"]["data"] and figure["points"] == full["chart"]["points"]
-    assert opened[3]["rows"] == live[3]["rows"]
-    assert opened[6] == PROMPT and opened[8] == "15,16,17,18" and opened[9] == "4, 8"
-    assert opened[11] == FILE_VECTOR  # the stored copy of the vector, so Generate runs it again exactly
-    again = run_to_end(dash, vector=opened[11], vector_file=opened[12], layers=opened[8], coefs=opened[9])[-1]
-    assert [r["text"] for r in again[3]["rows"]] == [r["text"] for r in live[3]["rows"]]
+    assert chart["data"] == full["chart"]["data"] and chart["points"] == full["chart"]["points"]
+    assert opened["result"]["rows"] == live["result"]["rows"]
+    assert opened["prompt"] == PROMPT and opened["layers"] == "15-18" and opened["coefs"] == "4, 8"
+    assert opened["vector"] == "reconsideration"  # the stored copy is the preset exactly
+    again = run_to_end(dash, **{k: opened[k] for k in form()})[-1]  # every knob as the form got it back
+    assert [r["text"] for r in again["result"]["rows"]] == [r["text"] for r in live["result"]["rows"]]
     with pytest.raises(gr.Error, match="no run"):
-        dash.open_run("nope", "browser-a")
+        dash.history.open_run("nope", "browser-a")
+
+
+def test_open_run_gives_back_rows_with_their_own_vectors(dash, tmp_path):
+    """A mixed run reopened: the form names each row's vector (a preset, or the stored copy) and runs again."""
+    own = save_vector(random_vector(dash.ctx.lm, range(12, 16), scale=8.0), tmp_path / "own.safetensors")
+    live = run_to_end(dash, coefs="4", rows="confidence=-6@16-19\nfile=1@12-15", vector_file=str(own),
+                      max_new_tokens=12)[-1]
+    labels = [r["label"] for r in live["result"]["rows"]]
+    assert labels == ["baseline", "reconsideration +4 @15-18", "confidence -6 @16-19", "own +1 @12-15"]
+    opened = dash.history.open_run(live["result"]["run_id"], "browser-a")
+    assert opened["vector"] == "reconsideration" and opened["coefs"] == "4"
+    first, second = opened["rows"].splitlines()
+    assert first == "confidence=-6@16-19" and second.endswith(".safetensors=1@12-15")
+    again = run_to_end(dash, **{**{k: opened[k] for k in form()}, "rows": opened["rows"]})[-1]
+    assert [r["text"] for r in again["result"]["rows"]] == [r["text"] for r in live["result"]["rows"]]
 
 
 def test_page_load_gives_a_session_and_opens_a_linked_run(dash):
-    run_id = run_to_end(dash)[-1][3]["run_id"]
+    run_id = run_to_end(dash)[-1]["result"]["run_id"]
 
     class Req:
         query_params = {"run": run_id}
 
-    out = dash.on_page_load("browser-a", Req())
-    assert out[0] == "browser-a" and out[1][0][0] == run_id and out[2]["run"] != run_id and out[5]["run_id"] == run_id
+    out = dash.history.on_page_load("browser-a", Req())
+    assert out["browser_id"] == "browser-a" and out["history"][0][0] == run_id
+    assert out["streams"]["run"] != run_id and out["result"]["run_id"] == run_id
 
     class Bad:
         query_params = {"run": "missing"}
 
-    out = dash.on_page_load("", Bad())
-    assert out[0] and "Cannot open the linked run" in out[4]
-    assert dash.ctx.store.list_runs(out[0]) == []
+    out = dash.history.on_page_load("", Bad())
+    assert out["browser_id"] and "Cannot open the linked run" in out["status"] and "streams" not in out
+    assert dash.ctx.store.list_runs(out["browser_id"]) == []
 
 
 def test_export_session_files(dash):
     run_to_end(dash, max_new_tokens=4)
     run_to_end(dash, max_new_tokens=4, coefs="2")
-    (jsonl,) = dash.export_session("browser-a", "jsonl")["value"]
+    (jsonl,) = dash.history.export_session("browser-a", "jsonl")["value"]
     assert len(open(jsonl).read().splitlines()) == 2
-    assert len(dash.export_session("browser-a", "csv")["value"]) == 3
+    assert len(dash.history.export_session("browser-a", "csv")["value"]) == 3
     with pytest.raises(gr.Error):
-        dash.export_session("", "jsonl")
+        dash.history.export_session("", "jsonl")
 
 
 def test_history_text_is_shown_as_text(bundled):
@@ -315,30 +352,38 @@ def test_history_text_is_shown_as_text(bundled):
                            "finish_reason": "eos"}], "probes": [], "timing": {}}
     for ev in record_events(record):
         view.apply(ev)
-    assert json.loads(view.streams_value()["rows"][0]["t"]) == [record_text, ""]
-    html = figure_html(view.figure())
+    assert json.loads(streams_value(view)["rows"][0]["t"]) == [record_text, ""]
+    html = figure_html(figure(view))
     assert "<script>alert(2)" not in html
 
 
 def test_vector_names_are_escaped_in_the_layer_table(dash, tmp_path):
     vec = load_vector(preset_vector_path("confidence", "smollm2-135m"))
     vec.name = "<b onmouseover=x>evil</b>"
-    assert "<b onmouseover" not in dash.layer_table(vec) and "&lt;b onmouseover" in dash.layer_table(vec)
+    table = dash.vectors.layer_table(vec)
+    assert "<b onmouseover" not in table and "&lt;b onmouseover" in table
 
 
 def test_sweep_tab_handler_runs_a_small_sweep_and_logs_it(dash):
-    table, fig, files, status = dash.sweep("yesno:2", None, "0, 4", 8, "reconsideration", None, "15-18", "all",
-                                           "browser-a", progress=None)
+    out = dash.sweep.sweep(questions="yesno:2", sweep_coefs="0, 4", browser_id="browser-a", progress=None,
+                           **form(max_new_tokens=8, probe_every=1))
+    table, fig, files, status = out["sweep_table"], out["sweep_plot"], out["sweep_files"], out["sweep_status"]
     assert [row[0] for row in table] == ["+0", "+4"] and all(row[1] == 2 for row in table)
-    assert "finished" in status and len(dash.history("browser-a")) == 2  # one run per question, in History
+    assert "finished" in status and len(dash.history.history("browser-a")) == 2  # one run per question
     assert {p.rsplit("/", 1)[1] for p in files} >= {"results.csv", "summary.csv", "figure.html"}
     assert [t.name for t in fig.data][:1] == ["accuracy"]
-    for args, message in [(("yesno:2", None, "0, 4", 8, NO_VECTOR, None, "", "all"), "need a steering vector"),
-                          (("yesno:500", None, "0", 8, NO_VECTOR, None, "", "all"), "at most"),
-                          (("nope.jsonl", None, "0", 8, NO_VECTOR, None, "", "all"), "no such questions file"),
-                          (("yesno:2", None, "x", 8, NO_VECTOR, None, "", "all"), "not a number")]:
+    # The Generate form is the template: its max new tokens and layers are the sweep's.
+    run = dash.ctx.store.get_run(dash.history.history("browser-a")[0][0])
+    assert run.settings["max_new_tokens"] == 8 and [s.layers for s in run.streams][1] == [15, 16, 17, 18]
+    for over, message in [({"sweep_coefs": "0, 4", "vector": NO_VECTOR}, "need a steering vector"),
+                          ({"questions": "yesno:500"}, "at most"),
+                          ({"questions": "nope.jsonl"}, "no such questions file"),
+                          ({"sweep_coefs": "x"}, "not a number")]:
+        args = {"questions": "yesno:2", "sweep_coefs": "0", **form(max_new_tokens=8)}
+        args.update(over)
+        args.pop("prompt")
         with pytest.raises(gr.Error, match=message):
-            dash.sweep(*args, "browser-a", progress=None)
+            dash.sweep.sweep(browser_id="browser-a", progress=None, **args)
 
 
 def test_the_browser_session_key_survives_a_restart(tmp_path, monkeypatch):

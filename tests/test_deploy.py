@@ -6,7 +6,7 @@ import re
 import shlex
 from pathlib import Path
 
-from steer_ui.app.layout import build_parser
+from steer_ui.app.launch import build_parser
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -72,7 +72,7 @@ def test_dockerfile_user_volume_and_sources():
 def test_auth_parsing():
     import pytest
 
-    from steer_ui.app.layout import parse_auth
+    from steer_ui.app.launch import parse_auth
     from steer_ui.errors import UserError
 
     assert parse_auth("ana:pw1, bo:p:w2") == [("ana", "pw1"), ("bo", "p:w2")]
@@ -88,8 +88,10 @@ def test_a_password_protected_app_refuses_clients_without_it(bundled, tmp_path):
     import pytest
     from gradio_client import Client
 
-    from steer_ui.app.dashboard import AppContext, Dashboard
-    from steer_ui.app.layout import build, launch_kwargs, parse_auth
+    from steer_ui.app.context import AppContext
+    from steer_ui.app.dashboard import Dashboard
+    from steer_ui.app.launch import launch_kwargs, parse_auth
+    from steer_ui.app.layout import build
     from steer_ui.log.store import Store
 
     demo = build(Dashboard(AppContext(lm=bundled, store=Store(str(tmp_path / "log.sqlite")), files=tmp_path)))

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import pickle
 import threading
 
 import pytest
 import torch
 from conftest import random_vector
-from helpers import add_everywhere, collect, full_forward_reading, generate_greedy, probe_logits_fingerprint
+from helpers import add_everywhere, collect, full_forward_reading, generate_greedy, our_hooks, probe_logits_fingerprint
 
-from steer_ui.engine.decode import eos_ids, run
-from steer_ui.engine.events import TokenEvent
-from steer_ui.engine.run_settings import ProbeSettings, RunSettings, Sampling, Scope
+from steer_ui.engine.decode import decode, run
+from steer_ui.engine.events import DoneEvent, ProbeEvent, TokenEvent
+from steer_ui.engine.plan import eos_ids, plan_run
+from steer_ui.engine.run_settings import RunSettings, steered
+from steer_ui.engine.scope import Scope
+from steer_ui.errors import UserError
 
 PROMPT = "Is 17 a prime number? Answer yes or no, then explain."
 LAYERS = range(8, 16)
@@ -24,12 +28,12 @@ def vec(bundled):
 
 
 def test_baseline_equals_generate_and_coef0_equals_baseline(bundled, vec):
-    s = RunSettings(PROMPT, vector=vec, coefs=(0.0, 2.0), max_new_tokens=24, probe=ProbeSettings(every=3))
-    start, tokens, probes, done = collect(bundled, s)
-    base, zero, steered = (r.token_ids for r in done.rows)
+    s = RunSettings(PROMPT, rows=steered(vec, (0.0, 2.0)), max_new_tokens=24, probe_every=3)
+    start, tokens, _, done = collect(bundled, s)
+    base, zero, bent = (r.token_ids for r in done.rows)
     assert base == generate_greedy(bundled, start.prompt_ids, 24, eos_ids(bundled))
     assert zero == base
-    assert steered != base, "the test vector must actually steer, or the comparisons prove nothing"
+    assert bent != base, "the test vector must actually steer, or the comparisons prove nothing"
     # The token events are the same stream the done event summarises.
     for row in done.rows:
         assert [t.token_id for t in tokens if t.row == row.row] == row.token_ids
@@ -37,22 +41,21 @@ def test_baseline_equals_generate_and_coef0_equals_baseline(bundled, vec):
 
 
 def test_coef0_equals_baseline_when_sampling(bundled, vec):
-    s = RunSettings(PROMPT, vector=vec, coefs=(0.0, 2.0), max_new_tokens=24,
-                    sampling=Sampling(temperature=0.9, top_p=0.95, top_k=50, seed=7), probe=ProbeSettings(every=0))
+    s = RunSettings(PROMPT, rows=steered(vec, (0.0, 2.0)), max_new_tokens=24,
+                    temperature=0.9, top_p=0.95, top_k=50, seed=7, probe_every=0)
     done = collect(bundled, s)[3]
     assert done.rows[1].token_ids == done.rows[0].token_ids
     again = collect(bundled, s)[3]
     assert again.rows[2].token_ids == done.rows[2].token_ids, "same seed, same samples"
-    other = collect(bundled, RunSettings(PROMPT, max_new_tokens=24, probe=ProbeSettings(every=0),
-                                         sampling=Sampling(temperature=0.9, top_p=0.95, top_k=50, seed=8)))[3]
+    other = collect(bundled, RunSettings(PROMPT, max_new_tokens=24, probe_every=0,
+                                         temperature=0.9, top_p=0.95, top_k=50, seed=8))[3]
     assert other.rows[0].token_ids != done.rows[0].token_ids, "a different seed samples differently"
 
 
 @pytest.mark.parametrize("coef", [0.0, 2.0])
 def test_probe_equals_full_forward(bundled, vec, coef):
     """Each fused, cache-based reading matches an uncached forward over prompt + s tokens + suffix."""
-    s = RunSettings(PROMPT, vector=vec, coefs=(coef,), max_new_tokens=16, scope=Scope("all"),
-                    probe=ProbeSettings(every=5))
+    s = RunSettings(PROMPT, rows=steered(vec, (coef,), scope=Scope("all")), max_new_tokens=16, probe_every=5)
     start, _, probes, done = collect(bundled, s)
     row = done.rows[1]
     choices = [{"label": c.label, "token_ids": c.token_ids} for c in start.probe_choices]
@@ -71,10 +74,9 @@ def test_probe_equals_full_forward(bundled, vec, coef):
 
 def test_hooks_leave_no_trace_after_run_error_and_cancel(bundled, vec):
     before = probe_logits_fingerprint(bundled)
-    hooks = lambda: sum(len(layer._forward_hooks) for layer in bundled.layers)  # noqa: E731
-    s = RunSettings(PROMPT, vector=vec, coefs=(3.0,), max_new_tokens=8)
+    s = RunSettings(PROMPT, rows=steered(vec, (3.0,)), max_new_tokens=8)
     collect(bundled, s)
-    assert hooks() == 0
+    assert our_hooks(bundled) == 0
 
     calls = {"n": 0}
 
@@ -89,20 +91,20 @@ def test_hooks_leave_no_trace_after_run_error_and_cancel(bundled, vec):
             collect(bundled, s)
     finally:
         handle.remove()
-    assert hooks() == 0
+    assert our_hooks(bundled) == 0
 
     events = run(bundled, s)
     for ev in events:
         if isinstance(ev, TokenEvent) and ev.step == 2:
             break  # the consumer walks away mid-run (a closed browser tab)
     events.close()
-    assert hooks() == 0
+    assert our_hooks(bundled) == 0
     assert torch.equal(probe_logits_fingerprint(bundled), before)
 
 
 def test_cancel_stops_within_one_step_and_keeps_tokens(bundled, vec):
     cancel = threading.Event()
-    s = RunSettings(PROMPT, vector=vec, coefs=(2.0,), max_new_tokens=64, probe=ProbeSettings(every=2))
+    s = RunSettings(PROMPT, rows=steered(vec, (2.0,)), max_new_tokens=64, probe_every=2)
     seen = []
     for ev in run(bundled, s, cancel):
         if isinstance(ev, TokenEvent):
@@ -119,3 +121,20 @@ def test_consumer_code_keeps_grad_mode(bundled):
     """The engine's inference mode must not leak into the consumer's code between events."""
     for _ in run(bundled, RunSettings(PROMPT, max_new_tokens=3)):
         assert torch.is_grad_enabled() and not torch.is_inference_mode_enabled()
+
+
+def test_run_checks_before_any_event_and_a_plan_decodes_anywhere(bundled, vec):
+    """``run`` refuses bad settings when called, not when first iterated; a plan survives pickling (the
+    ZeroGPU worker gets one) and decodes to the same run."""
+    with pytest.raises(UserError, match=r"max new tokens must be >= 1, got 0"):
+        run(bundled, RunSettings(PROMPT, max_new_tokens=0))
+    s = RunSettings(PROMPT, rows=steered(vec, (2.0,)), max_new_tokens=6, probe_every=3)
+    direct = list(run(bundled, s))
+    shipped = list(decode(bundled, pickle.loads(pickle.dumps(plan_run(bundled, s)))))
+    assert direct[0].to_dict() == shipped[0].to_dict()
+    assert [e for e in direct if isinstance(e, TokenEvent)] == [e for e in shipped if isinstance(e, TokenEvent)]
+    readings = [[(p.row, p.step, p.logodds) for p in events if isinstance(p, ProbeEvent)]
+                for events in (direct, shipped)]
+    assert [r[:2] for r in readings[0]] == [r[:2] for r in readings[1]]
+    assert all(a[2] == pytest.approx(b[2], abs=1e-5) for a, b in zip(*readings))
+    assert isinstance(shipped[-1], DoneEvent) and shipped[-1].rows == direct[-1].rows

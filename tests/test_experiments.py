@@ -8,10 +8,13 @@ import json
 import re
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import torch
 
+from steer_ui.engine.run_settings import RunSettings, steered
 from steer_ui.errors import UserError
 from steer_ui.experiments.analysis import analyze, split_steps
 from steer_ui.experiments.grading import is_correct, last_boxed, read_answer
@@ -26,6 +29,7 @@ from steer_ui.experiments.sweep import SweepConfig, run_sweep, wilson
 from steer_ui.log.store import Store
 from steer_ui.vectors.files import load_vector
 from steer_ui.vectors.presets import preset_vector_path
+from steer_ui.vectors.vector import SteeringVector
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -146,7 +150,9 @@ def test_steps_flags_and_emergence():
 def sweep_setup(bundled, tmp_path_factory):
     vec = load_vector(preset_vector_path("reconsideration", "smollm2-135m"))
     qs = yesno_questions(2) + word_problems(1)
-    cfg = SweepConfig(questions=qs, coefs=(-4.0, 0.0, 4.0), max_new_tokens=12, vector=vec, layers=(15, 16, 17, 18))
+    # The probe at every token (as the CLI's sweep does): the last reading is the forced answer after the chain.
+    cfg = SweepConfig(questions=qs, coefs=(-4.0, 0.0, 4.0),
+                      template=RunSettings("", max_new_tokens=12, probe_every=1), vector=vec, layers=(15, 16, 17, 18))
     root = tmp_path_factory.mktemp("sweep")
     return cfg, root, Store(str(root / "log.sqlite"))
 
@@ -197,10 +203,14 @@ def test_a_sweep_resumes_where_it_stopped(bundled, sweep_setup, tmp_path):
     strip = lambda rows: sorted((r["question_id"], r["coef"], r["text"], r["correct"]) for r in rows)  # noqa: E731
     assert strip(csv.DictReader((partial / "results.csv").open())) == strip(body)
     # A different sweep into the same folder is refused, and nothing is written.
-    other = SweepConfig(questions=cfg.questions, coefs=(0.0, 8.0), max_new_tokens=12, vector=cfg.vector,
+    other = SweepConfig(questions=cfg.questions, coefs=(0.0, 8.0), template=cfg.template, vector=cfg.vector,
                         layers=cfg.layers)
     with pytest.raises(UserError, match="different sweep.*coefs"):
         run_sweep(bundled, other, out, store)
+    # So is one whose runs differ in a knob of the template (its prompt is not part of it).
+    with pytest.raises(UserError, match=r"different sweep \(differs in: template\)"):
+        run_sweep(bundled, replace(cfg, template=replace(cfg.template, max_new_tokens=13)), out, store)
+    assert replace(cfg, template=replace(cfg.template, prompt="ignored")).fingerprint() == cfg.fingerprint()
     assert (out / "results.csv").read_text() == before
 
 
@@ -210,10 +220,15 @@ def test_a_sweep_resumes_where_it_stopped(bundled, sweep_setup, tmp_path):
     ({"coefs": (0.0, float("nan"))}, "finite"),
     ({"samples": 3}, "temperature"),
     ({"coefs": (1.0, 1.0)}, "repeat"),
+    ({"template": RunSettings("", top_p=0.0)}, "top-p must be in"),
+    ({"template": RunSettings("", max_new_tokens=0)}, "max new tokens must be >= 1"),
+    ({"template": RunSettings("", rows=steered(SteeringVector({0: torch.ones(576)}), (1.0,)))},
+     "rows with their own vectors"),
 ])
 def test_sweep_bad_settings(bundled, sweep_setup, tmp_path, cfg_kwargs, message):
     cfg, _, _ = sweep_setup
-    kwargs = {"questions": cfg.questions, "coefs": (0.0,), "max_new_tokens": 4, "vector": cfg.vector, **cfg_kwargs}
+    kwargs = {"questions": cfg.questions, "coefs": (0.0,), "template": RunSettings("", max_new_tokens=4),
+              "vector": cfg.vector, **cfg_kwargs}
     with pytest.raises(UserError, match=message):
         run_sweep(bundled, SweepConfig(**kwargs), tmp_path / "o")
     assert not (tmp_path / "o").exists()
@@ -226,6 +241,32 @@ def cli(*args: str, env_db: Path) -> subprocess.CompletedProcess:
                           timeout=600, env={**os.environ, "STEER_UI_DB": str(env_db)})
 
 
+def test_sweep_options_become_the_config(tmp_path):
+    from steer_ui.cli import build_parser
+    from steer_ui.cli.experiment_commands import sweep_config
+    from steer_ui.cli.options import join_negative_lists
+    from steer_ui.engine.scope import Scope
+
+    def config(*args: str) -> SweepConfig:
+        argv = ["sweep", "--questions", "yesno:3", "--out", str(tmp_path / "o"), *args]
+        return sweep_config(build_parser().parse_args(join_negative_lists(argv)))
+
+    cfg = config("--vector", "reconsideration", "--layers", "15-18", "--scope", "generated", "--coefs", "-4,0,4",
+                 "--temperature", "0.5", "--seed", "7", "--system", "Be brief.", "--samples", "2")
+    assert cfg.coefs == (-4.0, 0.0, 4.0) and cfg.layers == (15, 16, 17, 18) and cfg.scope == Scope("generated")
+    assert cfg.vector.name == "reconsideration" and cfg.samples == 2 and len(cfg.questions) == 3
+    t = cfg.template
+    assert t.rows == () and (t.temperature, t.seed, t.system_prompt) == (0.5, 7, "Be brief.")
+    cfg.validate()
+    # Defaults: the knobs' own (128 new tokens), except the probe, read at every token in a sweep.
+    plain = config("--coefs", "0")
+    assert plain.vector is None and plain.layers is None and plain.scope == Scope()
+    assert plain.template.max_new_tokens == 128 and plain.template.probe_every == 1
+    assert plain.template.to_dict() == {**RunSettings("(each question)", probe_every=1).to_dict()}
+    with pytest.raises(UserError, match="not a number"):
+        config("--coefs", "4,x")
+
+
 def test_sweep_and_analyze_from_the_command_line(tmp_path):
     db = tmp_path / "log.sqlite"
     out = tmp_path / "sweep"
@@ -234,6 +275,9 @@ def test_sweep_and_analyze_from_the_command_line(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "accuracy" in proc.stdout and "forced acc" in proc.stdout
     assert len(list(csv.DictReader((out / "results.csv").open()))) == 4
+    # The run knobs go into the sweep's template: the given ones, and the sweep's own probe default (every token).
+    template = json.loads((out / "sweep.json").read_text())["settings"]["template"]
+    assert template["max_new_tokens"] == 10 and template["probe_every"] == 1
     run_id = list(csv.DictReader((out / "results.csv").open()))[0]["run_id"]
     proc = cli("analyze", run_id, "--json", str(tmp_path / "a.json"), "--plot", str(tmp_path / "a.html"),
                env_db=db)
@@ -250,7 +294,6 @@ def test_sweep_and_analyze_from_the_command_line(tmp_path):
 
 
 def test_rollouts_score_continuations_from_each_step(bundled):
-    from steer_ui.engine.run_settings import RunSettings
     from steer_ui.experiments.analysis import rollout_values
 
     q = Question("q", "Is 91 a prime number?", "No", "yesno")
@@ -258,7 +301,7 @@ def test_rollouts_score_continuations_from_each_step(bundled):
                      [True] * 3)
     calls = []
     valued = rollout_values(bundled, "Q: Is 91 a prime number? Answer Yes or No.\nA:", result, q, 2, 4,
-                            RunSettings("x"), 0.0, progress=lambda d, t: calls.append((d, t)))
+                            RunSettings("x"), None, progress=lambda d, t: calls.append((d, t)))
     assert [s.index for s in valued.steps] == [0, 1] and calls == [(1, 2), (2, 2)]
     # The second step's prefix already says "No.": every continuation from it is scored correct.
     assert valued.steps[1].value == 1.0 and 0.0 <= valued.steps[0].value <= 1.0

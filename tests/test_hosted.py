@@ -9,9 +9,10 @@ import gradio as gr
 import pytest
 from helpers import collect
 
-from steer_ui.app.dashboard import AppContext, Dashboard
-from steer_ui.app.hosted import Limits, RateLimiter
-from steer_ui.engine.run_settings import ProbeSettings, RunSettings
+from steer_ui.app.context import AppContext
+from steer_ui.app.dashboard import Dashboard
+from steer_ui.app.hosted import Limits, RateLimiter, rate_validator
+from steer_ui.engine.run_settings import RunSettings, steered
 from steer_ui.errors import UserError
 from steer_ui.log.store import Store
 from steer_ui.vectors.files import load_vector
@@ -22,7 +23,7 @@ PROMPT = "Is 7 a prime number?"
 
 @pytest.fixture()
 def hosted(bundled, tmp_path) -> Dashboard:
-    limits = Limits(max_new_tokens=16, prompt_chars=200, steered_rows=2, pairs=3, sweep_questions=2,
+    limits = Limits(caps={"max_new_tokens": 16, "prompt_chars": 200}, steered_rows=2, pairs=3, sweep_questions=2,
                     runs_per_minute=3, allowed_models=("smollm2-135m",))
     return Dashboard(AppContext(lm=bundled, store=Store(str(tmp_path / "log.sqlite")), files=tmp_path,
                                 limits=limits))
@@ -31,14 +32,14 @@ def hosted(bundled, tmp_path) -> Dashboard:
 def gen(dash: Dashboard, browser: str = "a", **over):
     args = dict(prompt=PROMPT, vector="confidence", layers="16-19", coefs="4", max_new_tokens=4)
     args.update(over)
-    return list(dash.generate(**args, browser_id=browser))
+    return list(dash.generate.generate(**args, browser_id=browser))
 
 
 def test_limits_from_the_environment(monkeypatch):
     monkeypatch.setenv("STEER_UI_MAX_NEW_TOKENS", "1024")
     monkeypatch.setenv("STEER_UI_ALLOWED_MODELS", "Qwen/Qwen3-0.6B, deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B")
     limits = Limits.from_env()
-    assert limits.max_new_tokens == 1024 and limits.allowed_models == ("Qwen/Qwen3-0.6B",
+    assert limits.cap("max_new_tokens") == 1024 and limits.allowed_models == ("Qwen/Qwen3-0.6B",
                                                                        "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B")
     monkeypatch.setenv("STEER_UI_QUEUE_SIZE", "lots")
     with pytest.raises(UserError, match="STEER_UI_QUEUE_SIZE must be a whole number"):
@@ -49,6 +50,8 @@ def test_limits_from_the_environment(monkeypatch):
     ({"max_new_tokens": 17}, "limit of 16"),
     ({"prompt": "x" * 201}, "limit is 200"),
     ({"coefs": "1, 2, 3"}, "3 steered rows asked; this server's limit is 2"),
+    ({"coefs": "1", "rows": "verbosity=2\nconfidence=3"}, "3 steered rows asked; this server's limit is 2"),
+    ({"rows": "/etc/hosts.gguf=2"}, "no preset vector"),  # no server paths in hosted mode
 ])
 def test_requests_over_a_cap_are_refused_naming_the_limit(hosted, over, message):
     with pytest.raises(gr.Error, match=message):
@@ -59,11 +62,11 @@ def test_requests_over_a_cap_are_refused_naming_the_limit(hosted, over, message)
 def test_other_caps(hosted, tmp_path):
     pairs = "\n".join(json.dumps({"positive": f"p{i}", "negative": f"n{i}"}) for i in range(4))
     with pytest.raises(gr.Error, match="4 pairs; this server's limit is 3"):
-        hosted.compute(pairs, None, "mean_diff", "all", progress=None)
+        hosted.vectors.compute(pairs, None, "mean_diff", "all", progress=None)
     with pytest.raises(gr.Error, match="at most 2 questions"):
-        hosted.sweep("yesno:3", None, "0", 4, "(none)", None, "", "all", "a", progress=None)
+        hosted.sweep.sweep("yesno:3", None, "0", vector="(none)", max_new_tokens=4, browser_id="a", progress=None)
     with pytest.raises(gr.Error, match="this server only loads: smollm2-135m"):
-        hosted.load("Qwen/Qwen3-0.6B", progress=None)
+        hosted.model.load("Qwen/Qwen3-0.6B", progress=None)
     big = tmp_path / "big.npy"
     big.write_bytes(b"\0" * (16 * 2**20 + 1))
     with pytest.raises(gr.Error, match="upload limit of 16 MB"):
@@ -72,13 +75,13 @@ def test_other_caps(hosted, tmp_path):
 
 def test_rate_limit_per_session(hosted):
     """The validator Gradio runs before a request takes a queue slot."""
-    check = hosted.validator_for(hosted.generate)
+    check = rate_validator(hosted.ctx.rate)
     for _ in range(3):
-        assert all(v["is_valid"] for v in check(PROMPT, browser_id="a"))
-    refused = check(PROMPT, browser_id="a")
+        assert all(v["is_valid"] for v in check(prompt=PROMPT, coefs="", browser_id="a"))
+    refused = check(prompt=PROMPT, coefs="", browser_id="a")
     assert not refused[0]["is_valid"] and "rate limit: 3 runs a minute per session" in refused[0]["message"]
-    assert len(refused) == 17 and all(v["is_valid"] for v in refused[1:])  # one per input of generate
-    assert all(v["is_valid"] for v in check(PROMPT, browser_id="b"))  # another session is not affected
+    assert len(refused) == 3 and all(v["is_valid"] for v in refused[1:])  # one per input of the event
+    assert all(v["is_valid"] for v in check(prompt=PROMPT, coefs="", browser_id="b"))  # another session is fine
     limiter = RateLimiter(2)
     limiter.admit("k", now=0)
     limiter.admit("k", now=1)
@@ -88,18 +91,18 @@ def test_rate_limit_per_session(hosted):
 
 
 def test_a_browser_sees_only_its_own_runs(hosted):
-    run_id = gen(hosted, browser="a")[-1][3]["run_id"]
-    assert hosted.open_run(run_id, "a")[3]["run_id"] == run_id
+    run_id = gen(hosted, browser="a")[-1]["result"]["run_id"]
+    assert hosted.history.open_run(run_id, "a")["result"]["run_id"] == run_id
     with pytest.raises(gr.Error, match="no run .* in this session"):
-        hosted.open_run(run_id, "b")
+        hosted.history.open_run(run_id, "b")
 
     class Link:
         query_params = {"run": run_id}
 
-    out = hosted.on_page_load("b", Link())
-    assert "Cannot open the linked run" in out[4] and out[1] == []
-    assert hosted.history("b") == [] and hosted.export_session("b", "jsonl")["value"]
-    (only_b,) = hosted.export_session("b", "jsonl")["value"]
+    out = hosted.history.on_page_load("b", Link())
+    assert "Cannot open the linked run" in out["status"] and out["history"] == []
+    assert hosted.history.history("b") == [] and hosted.history.export_session("b", "jsonl")["value"]
+    (only_b,) = hosted.history.export_session("b", "jsonl")["value"]
     assert open(only_b).read() == ""
 
 
@@ -109,7 +112,8 @@ def test_a_client_over_the_rate_limit_is_refused_before_queueing(bundled, tmp_pa
     from gradio_client import Client
     from gradio_client.exceptions import ValidationError
 
-    from steer_ui.app.layout import build, launch_kwargs, queue_kwargs
+    from steer_ui.app.launch import launch_kwargs, queue_kwargs
+    from steer_ui.app.layout import build
 
     limits = Limits(runs_per_minute=2)
     dash = Dashboard(AppContext(lm=bundled, store=Store(str(tmp_path / "log.sqlite")), files=tmp_path,
@@ -144,7 +148,7 @@ def test_two_clients_steering_at_once_each_get_their_solo_result(app_server, bun
     def call(name: str) -> None:
         out = Client(url, verbose=False).predict(prompt=PROMPT, vector=name, layers=jobs[name][0], coefs="6",
                                                  max_new_tokens=12, api_name="/generate")
-        results[name] = out[3]
+        results[name] = out[3]  # the documented return order: streams, chart, status, result, ...
 
     threads = [threading.Thread(target=call, args=(name,)) for name in jobs]
     for t in threads:
@@ -152,15 +156,14 @@ def test_two_clients_steering_at_once_each_get_their_solo_result(app_server, bun
     for t in threads:
         t.join(300)
     for name, (_, layers) in jobs.items():
-        solo = collect(bundled, RunSettings(PROMPT, vector=load_vector(preset_vector_path(name, "smollm2-135m")),
-                                            layers=layers, coefs=(6.0,), max_new_tokens=12,
-                                            probe=ProbeSettings(None, ("Yes", "No"), 4)))[3]
+        vector = load_vector(preset_vector_path(name, "smollm2-135m"))
+        solo = collect(bundled, RunSettings(PROMPT, rows=steered(vector, (6.0,), layers), max_new_tokens=12))[3]
         assert [r["text"] for r in results[name]["rows"]] == [r.text for r in solo.rows]
     assert results["confidence"]["rows"][1]["text"] != results["verbosity"]["rows"][1]["text"]
 
 
 def test_hosted_launch_settings():
-    from steer_ui.app.layout import build_parser, launch_kwargs, queue_kwargs
+    from steer_ui.app.launch import build_parser, launch_kwargs, queue_kwargs
 
     limits = Limits(upload_mb=8, queue_size=5)
     assert launch_kwargs(limits)["max_file_size"] == "8mb" and "max_file_size" not in launch_kwargs(None)
@@ -183,13 +186,13 @@ def test_out_of_memory_ends_the_run_with_a_message_and_the_next_run_works(hosted
 
     monkeypatch.setattr(model, "forward", flaky)
     final = gen(hosted, max_new_tokens=8)[-1]
-    assert "out of memory" in final[2] and "try fewer tokens" in final[2]
-    assert final[3]["status"] == "error"
-    run = hosted.ctx.store.get_run(final[3]["run_id"])
+    assert "out of memory" in final["status"] and "try fewer tokens" in final["status"]
+    assert final["result"]["status"] == "error"
+    run = hosted.ctx.store.get_run(final["result"]["run_id"])
     assert run.status == "error" and "OutOfMemoryError" in run.error
     assert not hosted.ctx.model_lock.locked() and not hosted.ctx.active
     monkeypatch.setattr(model, "forward", real)
-    assert "finished" in gen(hosted, max_new_tokens=4)[-1][2]
+    assert "finished" in gen(hosted, max_new_tokens=4)[-1]["status"]
 
 
 def test_soak_fifty_generations_keep_memory_and_files_flat(app_server):

@@ -6,7 +6,7 @@ import pytest
 import torch
 from helpers import collect
 
-from steer_ui.engine.run_settings import ProbeSettings, RunSettings
+from steer_ui.engine.run_settings import RunSettings, steered
 from steer_ui.errors import UserError
 from steer_ui.model import loading as models
 from steer_ui.model.known import KNOWN_MODELS, profile_for
@@ -82,8 +82,8 @@ def test_bfloat16_run_on_a_tiny_model(tiny_dirs):
     lm = load_model(str(tiny_dirs["qwen2"]), device="cpu", dtype="bfloat16")
     assert next(lm.model.parameters()).dtype == torch.bfloat16
     from conftest import random_vector
-    done = collect(lm, RunSettings("Is nine prime?", vector=random_vector(lm, [1]), coefs=(0.0, 2.0),
-                                   max_new_tokens=6, probe=ProbeSettings(every=2)))[3]
+    done = collect(lm, RunSettings("Is nine prime?", rows=steered(random_vector(lm, [1]), (0.0, 2.0)),
+                                   max_new_tokens=6, probe_every=2))[3]
     assert done.rows[1].token_ids == done.rows[0].token_ids
     assert len(done.rows[0].token_ids) == 6
 

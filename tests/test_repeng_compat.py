@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import numpy
 import pytest
-from helpers import collect, generate_greedy
+from helpers import collect, generate_greedy, our_hooks
 
-from steer_ui.engine.decode import eos_ids
-from steer_ui.engine.run_settings import ProbeSettings, RunSettings, Scope
+from steer_ui.engine.plan import eos_ids
+from steer_ui.engine.run_settings import RunSettings, steered
+from steer_ui.engine.scope import Scope
 from steer_ui.vectors.files import load_vector
 
 numpy.float_ = numpy.float64  # repeng 0.4 still names the alias NumPy 2 removed
@@ -28,8 +29,8 @@ def test_greedy_tokens_match_repeng_control_model(bundled, tmp_path, coef):
 
     vector = load_vector(path)
     assert vector.layers == LAYERS
-    s = RunSettings("Should I check my answer twice? Answer yes or no.", vector=vector, coefs=(coef,),
-                    scope=Scope("all"), max_new_tokens=20, probe=ProbeSettings(every=4))
+    s = RunSettings("Should I check my answer twice? Answer yes or no.",
+                    rows=steered(vector, (coef,), scope=Scope("all")), max_new_tokens=20, probe_every=4)
     start, _, _, done = collect(bundled, s)
     ours = done.rows[1].token_ids
 
@@ -41,5 +42,5 @@ def test_greedy_tokens_match_repeng_control_model(bundled, tmp_path, coef):
         control.unwrap()
     assert ours == theirs
     assert ours != done.rows[0].token_ids, "the vector must change the output for this to mean anything"
-    assert sum(len(layer._forward_hooks) for layer in bundled.layers) == 0
+    assert our_hooks(bundled) == 0
     assert not any(type(layer).__name__ == "ControlModule" for layer in bundled.layers)

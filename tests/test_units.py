@@ -12,10 +12,12 @@ from steer_ui.engine.decode import _Row
 from steer_ui.engine.detokenize import Detokenizer
 from steer_ui.engine.events import RowInfo
 from steer_ui.engine.probe import build_choices
-from steer_ui.engine.run_settings import RunSettings, Sampling, Scope, parse_layers
+from steer_ui.engine.run_settings import RunSettings, SteeredRow
 from steer_ui.engine.sampling import Sampler
+from steer_ui.engine.scope import Scope
 from steer_ui.errors import UserError
 from steer_ui.vectors.files import load_vector, save_vector
+from steer_ui.vectors.layers import format_layers, parse_layers
 from steer_ui.vectors.vector import SteeringVector
 
 
@@ -30,6 +32,9 @@ def test_parse_layers():
         parse_layers("ten")
     with pytest.raises(UserError, match="backwards"):
         parse_layers("5-3")
+    for layers in ((12, 13, 14, 15), (3, 5, 7), (10, 11, 12, 20), (0,)):
+        assert parse_layers(format_layers(layers)) == layers
+    assert format_layers(None) == "all" and parse_layers(format_layers(None)) is None
 
 
 def test_scope_parse():
@@ -42,13 +47,21 @@ def test_scope_parse():
 
 @pytest.mark.parametrize("field,value,message", [
     ("prompt", "   ", "prompt is empty"),
-    ("coefs", (float("nan"),), "not a finite number"),
-    ("max_new_tokens", 0, "max new tokens"),
+    ("rows", (SteeredRow(SteeringVector({0: torch.ones(4)}), float("nan")),), "not a finite number"),
+    ("max_new_tokens", 0, r"max new tokens must be >= 1, got 0"),
+    ("top_p", 2.0, r"top-p must be in \(0, 1\], got 2.0"),
+    ("top_p", 0.0, r"top-p must be in \(0, 1\], got 0.0"),
+    ("temperature", -1.0, r"temperature must be a finite number >= 0, got -1.0"),
+    ("probe_min_mass", 1.5, r"probe min mass must be in \[0, 1\], got 1.5"),
+    ("cache", "paged", "unknown cache 'paged'"),
+    ("probe_choices", ("Yes",), "two or more non-empty choices"),
+    ("probe_choices", ("Yes", "yes"), "must differ"),
 ])
 def test_settings_reject_bad_values(field, value, message):
-    kwargs = {"prompt": "hi", "vector": SteeringVector({0: torch.ones(4)}), field: value}
+    ok = RunSettings("hi", rows=(SteeredRow(SteeringVector({0: torch.ones(4)}), 2.0),))
+    ok.validate()
     with pytest.raises(UserError, match=message):
-        RunSettings(**kwargs).validate()
+        RunSettings(**{"prompt": "hi", "rows": ok.rows, field: value}).validate()
 
 
 def test_choices_collect_single_token_variants(bundled):
@@ -97,17 +110,17 @@ def test_detokenizer_matches_full_decode_with_multibyte_text(bundled):
 
 def test_sampler_greedy_and_filters():
     logits = torch.tensor([[0.0, 3.0, 1.0, 2.9], [5.0, 0.0, 0.0, 0.0]])
-    assert Sampler(Sampling(), torch.device("cpu"))(logits).tolist() == [1, 0]
-    top1 = Sampler(Sampling(temperature=1.0, top_k=1, seed=1), torch.device("cpu"))
+    assert Sampler(RunSettings("x"), torch.device("cpu"))(logits).tolist() == [1, 0]
+    top1 = Sampler(RunSettings("x", temperature=1.0, top_k=1, seed=1), torch.device("cpu"))
     assert all(top1(logits).tolist() == [1, 0] for _ in range(20))
-    nucleus = Sampler(Sampling(temperature=1.0, top_p=0.5, seed=1), torch.device("cpu"))
+    nucleus = Sampler(RunSettings("x", temperature=1.0, top_p=0.5, seed=1), torch.device("cpu"))
     picks = {nucleus(logits)[0].item() for _ in range(200)}
     assert picks <= {1, 3} and picks == {1, 3}  # 3.0 and 2.9 hold ~0.5 together; nothing else
 
 
 def test_sampler_matches_softmax_frequencies():
     logits = torch.log(torch.tensor([[0.5, 0.3, 0.2]]))
-    sampler = Sampler(Sampling(temperature=1.0, seed=0), torch.device("cpu"))
+    sampler = Sampler(RunSettings("x", temperature=1.0, seed=0), torch.device("cpu"))
     counts = torch.bincount(torch.cat([sampler(logits) for _ in range(4000)]), minlength=3).float() / 4000
     assert torch.allclose(counts, torch.tensor([0.5, 0.3, 0.2]), atol=0.03)
 

@@ -11,10 +11,11 @@ import pytest
 import torch
 
 from steer_ui.errors import UserError
+from steer_ui.vectors import files
 from steer_ui.vectors.contrastive import Pair, compute_vector, direction, last_token_states, read_pairs_jsonl
 from steer_ui.vectors.files import load_vector, save_vector
 from steer_ui.vectors.guidance import layer_stats, logit_lens, relative_dose, suggest_band
-from steer_ui.vectors.presets import build_pairs, load_template, preset_names
+from steer_ui.vectors.presets import build_pairs, load_template, preset_names, resolve_vector
 from steer_ui.vectors.vector import SteeringVector, combine
 
 numpy.float_ = numpy.float64  # repeng 0.4 still names the alias NumPy 2 removed
@@ -185,3 +186,44 @@ def test_pairs_file_errors_name_the_line(tmp_path):
         bad.write_text(text)
         with pytest.raises(UserError, match=message):
             read_pairs_jsonl(bad)
+
+
+def test_vector_bytes_round_trip(tmp_path):
+    """``to_bytes``/``from_bytes`` are the one safetensors writer and reader; a .safetensors file holds those bytes."""
+    vec = SteeringVector({2: torch.randn(8), 5: torch.randn(8)}, model_hint="llama", name="mine",
+                         metadata={"method": "mean_diff"})
+    data = vec.to_bytes()
+    back = SteeringVector.from_bytes(data)
+    assert (back.name, back.model_hint, back.metadata["method"]) == ("mine", "llama", "mean_diff")
+    assert back.layers == [2, 5] and back.content_hash() == vec.content_hash()
+    assert all(torch.equal(back.directions[x], vec.directions[x]) for x in (2, 5))
+    assert SteeringVector.from_bytes(data, name="other.safetensors").name == "other.safetensors"
+    # A .safetensors file holds these bytes (the header's key order is not fixed, so compare what they say).
+    on_disk = SteeringVector.from_bytes(save_vector(vec, tmp_path / "v.safetensors").read_bytes())
+    assert on_disk.content_hash() == vec.content_hash() and on_disk.metadata == back.metadata
+    assert load_vector(tmp_path / "v.safetensors").name == "v.safetensors"  # a file is named by its file
+    # Vectors compare by identity (eq=False): tensors have no single truth value.
+    assert back != vec and [vec] == [vec] and vec in [back, vec]
+    with pytest.raises(UserError, match="not a readable safetensors"):
+        SteeringVector.from_bytes(b"junk" * 10, where="upload")
+
+
+def test_oversized_vector_file_is_refused_before_reading(tmp_path, monkeypatch):
+    path = save_vector(SteeringVector({0: torch.randn(64)}), tmp_path / "v.safetensors")
+    monkeypatch.setattr(files, "MAX_VECTOR_FILE_BYTES", path.stat().st_size - 1)
+    with pytest.raises(UserError, match="too large for a steering vector"):
+        load_vector(path)
+
+
+def test_resolve_vector_names_presets_and_files(tmp_path):
+    preset = resolve_vector("confidence", "smollm2-135m")
+    assert preset.name == "confidence" and preset.hidden_size == 576 and len(preset.layers) == 30
+    assert resolve_vector("confidence", "SmolLM2-135M").content_hash() == preset.content_hash()
+    path = save_vector(SteeringVector({1: torch.randn(8)}, name="x"), tmp_path / "mine.gguf")
+    assert resolve_vector(str(path), "smollm2-135m").layers == [1]
+    with pytest.raises(UserError, match="unknown preset vector 'nope' for smollm2-135m: choose from .*confidence"):
+        resolve_vector("nope", "smollm2-135m")
+    with pytest.raises(UserError, match="no preset vectors ship for some/model"):
+        resolve_vector("confidence", "some/model")
+    with pytest.raises(UserError, match="no such vector file"):
+        resolve_vector(str(tmp_path / "missing.gguf"), "smollm2-135m")

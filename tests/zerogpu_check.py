@@ -70,7 +70,7 @@ def main(out: Path) -> dict:
     from helpers import collect
 
     from steer_ui.engine import worker as gpu
-    from steer_ui.engine.run_settings import ProbeSettings, RunSettings
+    from steer_ui.engine.run_settings import RunSettings, steered
     from steer_ui.model.loading import load_model
     from steer_ui.vectors.files import load_vector
     from steer_ui.vectors.presets import preset_vector_path
@@ -85,9 +85,8 @@ def main(out: Path) -> dict:
     # 1. A run decoded in the worker, logged here, equals the same run decoded in this process.
     result = client.predict(prompt=prompt, vector="confidence", layers="16-19", coefs="6", max_new_tokens=12,
                             api_name="/generate")[3]
-    settings = RunSettings(prompt, vector=load_vector(preset_vector_path("confidence", "smollm2-135m")),
-                           layers=(16, 17, 18, 19), coefs=(6.0,), max_new_tokens=12,
-                           probe=ProbeSettings(None, ("Yes", "No"), 4))
+    vector = load_vector(preset_vector_path("confidence", "smollm2-135m"))
+    settings = RunSettings(prompt, rows=steered(vector, (6.0,), (16, 17, 18, 19)), max_new_tokens=12)
     _, _, probes, done = collect(lm, settings)
     seen["texts_match"] = [r["text"] for r in result["rows"]] == [r.text for r in done.rows]
     seen["logodds_gap"] = max(abs(a - p.logodds) for row in result["rows"]
@@ -123,7 +122,8 @@ def main(out: Path) -> dict:
     again = client.predict(prompt=prompt, max_new_tokens=4, api_name="/generate")[3]
     seen["after_stop"] = again["status"]
     pairs = "\n".join(json.dumps({"positive": f"I am sure {i}.", "negative": f"I am unsure {i}."}) for i in range(4))
-    vector_out = client.predict(pairs_text=pairs, pairs_file=None, method="mean_diff", layers="10-12", api_name="/compute_vector")
+    vector_out = client.predict(pairs_text=pairs, pairs_file=None, method="mean_diff", layers="10-12",
+                                api_name="/compute_vector")
     seen["computed_band"] = vector_out[-1]
     try:
         client.predict(model="HuggingFaceTB/SmolLM2-360M-Instruct", api_name="/load_model")
