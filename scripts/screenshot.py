@@ -1,4 +1,4 @@
-"""Regenerate the README's screenshot: the dashboard on the bundled model, the first example run to the end.
+"""Regenerate the README's screenshot: the dashboard on the bundled model, the three-vector example run to the end.
 
     python scripts/screenshot.py assets/screenshot.png
 
@@ -29,8 +29,8 @@ def main(out: str) -> None:
             browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=["--no-sandbox", "--disable-gpu"])
             page = browser.new_page(viewport={"width": 1440, "height": 1000})
             page.goto("http://127.0.0.1:7869/")
-            page.get_by_text("Is 91 a prime number? Think it through").first.click()  # the first example
-            expect(page.get_by_label("Layers")).not_to_have_value("", timeout=15_000)
+            page.get_by_text("Is 17 x 23 greater than 400?").first.click()  # the example with three vectors
+            expect(page.get_by_label("Layers", exact=True)).not_to_have_value("", timeout=15_000)
             page.get_by_role("button", name="Generate", exact=True).click()
             expect(page.get_by_text(re.compile(r"^finished:"))).to_be_visible(timeout=300_000)
             page.evaluate("() => window.scrollTo(0, 0)")

@@ -168,3 +168,28 @@ def test_bad_vector_files_are_clear_errors(tmp_path):
     w.close()
     with pytest.raises(UserError, match="architecture is 'llama'"):
         load_vector(model_gguf)
+
+
+def test_side_by_side_printer_fits_long_row_labels(monkeypatch):
+    """Mixed runs have long labels: the outcome moves to a second header line and the probe table's
+    columns widen to their labels, so nothing is cut."""
+    import io
+
+    from steer_ui.cli.printer import SideBySidePrinter
+    from steer_ui.engine.events import DoneEvent, ProbeEvent, RowResult, StartEvent, Timing
+
+    monkeypatch.setenv("COLUMNS", "90")  # three columns of 28
+    labels = ["baseline", "reconsideration +4 @15-18", "confidence -3 @16-19"]
+    out, err = io.StringIO(), io.StringIO()
+    printer = SideBySidePrinter(out, err)
+    printer(StartEvent("m", [1], "p", [RowInfo(i, label, 0.0) for i, label in enumerate(labels)], [15, 16, 17, 19],
+                       "all", [], [], 4))
+    for i in range(3):
+        printer(ProbeEvent(i, 0, -1.25 * i, 0.5, {}, True))
+    printer(DoneEvent([RowResult(i, label, 0.0, [5, 6], "Yes.", "eos") for i, label in enumerate(labels)],
+                      Timing(0, 0, 0, 2)))
+    lines = out.getvalue().splitlines()
+    assert all(label in lines[0] for label in labels) and lines[1].count("(eos, 2 tok)") == 3
+    table = lines[lines.index(next(x for x in lines if x.startswith("step"))):]
+    assert all(label in table[0] for label in labels) and "-2.50" in table[1]
+    assert "layers 15-17,19" in err.getvalue()

@@ -44,9 +44,9 @@ EXAMPLES: list[dict[str, Any]] = [
     {"prompt": "A bat and a ball cost $1.10 in total. The bat costs $1.00 more than the ball. Does the ball cost "
                "10 cents? Answer Yes or No, then explain.",
      "vector": "confidence", "coefs": "6, -6", "rows": "", "scope": "all", "max_new_tokens": 80},
-    {"prompt": "Is 17 x 23 greater than 400? Work it out, then say Yes or No.",
-     "vector": "reconsideration", "coefs": "4", "rows": "confidence=-6@16-19\nverbosity=6@16-19",
-     "scope": "generated", "max_new_tokens": 96},
+    {"prompt": "Is 17 x 23 greater than 400? Work it out, then answer Yes or No.",
+     "vector": "reconsideration", "coefs": "4", "rows": "confidence=-3@16-19\nverbosity=3@16-19",
+     "scope": "generated", "max_new_tokens": 48},
     {"prompt": "Is the Great Wall of China visible from the Moon with the naked eye? Answer Yes or No.",
      "vector": "confidence", "coefs": "6, -6", "rows": "", "scope": "all", "max_new_tokens": 64},
 ]

@@ -8,6 +8,7 @@ import textwrap
 from typing import TextIO
 
 from steer_ui.engine.events import DoneEvent, Event, ProbeEvent, StartEvent, TokenEvent
+from steer_ui.vectors.layers import format_layers
 
 
 class JsonlPrinter:
@@ -59,7 +60,7 @@ class SideBySidePrinter:
     def _on_start(self, ev: StartEvent) -> None:
         self.start = ev
         rows = ", ".join(r.label for r in ev.rows)
-        layers = f"layers {ev.layers[0]}-{ev.layers[-1]}" if ev.layers else "no steering"
+        layers = f"layers {format_layers(ev.layers)}" if ev.layers else "no steering"
         self.err.write(f"{ev.model} | {len(ev.prompt_ids)} prompt tokens | rows: {rows} | {layers} | "
                        f"scope {ev.scope} | probe every {ev.probe_every or 'off'}\n")
         for w in ev.warnings:
@@ -69,11 +70,15 @@ class SideBySidePrinter:
     def _on_done(self, ev: DoneEvent) -> None:
         width = shutil.get_terminal_size((120, 24)).columns
         col = max(20, (width - 3 * (len(ev.rows) - 1)) // len(ev.rows))
-        heads = [f"{r.label} ({r.finish_reason}, {len(r.token_ids)} tok)" for r in ev.rows]
+        ends = [f"({r.finish_reason}, {len(r.token_ids)} tok)" for r in ev.rows]
+        heads = [[f"{r.label} {end}"] for r, end in zip(ev.rows, ends)]
+        if any(len(h[0]) > col for h in heads):  # long labels (mixed rows): the outcome on a line of its own
+            heads = [[r.label, end] for r, end in zip(ev.rows, ends)]
         columns = [_wrap(r.text, col) for r in ev.rows]
         height = max(len(c) for c in columns)
         w = self.out.write
-        w(" | ".join(h[:col].ljust(col) for h in heads).rstrip() + "\n")
+        for line in zip(*heads):
+            w(" | ".join(h[:col].ljust(col) for h in line).rstrip() + "\n")
         w("-+-".join("-" * col for _ in ev.rows) + "\n")
         for i in range(height):
             w(" | ".join((c[i] if i < len(c) else "").ljust(col) for c in columns).rstrip() + "\n")
@@ -99,12 +104,13 @@ class SideBySidePrinter:
         by = {(p.row, p.step): p for ps in self.probes.values() for p in ps}
         w = self.out.write
         w("\nprobe log-odds logp(first) - logp(second); '?' = unreliable (little mass on the choices)\n")
-        w("step  " + "".join(f"{r.label[:12]:>14}" for r in ev.rows) + "\n")
+        widths = [max(14, len(r.label) + 2) for r in ev.rows]  # a column fits its row's label
+        w("step  " + "".join(f"{r.label:>{n}}" for r, n in zip(ev.rows, widths)) + "\n")
         for s in shown:
             cells = []
-            for r in ev.rows:
+            for r, n in zip(ev.rows, widths):
                 p = by.get((r.row, s))
-                cells.append(" " * 14 if p is None else f"{p.logodds:+13.2f}{'' if p.reliable else '?'}".rjust(14))
+                cells.append(" " * n if p is None else f"{p.logodds:+{n - 1}.2f}{'' if p.reliable else '?'}".rjust(n))
             w(f"{s:>4}  " + "".join(cells) + "\n")
 
 
@@ -156,6 +162,4 @@ def print_vector_report(out: TextIO, vector, lm=None) -> None:
 
 
 def _span_text(layers: list[int]) -> str:
-    if layers == list(range(layers[0], layers[-1] + 1)):
-        return f"{layers[0]}-{layers[-1]}"
-    return ",".join(map(str, layers))
+    return format_layers(layers)
