@@ -15,8 +15,8 @@ import shutil
 import socket
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -46,7 +46,7 @@ class LoadedModel:
     dtype: torch.dtype
     load_s: float
     source: str  # where the weights came from: a path, a hub id, or the conversion cache
-    step_forward: Callable | None = None  # torch.compile'd forward for decode steps (compile_model)
+    fast: Any = None  # steer_ui.engine.fast_path.FastPath, when compiled steps are attached
 
     @property
     def n_layers(self) -> int:
@@ -256,20 +256,9 @@ def load_model(spec: str = BUNDLED_ALIAS, device: str = "auto", dtype: str = "au
         model.to(dev)
     model.eval()
     model.requires_grad_(False)
-    cpu_matmul.use_where_wanted(model, dev, dt)
+    cpu_matmul.use_where_wanted(model, dev, dt, cache_dir or default_cache_dir())
     layers = find_layers(model)
     cfg = model.config.get_text_config()
     profile = profile_for(spec, len(layers), int(cfg.hidden_size), set(tokenizer.get_vocab()))
     return LoadedModel(model=model, tokenizer=tokenizer, model_id=spec, profile=profile, layers=layers,
                        device=dev, dtype=dt, load_s=time.perf_counter() - start, source=source)
-
-
-def compile_model(lm: LoadedModel, backend: str = "inductor") -> None:
-    """Compile the forward used for decode steps; runs on ``lm`` then keep a static cache.
-
-    Only steps are compiled: prompts vary in length and would recompile every run. A growing cache
-    would change shape every step, so compiled runs use the static one, its length rounded up to a
-    multiple of 256 to keep the number of compiled shapes small. The first run of each shape pays the
-    compilation (about 3 minutes for the bundled model on 2 CPU cores).
-    """
-    lm.step_forward = torch.compile(lm.model.forward, backend=backend)
