@@ -45,7 +45,7 @@ def add_everywhere(lm: LoadedModel, directions: dict[int, torch.Tensor], coef: f
 def full_forward_reading(lm: LoadedModel, ids: list[int], choices: list[dict]) -> tuple[float, float, dict]:
     """Log-odds, mass and per-choice log-probs from one uncached forward over ``ids``."""
     with torch.no_grad():
-        logits = lm.model(input_ids=torch.tensor([ids]), use_cache=False).logits[0, -1].float()
+        logits = lm.model(input_ids=torch.tensor([ids], device=lm.input_device), use_cache=False).logits[0, -1].float()
     logp = torch.log_softmax(logits, dim=-1)
     per = {c["label"]: torch.logsumexp(logp[c["token_ids"]], dim=0).item() for c in choices}
     labels = [c["label"] for c in choices]

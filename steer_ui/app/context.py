@@ -34,12 +34,24 @@ class AppContext:
     limits: Limits | None = None  # hosted mode: caps, rate limit, model allow-list (None: a local install)
     startup_model: str = ""
     rate: RateLimiter | None = None
+    compile_on_cpu: bool = False  # --compile: compiled steps on CPU too (a CUDA GPU has them unless eager)
+    eager: bool = False  # --eager: no compiled steps at all
 
     def __post_init__(self) -> None:
         if self.limits is not None:
             self.any_run_link = False  # hosted: a browser opens only its own runs
             self.rate = self.rate or RateLimiter(self.limits.runs_per_minute)
         self.startup_model = self.startup_model or self.lm.model_id
+
+    def prepare(self, lm: LoadedModel) -> None:
+        """Compiled steps for a newly loaded model, where there are any, warming in the background."""
+        if self.eager:
+            return
+        from steer_ui.engine.fast_path import attach, common_shapes
+
+        fast = attach(lm, compile_on_cpu=self.compile_on_cpu)
+        if fast is not None:
+            fast.warm_in_background(common_shapes(lm))
 
     @property
     def hosted(self) -> bool:

@@ -39,25 +39,31 @@ def build_parser() -> argparse.ArgumentParser:
                         "browser (also $STEER_UI_HOSTED=1; caps from $STEER_UI_MAX_NEW_TOKENS etc.)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
     p.add_argument("--dtype", default="auto", help="auto | float32 | bfloat16 | float16")
+    p.add_argument("--eager", action="store_true",
+                   help="no compiled steps at all, even on a GPU (by default a CUDA GPU gets CUDA graphs, warmed in "
+                        "the background; runs decode eagerly until their shape is ready)")
     p.add_argument("--compile", action="store_true",
-                   help="torch.compile the decode steps (static cache; the first run of each shape compiles: "
+                   help="on CPU, also compile the decode steps (inductor; each shape compiles in the background: "
                         "~3 minutes for the bundled model on 2 CPU cores)")
     return p
 
 
-def create_app(model: str = BUNDLED_ALIAS, db: str | None = None, device: str = "auto",
-               dtype: str = "auto", limits: Limits | None = None, compile: bool = False) -> tuple[gr.Blocks, Dashboard]:
-    """Load the model, open the log and build the app (UserError on bad arguments)."""
+def create_app(model: str = BUNDLED_ALIAS, db: str | None = None, device: str = "auto", dtype: str = "auto",
+               limits: Limits | None = None, compile: bool = False, eager: bool = False
+               ) -> tuple[gr.Blocks, Dashboard]:
+    """Load the model, open the log and build the app (UserError on bad arguments). Compiled steps, where
+    there are any, warm in the background: runs decode eagerly until their shape is ready."""
     from steer_ui.log.store import Store
-    from steer_ui.model.loading import compile_model, load_model
+    from steer_ui.model.loading import load_model
 
     store = Store(db)  # a bad --db fails before the model loads
     device = worker.startup_device(device)
     lm = load_model(model, device=device, dtype=dtype)
-    if compile:
-        compile_model(lm)
     worker.attach(lm)
-    dash = Dashboard(AppContext(lm=lm, store=store, device=device, dtype=dtype, limits=limits))
+    ctx = AppContext(lm=lm, store=store, device=device, dtype=dtype, limits=limits, compile_on_cpu=compile,
+                     eager=eager or worker.ACTIVE)  # ZeroGPU forks a worker per run: no long-lived graphs there
+    ctx.prepare(lm)
+    dash = Dashboard(ctx)
     gr.set_static_paths(widgets.static_paths())
     return build(dash), dash
 
@@ -92,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         auth = parse_auth(args.auth)  # a malformed --auth fails before the model loads
         limits = Limits.from_env() if args.hosted else None
-        demo, dash = create_app(args.model, args.db, args.device, args.dtype, limits, args.compile)
+        demo, dash = create_app(args.model, args.db, args.device, args.dtype, limits, args.compile, args.eager)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

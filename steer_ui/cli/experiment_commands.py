@@ -7,7 +7,8 @@ import json
 import sys
 from pathlib import Path
 
-from steer_ui.cli.options import COMPILE_HELP, add_db, add_knobs, add_model, form_from_args, progress_bar
+from steer_ui.cli.options import (COMPILE_HELP, add_db, add_knobs, add_model, attach_fast_path, form_from_args,
+                                  progress_bar)
 from steer_ui.cli.run_commands import open_store
 from steer_ui.engine.knobs import KNOBS
 from steer_ui.errors import UserError
@@ -69,15 +70,14 @@ def sweep_config(args: argparse.Namespace):
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     from steer_ui.experiments.sweep import run_sweep, summary_table
-    from steer_ui.model.loading import compile_model, load_model
+    from steer_ui.model.loading import load_model
 
     config = sweep_config(args)
     config.validate()
     store = None if args.no_log else open_store(args.db)
     print(f"loading {args.model} ...", file=sys.stderr, flush=True)
     lm = load_model(args.model, device=args.device, dtype=args.dtype)
-    if args.compile:
-        compile_model(lm)
+    attach_fast_path(lm, args.compile, getattr(args, "eager", False))
     if config.vector is not None:
         config.vector.check_against(lm.n_layers, lm.hidden_size, config.layers)
     with progress_bar(f"{len(config.questions)} questions x {len(config.coefs)} coefs", unit="run") as progress:

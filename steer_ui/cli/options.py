@@ -18,8 +18,8 @@ from typing import Any
 from steer_ui.engine.knobs import KNOBS, Knob
 from steer_ui.model.known import BUNDLED_ALIAS
 
-COMPILE_HELP = ("torch.compile the decode steps (uses the static cache; the first run of each shape compiles: "
-                "~3 minutes for the bundled model on 2 CPU cores; for long runs and sweeps)")
+COMPILE_HELP = ("on CPU, also compile the decode steps (inductor; each new shape compiles first, minutes on 2 cores); "
+                "on a CUDA GPU compiled steps (CUDA graphs) are the default and --eager turns them off")
 
 
 def add_knobs(p: argparse.ArgumentParser, names: Iterable[str] | None = None,
@@ -105,3 +105,15 @@ def progress_bar(desc: str, unit: str = "text") -> Iterator[Callable[[int, int],
         yield update
     finally:
         bar.close()
+
+
+def attach_fast_path(lm, compile_on_cpu: bool, eager: bool) -> None:
+    """Compiled steps for this process's runs (CUDA: by default; CPU: --compile). A shape a run needs is
+    compiled when it first comes up, with a line on stderr, then loaded from the on-disk cache."""
+    if eager:
+        return
+    from steer_ui.engine.fast_path import attach
+
+    fast = attach(lm, compile_on_cpu=compile_on_cpu)
+    if fast is not None:
+        fast.on_demand = lambda message: print(message, file=sys.stderr, flush=True)

@@ -7,7 +7,7 @@ import signal
 import sys
 import threading
 
-from steer_ui.cli.options import COMPILE_HELP, add_db, add_knobs, add_model, form_from_args
+from steer_ui.cli.options import COMPILE_HELP, add_db, add_knobs, add_model, attach_fast_path, form_from_args
 
 
 def add(sub: argparse._SubParsersAction) -> None:
@@ -42,15 +42,14 @@ def settings_from_args(args: argparse.Namespace):
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from steer_ui.model.loading import compile_model, load_model
+    from steer_ui.model.loading import load_model
 
     settings = settings_from_args(args)
     store = None if args.no_log else open_store(args.db)  # a bad --db fails before the model loads
     if not args.jsonl:
         print(f"loading {args.model} ...", file=sys.stderr, flush=True)
     lm = load_model(args.model, device=args.device, dtype=args.dtype)
-    if args.compile:
-        compile_model(lm)
+    attach_fast_path(lm, args.compile, getattr(args, "eager", False))
     if not args.jsonl:
         from steer_ui.vectors.guidance import dose_lines
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 
 import torch
@@ -84,13 +84,17 @@ def decode(lm: LoadedModel, plan: RunPlan, cancel: threading.Event | None = None
     )
     rows = [_Row(info, Detokenizer(lm.tokenizer), plan.starts_thinking) for info in plan.rows]
     coefs = torch.tensor(plan.coefs, dtype=torch.float32, device=lm.input_device)
-    steerer = Steerer(lm.layers, plan.directions, lm.dtype) if plan.directions else None
     sampler = Sampler(settings, lm.input_device)
     pad = min(plan.eos_ids) if plan.eos_ids else 0
+    session = _fast_session(lm, plan)
+    if session is not None:
+        steerer = session.steering(plan.directions)
+    else:
+        steerer = Steerer(lm.layers, plan.directions, lm.dtype) if plan.directions else None
     steps = 0
     start = time.perf_counter()
-    with steerer or nullcontext():
-        forward = Forward(lm, steerer, coefs, plan.cache, plan.max_len)
+    with _closing(session), steerer or nullcontext():
+        forward = Forward(lm, steerer, coefs, plan.cache, plan.max_len, session, pad)
         # Prefill: the prompt (plus the suffix for the step-0 probe) for every row.
         suffix = _suffix_for(spec, plan.starts_thinking) if spec else ()
         masks = [[_steers(sc, sc and sc.steers_prompt_position(p, n_prompt)) for p in range(n_prompt)]
@@ -124,7 +128,8 @@ def decode(lm: LoadedModel, plan: RunPlan, cancel: threading.Event | None = None
                     for r, sc in zip(rows, scopes)]
             if probe_due:
                 suffixes = [_suffix_for(spec, r.thinking) for r in rows]
-                width = max(len(x) for x in suffixes)
+                # Compiled probe steps have one shape: every row carries the longest suffix there is.
+                width = plan.probe_width if session is not None else max(len(x) for x in suffixes)
                 ids = [[f, *x] + [pad] * (width - len(x)) for f, x in zip(feed, suffixes)]
                 masks = [[m] + [_steers(sc, sc and sc.steers_probe_suffix)] * width for m, sc in zip(mask, scopes)]
                 logits = forward(ids, masks, [[0, len(x)] for x in suffixes], width)
@@ -145,8 +150,26 @@ def decode(lm: LoadedModel, plan: RunPlan, cancel: threading.Event | None = None
         rows=[RowResult(r.info.row, r.info.label, r.info.coef, r.token_ids, "".join(r.text), r.finish)
               for r in rows],
         timing=Timing(load_s=lm.load_s, prefill_s=prefill_s, decode_s=time.perf_counter() - start - prefill_s,
-                      steps=steps),
+                      steps=steps, compiled=session is not None),
     )
+
+
+def _fast_session(lm: LoadedModel, plan: RunPlan):
+    """A session on the model's fast path when one is attached, the run may use it, and its shape is warm."""
+    fast = getattr(lm, "fast", None)
+    if fast is None or plan.settings.eager:
+        return None
+    return fast.open(fast.shape(len(plan.rows), plan.max_len, plan.probe_width))
+
+
+@contextmanager
+def _closing(session) -> Iterator[None]:
+    """Give the fast path back however the run ends (finished, failed, or abandoned by its consumer)."""
+    try:
+        yield
+    finally:
+        if session is not None:
+            session.close()
 
 
 def _steers(scope, yes: bool | None) -> float:

@@ -106,6 +106,7 @@ class Timing:
     prefill_s: float
     decode_s: float
     steps: int
+    compiled: bool = False  # the steps ran on the fast path (compiled; CUDA graphs on a GPU)
 
 
 @dataclass(frozen=True)

@@ -1,13 +1,15 @@
 """One model call on a run's KV cache, with that call's steering scale, and the probe's suffix cut off after.
 
 The decode loop makes every model call through a ``Forward``; so does the benchmark's probe-cost case.
+On the fast path (``fast_path.FastSession``) the call goes to the compiled steps on the fast path's
+thread, with the rows padded to the session's bucket (the padding rows feed a pad token, get no
+steering, and are dropped from the logits).
 """
 
 from __future__ import annotations
 
 import torch
 
-from steer_ui.engine.hooks import Steerer
 from steer_ui.engine.kv_cache import crop as crop_cache
 from steer_ui.engine.kv_cache import new_cache
 from steer_ui.errors import UserError
@@ -18,38 +20,59 @@ class Forward:
     """Calls the model on the shared cache; ``mask`` (rows x positions) times each row's coefficient is
     the steering scale of this call."""
 
-    def __init__(self, lm: LoadedModel, steerer: Steerer | None, coefs: torch.Tensor, cache: str = "dynamic",
-                 max_len: int = 0):
+    def __init__(self, lm: LoadedModel, steerer, coefs: torch.Tensor, cache: str = "dynamic", max_len: int = 0,
+                 session=None, pad: int = 0):
         self.lm, self.steerer, self.coefs = lm, steerer, coefs
-        self.cache = new_cache(lm.model.config, cache, max_len)
+        self.session, self.pad = session, pad
+        self.cache = session.cache if session is not None else new_cache(lm.model.config, cache, max_len)
         self.device = lm.input_device
-        self.stepping = False
 
     @torch.inference_mode()  # here, not around the loop: the loop yields, and grad mode is thread state
     def __call__(self, ids: list[list[int]], mask: list[list[float]], keep: list[list[int]] | int,
                  crop: int) -> torch.Tensor:
         """Logits at ``keep`` (per row: positions; or the last ``keep`` positions); then forget ``crop``
         positions of the cache."""
+        rows = len(ids)
+        if self.session is not None:
+            ids, mask, keep = self._padded(ids, mask, keep)
         if self.steerer is not None:
-            any_steered = any(any(m) for m in mask)
-            self.steerer.scale = ((self.coefs[:, None] * torch.tensor(mask, device=self.device)).to(self.lm.dtype)
+            coefs = self.coefs if self.session is None else _pad_to(self.coefs, len(ids))
+            any_steered = self.session is not None or any(any(m) for m in mask)
+            self.steerer.scale = ((coefs[:, None] * torch.tensor(mask, device=self.device)).to(self.lm.dtype)
                                   if any_steered else None)
-        keep_arg = keep if isinstance(keep, int) else torch.tensor(keep, device=self.device)
-        compiled = self.lm.step_forward is not None and self.stepping
-        self.stepping = True  # every call after the prefill is a decode step
-        out = (self._compiled_step if compiled else self.lm.model)(
-            input_ids=torch.tensor(ids, device=self.device), past_key_values=self.cache, use_cache=True,
-            logits_to_keep=keep_arg)
-        if self.steerer is not None:
-            self.steerer.scale = None
+        inputs = {"input_ids": torch.tensor(ids, device=self.device), "past_key_values": self.cache,
+                  "use_cache": True, "logits_to_keep": keep if isinstance(keep, int) else
+                  torch.tensor(keep, device=self.device)}
+        if self.session is not None:
+            out = self._compiled(inputs)
+        else:
+            try:
+                out = self.lm.model(**inputs)
+            finally:
+                if self.steerer is not None:
+                    self.steerer.scale = None
         if crop:
             crop_cache(self.cache, crop)
-        return out.logits
+        return out.logits[:rows]
 
-    def _compiled_step(self, **inputs):
+    def _compiled(self, inputs: dict):
         try:
-            return self.lm.step_forward(**inputs)
+            return self.session(**inputs)
         except (torch._dynamo.exc.TorchDynamoException, torch._inductor.exc.InductorError) as err:
             cause = getattr(err, "inner_exception", None) or err.__cause__ or err  # dynamo wraps the real error
             first = str(cause).strip().splitlines()[0][:300] if str(cause).strip() else ""
-            raise UserError(f"torch.compile failed ({type(cause).__name__}: {first}); run without --compile") from None
+            raise UserError(f"torch.compile failed ({type(cause).__name__}: {first}); run with --eager") from None
+
+    def _padded(self, ids: list[list[int]], mask: list[list[float]], keep: list[list[int]] | int):
+        """Rows up to the session's bucket: a pad token, no steering, the same positions kept."""
+        extra = self.session.shape.rows - len(ids)
+        width = len(ids[0])
+        ids = ids + [[self.pad] * width] * extra
+        mask = mask + [[0.0] * width] * extra
+        if not isinstance(keep, int):
+            keep = keep + [keep[0]] * extra
+        return ids, mask, keep
+
+
+def _pad_to(coefs: torch.Tensor, rows: int) -> torch.Tensor:
+    return torch.cat([coefs, coefs.new_zeros(rows - coefs.shape[0])]) if rows > coefs.shape[0] else coefs

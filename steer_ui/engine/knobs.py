@@ -235,8 +235,11 @@ KNOBS: tuple[Knob, ...] = (
          hosted_cap=("max_new_tokens", 512)),
     Knob("ignore_eos", False, "Keep generating past end-of-sequence", "every row runs to max new tokens "
          "(fixed-length comparisons, benchmarks)", kind="bool", flag_sets=True),
-    Knob("cache", "dynamic", "KV cache", "dynamic (grows per token) or static (preallocated for the run; no "
-         "per-step copies; --compile always uses it)", kind="choice", choices=("dynamic", "static")),
+    Knob("eager", False, "Decode eagerly (no compiled steps)", "decode eagerly even where compiled steps (CUDA "
+         "graphs) are ready: for comparisons and debugging", kind="bool", flag_sets=True),
+    Knob("cache", "dynamic", "KV cache", "eager runs' KV cache: dynamic (grows per token) or static "
+         "(preallocated for the run; no per-step copies); compiled steps always use a static one", kind="choice",
+         choices=("dynamic", "static")),
     Knob("temperature", 0.0, "Temperature (0 = greedy)", "0 = greedy", kind="float", lo=0, ui_max=2, step=0.05),
     Knob("top_p", 1.0, "Top-p", "nucleus sampling: keep the likeliest tokens up to this probability",
          kind="float", lo=0, lo_open=True, hi=1, step=0.05),

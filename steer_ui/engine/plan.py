@@ -20,9 +20,6 @@ from steer_ui.errors import UserError
 from steer_ui.model.loading import LoadedModel
 from steer_ui.vectors.layers import format_layers
 
-STATIC_CACHE_ROUNDING = 256  # compiled runs round their cache length up to this: fewer shapes to compile
-
-
 @dataclass(frozen=True)
 class RunPlan:
     """A validated run: token ids, rows, steering and probe, ready to decode.
@@ -44,6 +41,7 @@ class RunPlan:
     starts_thinking: bool  # the rendered prompt leaves a <think> block open
     cache: str  # "dynamic" or "static"
     max_len: int  # the most positions the cache ever holds: prompt + new tokens + the longest suffix
+    probe_width: int  # the longest suffix (0 without a probe): compiled probe steps all carry this many
     warnings: list[str] = field(default_factory=list)
 
 
@@ -85,20 +83,18 @@ def plan_run(lm: LoadedModel, settings: RunSettings) -> RunPlan:
     if limit and len(ids) + settings.max_new_tokens + longest_suffix > limit:
         raise UserError(f"prompt ({len(ids)} tokens) + max new tokens ({settings.max_new_tokens}) exceeds "
                         f"the model's context of {limit} tokens")
-    cache = "static" if lm.step_forward is not None else settings.cache  # compiled steps need fixed shapes
-    if cache == "static":
+    if settings.cache == "static":
         check_static_cache(lm.model.config, lm.model_id)
     profile = lm.profile
     starts_thinking = bool(profile.has_thinking and text.rfind(profile.think_open) > text.rfind(profile.think_close))
     max_len = len(ids) + settings.max_new_tokens + longest_suffix
-    if lm.step_forward is not None:
-        max_len = -(-max_len // STATIC_CACHE_ROUNDING) * STATIC_CACHE_ROUNDING
     layers = sorted({x for chosen in row_layers for x in chosen})
     return RunPlan(
         settings=settings, prompt_ids=ids, prompt_text=text, rows=row_infos(settings.rows, row_layers),
         coefs=[0.0] + [r.coef for r in settings.rows], scopes=[None] + [r.scope for r in settings.rows],
         layers=layers, directions=_directions(settings.rows, row_layers, layers, lm.hidden_size), probe=probe,
-        eos_ids=eos_ids(lm), starts_thinking=starts_thinking, cache=cache, max_len=max_len, warnings=warnings)
+        eos_ids=eos_ids(lm), starts_thinking=starts_thinking, cache=settings.cache, max_len=max_len,
+        probe_width=longest_suffix, warnings=warnings)
 
 
 def _check_row(lm: LoadedModel, number: int, row: SteeredRow, name_it: bool) -> list[int]:

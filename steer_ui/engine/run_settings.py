@@ -55,6 +55,7 @@ class RunSettings:
     rows: tuple[SteeredRow, ...] = ()
     max_new_tokens: int = default("max_new_tokens")
     ignore_eos: bool = default("ignore_eos")
+    eager: bool = default("eager")
     cache: str = default("cache")
     temperature: float = default("temperature")
     top_p: float = default("top_p")
