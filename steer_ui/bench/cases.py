@@ -65,16 +65,19 @@ def _timed(lm: LoadedModel, fn: Callable[[], object], repeats: int, result: Resu
 
 
 def _timed_round_robin(lm: LoadedModel, fns: dict[str, Callable[[], object]], repeats: int,
-                       results: dict[str, Result]) -> None:
+                       results: dict[str, Result]) -> dict[str, float]:
     """Time every case once per round, ``repeats`` rounds: a machine that slows down for a while
-    (shared cores) slows every case alike instead of skewing the ratios between them."""
+    (shared cores) slows every case alike instead of skewing the ratios between them. Returns each
+    case's first (warm-up) call in seconds: for a case that compiles on its first call, its warm-up."""
+    first = {}
     for key, fn in fns.items():
         print(f"  warm-up {key}: {results[key].label}", file=sys.stderr, flush=True)
-        fn()
+        first[key] = _time_once(lm, fn)
     for round_ in range(repeats):
         print(f"  round {round_ + 1} of {repeats}", file=sys.stderr, flush=True)
         for key, fn in fns.items():
             results[key].seconds.append(_time_once(lm, fn))
+    return first
 
 
 def _engine(lm: LoadedModel, settings: RunSettings) -> None:
@@ -82,10 +85,13 @@ def _engine(lm: LoadedModel, settings: RunSettings) -> None:
         pass
 
 
-def _generate(lm: LoadedModel, ids: list[int], n: int) -> list[int]:
+def _generate(lm: LoadedModel, ids: list[int], n: int, static: bool = False) -> list[int]:
+    """One plain stream through transformers' ``generate``; ``static``: its static cache, which it compiles
+    (CUDA graphs on a GPU), the fastest a user of transformers gets for one stream."""
+    extra = {"cache_implementation": "static"} if static else {}
     with torch.inference_mode():
         out = lm.model.generate(torch.tensor([ids], device=lm.input_device), max_new_tokens=n, min_new_tokens=n,
-                                do_sample=False, pad_token_id=lm.tokenizer.pad_token_id or 0)
+                                do_sample=False, pad_token_id=lm.tokenizer.pad_token_id or 0, **extra)
     return out[0, len(ids):].tolist()
 
 
@@ -158,31 +164,58 @@ def _load_times(spec: str, device: str, dtype: str) -> dict:
     return {"load_cold_s": cold, "load_cached_s": warm}
 
 
-CASES = {"1": ("model.generate, 1 stream", 1), "2": ("engine, baseline only", 1),
-         "3": ("engine, baseline + 1 steered", 2), "4": ("as 3, probe every token", 2),
-         "5": ("as 3, probe every 4 tokens", 2), "6": ("2x generate + hooks, re-run probe every 4", 2)}
+CASES = {"1": ("model.generate, 1 stream", 1), "1s": ("model.generate, static cache (compiled by transformers)", 1),
+         "2": ("engine, baseline only", 1), "3": ("engine, baseline + 1 steered", 2),
+         "4": ("as 3, probe every token", 2), "4e": ("as 4, eager", 2), "5": ("as 3, probe every 4 tokens", 2),
+         "6": ("2x generate + hooks, re-run probe every 4", 2)}
+FAST_PATH_ONLY = ("4e",)  # cases that only make sense next to compiled engine steps
+GPU_ONLY = ("1s",)  # transformers compiles a static-cache generate: minutes on CPU, a reference on a GPU
 
 
-def case_functions(lm: LoadedModel, n: int, cache: str = "dynamic") -> dict[str, Callable[[], object]]:
+def wanted_cases(lm: LoadedModel) -> list[str]:
+    """The cases for this model: the GPU reference where there is a GPU, the eager twin where steps compile."""
+    return [key for key in CASES if (key not in GPU_ONLY or lm.device.type == "cuda")
+            and (key not in FAST_PATH_ONLY or lm.fast is not None)]
+
+
+def bench_settings(lm: LoadedModel, n: int, cache: str = "dynamic"):
+    """``settings(coefs, probe every, eager)`` for the engine cases, and the one steering vector."""
     g = torch.Generator().manual_seed(0)
     layers = list(range(*lm.profile.layer_band))[:4] or [lm.n_layers // 2]
     # Unit-norm random directions at coefficient 1: steering work without derailing the text.
     vector = SteeringVector({x: torch.nn.functional.normalize(torch.randn(lm.hidden_size, generator=g), dim=0)
                              for x in layers}, name="bench")
-    coef = 1.0
 
-    def settings(coefs: tuple[float, ...], every: int) -> RunSettings:
+    def settings(coefs: tuple[float, ...], every: int, eager: bool = False) -> RunSettings:
         return RunSettings(PROMPT, rows=steered(vector, coefs, tuple(layers)), max_new_tokens=n, ignore_eos=True,
-                           probe_every=every, cache=cache)
+                           probe_every=every, cache=cache, eager=eager)
 
+    return settings, vector
+
+
+def case_functions(lm: LoadedModel, n: int, cache: str = "dynamic") -> dict[str, Callable[[], object]]:
+    settings, vector = bench_settings(lm, n, cache)
+    coef = 1.0
     plan = plan_run(lm, settings((coef,), 4))
     prompt_ids = list(plan.prompt_ids)
     return {
         "1": lambda: _generate(lm, prompt_ids, n),
+        "1s": lambda: _generate(lm, prompt_ids, n, static=True),
         "2": lambda: _engine(lm, settings((), 0)),
         "3": lambda: _engine(lm, settings((coef,), 0)),
         "4": lambda: _engine(lm, settings((coef,), 1)),
+        "4e": lambda: _engine(lm, settings((coef,), 1, eager=True)),
         "5": lambda: _engine(lm, settings((coef,), 4)),
         "6": lambda: _alternative(lm, plan, vector, coef, n, 4),
         "ttft": lambda: _first_token_s(lm, settings((coef,), 4)),
     }
+
+
+def fast_shapes(lm: LoadedModel, n: int, cache: str = "dynamic") -> list:
+    """The compiled shapes the engine cases use (baseline alone; baseline + 1 steered), to warm first."""
+    settings, _ = bench_settings(lm, n, cache)
+    shapes = []
+    for s in (settings((), 0), settings((1.0,), 1)):
+        plan = plan_run(lm, s)
+        shapes.append(lm.fast.shape(len(plan.rows), plan.max_len, plan.probe_width))
+    return [s for s in dict.fromkeys(shapes) if s is not None]
