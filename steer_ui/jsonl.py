@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 from steer_ui.errors import UserError
@@ -21,18 +22,38 @@ def parse_lines(text: str, where: str) -> list[tuple[str, object]]:
     return out
 
 
-def read_jsonl(path: str | Path, what: str, max_bytes: int, missing_hint: str = "") -> list[tuple[str, object]]:
-    """The objects of a JSONL file of ``what`` (pairs, questions), each with the place it came from."""
+def iter_jsonl(path: str | Path, what: str, max_bytes: int, missing_hint: str = "",
+               name: str | None = None) -> Iterator[tuple[str, object]]:
+    """The objects of a JSONL file of ``what`` (pairs, questions), each with the place it came from, read
+    a line at a time (a caller that has enough stops reading). ``name`` names the file in errors and places
+    instead of its path (a server does not show where it keeps uploads)."""
     p = Path(path).expanduser()
+    where = name if name is not None else str(p)
     if not p.is_file():
-        raise UserError(f"no such {what} file: {p}{missing_hint}")
+        raise UserError(f"no such {what} file: {where}{missing_hint}")
     if p.stat().st_size > max_bytes:
-        raise UserError(f"{p}: larger than {max_bytes // 2**20} MB; that is not a {what} file")
+        raise UserError(f"{where}: larger than {max_bytes // 2**20} MB; that is not a {what} file")
+    found = False
     try:
-        text = p.read_text(encoding="utf-8")
+        with open(p, encoding="utf-8") as f:
+            for number, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as err:
+                    raise UserError(f"{where}:{number}: not valid JSON ({err.msg})") from None
+                found = True
+                yield f"{where}:{number}", obj
     except UnicodeDecodeError:
-        raise UserError(f"{p}: not UTF-8 text (expected JSON lines)") from None
-    objects = parse_lines(text, str(p))
-    if not objects:
-        raise UserError(f"{p}: no {what} found")
-    return objects
+        raise UserError(f"{where}: not UTF-8 text (expected JSON lines)") from None
+    except OSError as err:
+        raise UserError(f"{where}: cannot read the file ({err.strerror or type(err).__name__})") from None
+    if not found:
+        raise UserError(f"{where}: no {what} found")
+
+
+def read_jsonl(path: str | Path, what: str, max_bytes: int, missing_hint: str = "",
+               name: str | None = None) -> list[tuple[str, object]]:
+    """Every object of a JSONL file (see ``iter_jsonl``)."""
+    return list(iter_jsonl(path, what, max_bytes, missing_hint, name))

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Literal
 
 from steer_ui.errors import UserError
-from steer_ui.jsonl import read_jsonl
+from steer_ui.jsonl import iter_jsonl
 
 Kind = Literal["yesno", "number", "text"]
 GENERATED = ("yesno", "wordproblems")
@@ -48,24 +48,46 @@ def kind_of(answer: str) -> Kind:
         return "text"
 
 
-def load_questions(spec: str) -> list[Question]:
-    """A JSONL file of {"question": ..., "answer": ...} (optional "id"), or a generated set by name."""
-    name, _, size = spec.partition(":")
-    if name in GENERATED and not Path(spec).exists():
+def load_questions(spec: str, max_count: int | None = None, allow_files: bool = True,
+                   name: str | None = None) -> list[Question]:
+    """A JSONL file of {"question": ..., "answer": ...} (optional "id"), or a generated set by name.
+
+    ``max_count`` refuses a set with more questions, before it is built: a generated set by the size in
+    its name, a file while it is read (reading stops at the first question over). ``allow_files=False``
+    (a server's visitors) refuses anything but a generated set's name, without touching the filesystem.
+    ``name`` names a file in errors instead of its path.
+    """
+    spec = spec.strip()
+    set_name, _, size = spec.partition(":")
+    if set_name in GENERATED and (not allow_files or not Path(spec).exists()):
         try:
-            n = int(size) if size else DEFAULT_SIZE
+            n = int(size) if size else None
         except ValueError:
-            raise UserError(f"cannot read the size in {spec!r}: write it like '{name}:40'") from None
+            raise UserError(f"cannot read the size in {spec[:60]!r}: write it like '{set_name}:40'") from None
+        if n is None:  # no size written: the default, or the limit when that is lower
+            n = DEFAULT_SIZE if max_count is None else min(DEFAULT_SIZE, max_count)
         if n < 1:
             raise UserError(f"a question set needs at least 1 question, got {n}")
-        return yesno_questions(n) if name == "yesno" else word_problems(n)
-    return read_questions_jsonl(spec)
+        if max_count is not None and n > max_count:
+            raise UserError(f"{set_name}:{n} asks for {n:,} questions; at most {max_count:,} are allowed here")
+        return yesno_questions(n) if set_name == "yesno" else word_problems(n)
+    if not allow_files:
+        sets = ", ".join(f"'{g}'" for g in GENERATED)
+        raise UserError(f"the questions must be a generated set: {sets}, optionally with a size such as "
+                        f"'yesno:{min(DEFAULT_SIZE, max_count or DEFAULT_SIZE)}' (or upload a JSONL file); "
+                        "paths on this server are not read")
+    return read_questions_jsonl(spec, max_count, name)
 
 
-def read_questions_jsonl(path: str | Path) -> list[Question]:
+def read_questions_jsonl(path: str | Path, max_count: int | None = None, name: str | None = None) -> list[Question]:
+    """The questions of a JSONL file; with ``max_count``, a file with more is refused as soon as the
+    question over the limit is read (the rest of the file is not)."""
     out: list[Question] = []
     hint = f" (or use a generated set: {', '.join(GENERATED)})"
-    for where, obj in read_jsonl(path, "questions", MAX_QUESTIONS_FILE_BYTES, hint):
+    where_file = name if name is not None else str(path)
+    for where, obj in iter_jsonl(path, "questions", MAX_QUESTIONS_FILE_BYTES, hint, name):
+        if max_count is not None and len(out) >= max_count:
+            raise UserError(f"{where_file}: more than {max_count:,} questions; at most {max_count:,} are allowed here")
         if not isinstance(obj, dict) or not isinstance(obj.get("question"), str) or "answer" not in obj:
             raise UserError(f'{where}: expected {{"question": "...", "answer": ...}}')
         answer = str(obj["answer"]).strip()
@@ -75,7 +97,7 @@ def read_questions_jsonl(path: str | Path) -> list[Question]:
         out.append(Question(str(obj.get("id", number)), obj["question"].strip(), answer, kind_of(answer)))
     ids = [q.id for q in out]
     if len(set(ids)) != len(ids):
-        raise UserError(f"{path}: question ids are not unique")
+        raise UserError(f"{where_file}: question ids are not unique")
     return out
 
 

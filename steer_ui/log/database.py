@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 from pathlib import Path
 
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Engine, make_url
 
 from steer_ui.errors import UserError
 
@@ -29,6 +30,16 @@ def resolve_db_url(db: str | None = None) -> str:
     except OSError as err:
         raise UserError(f"cannot create the folder for the database {path}: {err.strerror}") from None
     return f"sqlite:///{path}"
+
+
+def display_url(url: str) -> str:
+    """``url`` as messages may show it: the password of a server URL hidden (``***``)."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - not parseable as a URL, so where a password sits is unknown: show none
+        scheme = url.split("://", 1)[0]
+        shown = f"{scheme}://" if re.fullmatch(r"[A-Za-z][\w+.-]{0,30}", scheme) else ""
+        return f"{shown}(not a valid URL)"
 
 
 def sqlite_pragmas(dbapi_conn, _record) -> None:

@@ -9,22 +9,33 @@ listing and reading runs, writing a run while it streams (``start_run``, ``save_
 from __future__ import annotations
 
 import base64
+import functools
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from typing import TypeVar
 
 from sqlalchemy import create_engine, event, select, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import sessionmaker
 
 from steer_ui.engine.events import ProbeEvent, Timing
 from steer_ui.errors import UserError
-from steer_ui.log.database import migrate, owner_alive, owner_tag, resolve_db_url, sqlite_pragmas
+from steer_ui.log.database import (
+    display_url,
+    migrate,
+    owner_alive,
+    owner_tag,
+    resolve_db_url,
+    sqlite_pragmas,
+)
 from steer_ui.log.schema import ProbeRow, RunRow, SessionRow, StreamRow, VectorRow
 from steer_ui.vectors.vector import SteeringVector
 
+F = TypeVar("F", bound=Callable)
 RUN_STATUSES = ("running", "finished", "cancelled", "error", "interrupted")
 RECORD_FIELDS = ("id", "session_id", "status", "error", "model_id", "model_source", "dtype", "device", "settings",
                  "prompt_text", "prompt_ids", "layers", "probe_suffix_ids", "probe_choices")
@@ -80,29 +91,70 @@ class NewRun:
     streams: list[NewStream] = field(default_factory=list)
 
 
+def _first_line(err: BaseException) -> str:
+    lines = str(err).strip().splitlines()
+    return (lines[0] if lines else type(err).__name__)[:300]
+
+
+def _log_errors(doing: str) -> Callable[[F], F]:
+    """A database failure in the wrapped ``Store`` method (unwritable file, full disk, lost server, locked
+    past the timeout) becomes one UserError, "cannot <doing> the session log: <the driver's first line>",
+    never a raw driver error; the URL (which may carry a password) is not in it."""
+    def wrap(method: F) -> F:
+        @functools.wraps(method)
+        def checked(*args, **kwargs):
+            try:
+                return method(*args, **kwargs)
+            except DBAPIError as err:
+                why = args[0].hide_secrets(_first_line(err.orig or err))
+                raise UserError(f"cannot {doing} the session log: {why}") from None
+            except PoolTimeout:
+                raise UserError(f"cannot {doing} the session log: no database connection came free in time") from None
+        return checked  # type: ignore[return-value]
+    return wrap
+
+
+_reads, _writes = _log_errors("read"), _log_errors("write")
+
+
 class Store:
-    """Open (and migrate) a database; query and write runs. Thread-safe: one SQLAlchemy session per call."""
+    """Open (and migrate) a database; query and write runs. Thread-safe: one SQLAlchemy session per call.
+
+    ``url`` is the database's URL as messages show it (a password hidden); a database error in any method
+    is a ``UserError`` naming what failed and the driver's first line."""
 
     def __init__(self, db: str | None = None):
-        self.url = resolve_db_url(db)
+        self._url = resolve_db_url(db)
+        self.url = display_url(self._url)
         try:
-            url = make_url(self.url)
-            self.engine = create_engine(self.url)
+            url = make_url(self._url)
+            self.engine = create_engine(self._url)
         except (ArgumentError, ImportError, ValueError) as err:
-            raise UserError(f"cannot use database {db!r}: {err}") from None
+            raise UserError(f"cannot use database {self.url!r}: {self.hide_secrets(_first_line(err))}") from None
         if url.get_backend_name() == "sqlite":
             event.listen(self.engine, "connect", sqlite_pragmas)
         try:
             migrate(self.engine)
         except DBAPIError as err:  # not a database, locked, read-only, unreachable server, ...
-            raise UserError(f"cannot open database {self.url}: {err.orig}") from None
+            raise UserError(f"cannot open database {self.url}: {self.hide_secrets(_first_line(err.orig or err))}"
+                            ) from None
         self.Session = sessionmaker(self.engine, expire_on_commit=False)
         self.mark_interrupted()
+
+    def hide_secrets(self, text: str) -> str:
+        """``text`` without the database URL as given or its password (a driver's message may quote them)."""
+        text = text.replace(self._url, self.url)
+        try:
+            password = make_url(self._url).password
+        except Exception:  # noqa: BLE001 - an unparseable URL: display_url already hid what it could
+            password = None
+        return text.replace(str(password), "***") if password else text
 
     def close(self) -> None:
         self.engine.dispose()
 
     # --- sessions -----------------------------------------------------------------------------
+    @_writes
     def new_session(self, kind: str, label: str = "", session_id: str | None = None) -> str:
         now = utcnow()
         sid = session_id or new_id()
@@ -111,11 +163,13 @@ class Store:
                 s.add(SessionRow(id=sid, kind=kind, label=label, created=now, last_seen=now))
         return sid
 
+    @_writes
     def touch_session(self, session_id: str) -> None:
         with self.Session.begin() as s:
             s.execute(update(SessionRow).where(SessionRow.id == session_id).values(last_seen=utcnow()))
 
     # --- reading ------------------------------------------------------------------------------
+    @_writes
     def mark_interrupted(self) -> int:
         """Runs left 'running' by a process that no longer exists (killed, crashed) become 'interrupted'."""
         with self.Session.begin() as s:
@@ -126,6 +180,7 @@ class Store:
                           .values(status="interrupted", error="the process writing this run ended before it did"))
         return len(stale)
 
+    @_reads
     def list_runs(self, session_id: str | None = None, limit: int = 100) -> list[RunSummary]:
         """Newest first; with ``session_id`` only that session's runs (what a browser user may see)."""
         with self.Session() as s:
@@ -136,6 +191,7 @@ class Store:
                                [st.coef for st in r.streams if st.row > 0], sum(len(st.token_ids) for st in r.streams))
                     for r in s.scalars(q)]
 
+    @_reads
     def run_ids(self, session_id: str | None = None) -> list[str]:
         """Every run id, oldest first (only ``session_id``'s with one)."""
         with self.Session() as s:
@@ -144,6 +200,7 @@ class Store:
                 q = q.where(RunRow.session_id == session_id)
             return list(s.scalars(q))
 
+    @_reads
     def get_run(self, run_id: str, session_id: str | None = None) -> RunRow:
         """The run with its streams loaded; a UserError if absent (or, with ``session_id``, not that session's)."""
         with self.Session() as s:
@@ -154,11 +211,13 @@ class Store:
             run.streams  # noqa: B018 - load before the session closes
             return run
 
+    @_reads
     def probe_points(self, run_id: str) -> list[ProbeRow]:
         with self.Session() as s:
             return list(s.scalars(select(ProbeRow).where(ProbeRow.run_id == run_id)
                                   .order_by(ProbeRow.row, ProbeRow.step)))
 
+    @_reads
     def vector(self, vector_hash: str) -> SteeringVector:
         """The stored copy of a vector, exactly as the run used it."""
         with self.Session() as s:
@@ -172,6 +231,7 @@ class Store:
         return {h: self.vector(h) for h in dict.fromkeys(st.vector_hash for st in run.streams if st.vector_hash)}
 
     # --- writing a run as it streams ----------------------------------------------------------------
+    @_writes
     def start_run(self, new: NewRun) -> None:
         with self.Session.begin() as db:
             hashes = {}
@@ -195,6 +255,7 @@ class Store:
             db.add(VectorRow(hash=vector_hash, name=vector.name, model_hint=vector.model_hint, data=vector.to_bytes()))
         return vector_hash
 
+    @_writes
     def save_progress(self, run_id: str, streams: dict[int, tuple[list[int], str]],
                       probes: Sequence[ProbeEvent], db=None) -> None:
         """Each changed row's tokens and text so far, and new probe readings."""
@@ -207,6 +268,7 @@ class Store:
         db.add_all(ProbeRow(run_id=run_id, row=p.row, step=p.step, logodds=p.logodds, mass=p.mass,
                             logprobs=p.logprobs, reliable=p.reliable, think_closed=p.think_closed) for p in probes)
 
+    @_writes
     def finish_run(self, run_id: str, status: str, error: str | None, streams: dict[int, tuple[list[int], str]],
                    probes: Sequence[ProbeEvent], timing: Timing | None = None,
                    finish_reasons: dict[int, str] | None = None) -> None:
@@ -227,6 +289,7 @@ class Store:
             db.execute(update(RunRow).where(RunRow.id == run_id).values(**values))
 
     # --- a run as a plain JSON record (exports) and back (imports) ---------------------------------
+    @_reads
     def run_record(self, run: RunRow) -> dict:
         """One run as plain JSON: settings, the stored vectors, streams and the probe series."""
         with self.Session() as s:
@@ -244,6 +307,7 @@ class Store:
                         "reliable": p.reliable, "think_closed": p.think_closed} for p in self.probe_points(run.id)],
         }
 
+    @_writes
     def import_record(self, r: dict) -> bool:
         """Add a run from its record (``run_record``'s shape); False when a run with its id exists."""
         r = _record_with_row_vectors(r)

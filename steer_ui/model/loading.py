@@ -168,7 +168,14 @@ def _convert_gguf(path: Path, cache_dir: Path) -> Path:
         _save_dequantized(model, tmp)
         tok.save_pretrained(tmp)
         # Rename is atomic: a killed conversion leaves a .tmp- dir, never a half-written cache entry.
-        os.replace(tmp, target)
+        try:
+            os.replace(tmp, target)
+        except OSError:
+            # Another process converted the same file meanwhile and renamed its copy first (the target is
+            # then a non-empty folder): theirs is as good as ours, which the finally clause removes.
+            if not (target / "config.json").is_file():
+                raise
+            log.info("%s was converted by another process meanwhile; using that copy", path.name)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -30,6 +30,9 @@ Method = Literal["mean_diff", "pca_diff", "pca_center"]
 METHODS: tuple[str, ...] = ("mean_diff", "pca_diff", "pca_center")
 Progress = Callable[[int, int], None]  # (texts done, texts total)
 MAX_PAIRS_FILE_BYTES = 64 * 1024 * 1024
+MAX_CONTEXT_TOKENS = 4096  # the most tokens of one text a vector is computed from (its end)
+BATCH_TOKENS = 16384  # padded tokens in one forward: rows x the longest text
+CHARS_PER_TOKEN = 32  # no token is longer; a text over CHARS_PER_TOKEN x the limit is cut before tokenizing
 
 
 @dataclass(frozen=True)
@@ -43,17 +46,74 @@ def pairs_hash(pairs: Sequence[Pair]) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def read_pairs_jsonl(path: str | Path) -> list[Pair]:
-    """One ``{"positive": ..., "negative": ...}`` object a line; the error names the bad line."""
-    return [parse_pair(obj, where) for where, obj in read_jsonl(path, "pairs", MAX_PAIRS_FILE_BYTES)]
+def read_pairs_jsonl(path: str | Path, max_chars: int | None = None, name: str | None = None) -> list[Pair]:
+    """One ``{"positive": ..., "negative": ...}`` object a line; the error names the bad line (by ``name``,
+    when given, instead of the path). ``max_chars`` refuses a longer text (see ``parse_pair``)."""
+    return [parse_pair(obj, where, max_chars)
+            for where, obj in read_jsonl(path, "pairs", MAX_PAIRS_FILE_BYTES, name=name)]
 
 
-def parse_pair(obj: object, where: str) -> Pair:
+def parse_pair(obj: object, where: str, max_chars: int | None = None) -> Pair:
+    """A pair from one parsed line; with ``max_chars`` a text longer than that is refused here, before any
+    model work (the model only ever reads the end of a text, up to ``context_limit`` tokens)."""
     if not isinstance(obj, dict) or not all(isinstance(obj.get(k), str) for k in ("positive", "negative")):
         raise UserError(f'{where}: expected {{"positive": "...", "negative": "..."}}')
     if not obj["positive"].strip() or not obj["negative"].strip():
         raise UserError(f"{where}: positive and negative texts must not be empty")
+    if max_chars is not None:
+        for key in ("positive", "negative"):
+            if len(obj[key]) > max_chars:
+                raise UserError(f"{where}: the {key} text is {len(obj[key]):,} characters; the limit is "
+                                f"{max_chars:,} characters per text")
     return Pair(obj["positive"], obj["negative"])
+
+
+def context_limit(lm: LoadedModel) -> int:
+    """The most tokens of one text the model reads: its context (``max_position_embeddings``), at most
+    ``MAX_CONTEXT_TOKENS``."""
+    n = getattr(lm.model.config.get_text_config(), "max_position_embeddings", None)
+    return min(n, MAX_CONTEXT_TOKENS) if isinstance(n, int) and n > 0 else MAX_CONTEXT_TOKENS
+
+
+def text_ids(tokenizer, text: str, limit: int) -> list[int]:
+    """``text``'s token ids (the tokenizer's defaults) cut to its last ``limit`` tokens, keeping a leading
+    BOS the tokenizer adds: the state is read at the last token, so the end is what matters. A text longer
+    than ``CHARS_PER_TOKEN`` characters a token of ``limit`` is cut to its end before tokenizing."""
+    if len(text) > limit * CHARS_PER_TOKEN:
+        text = text[-limit * CHARS_PER_TOKEN:]
+    ids = list(tokenizer(text)["input_ids"])
+    if len(ids) <= limit:
+        return ids
+    bos = getattr(tokenizer, "bos_token_id", None)
+    head = ids[:1] if bos is not None and ids[0] == bos and limit > 1 else []
+    return head + ids[len(ids) - (limit - len(head)):]
+
+
+def _batches(tokenizer, texts: Sequence[str], batch_size: int, limit: int) -> Iterator[list[list[int]]]:
+    """The texts' ids in order, in batches of at most ``batch_size`` texts and ``BATCH_TOKENS`` padded tokens
+    (a batch of long texts is smaller: its padded length times its rows is what a forward holds)."""
+    batch: list[list[int]] = []
+    for text in texts:
+        ids = text_ids(tokenizer, text, limit)
+        width = max([len(ids), *(len(b) for b in batch)])
+        if batch and (len(batch) >= batch_size or (len(batch) + 1) * width > BATCH_TOKENS):
+            yield batch
+            batch = []
+        batch.append(ids)
+    if batch:
+        yield batch
+
+
+def _padded(batch: list[list[int]], pad_id: int, side: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input ids, attention mask) padded on ``side``, as the tokenizer's own padding does."""
+    width = max(len(ids) for ids in batch)
+    input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for i, ids in enumerate(batch):
+        at = slice(width - len(ids), width) if side == "left" else slice(0, len(ids))
+        input_ids[i, at] = torch.tensor(ids, dtype=torch.long)
+        mask[i, at] = 1
+    return input_ids, mask
 
 
 class _Enough(Exception):
@@ -62,8 +122,12 @@ class _Enough(Exception):
 
 @torch.inference_mode()
 def last_token_states(lm: LoadedModel, texts: Sequence[str], layers: Sequence[int], batch_size: int = 16,
-                      progress: Progress | None = None) -> dict[int, torch.Tensor]:
-    """``{layer: (len(texts), hidden)}`` float32 states at each text's last non-padding token."""
+                      progress: Progress | None = None, max_tokens: int | None = None) -> dict[int, torch.Tensor]:
+    """``{layer: (len(texts), hidden)}`` float32 states at each text's last non-padding token.
+
+    Each text is read up to its last ``context_limit(lm)`` tokens (or ``max_tokens``, when lower), and a
+    batch holds at most ``BATCH_TOKENS`` padded tokens, so the memory of a forward is bounded whatever the
+    texts' lengths."""
     tok = lm.tokenizer
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token  # padding is masked out; any id will do
@@ -82,23 +146,25 @@ def last_token_states(lm: LoadedModel, texts: Sequence[str], layers: Sequence[in
         return fn
 
     handles = [lm.layers[layer].register_forward_hook(hook(layer)) for layer in layers]
+    limit = context_limit(lm) if max_tokens is None else max(1, min(max_tokens, context_limit(lm)))
+    done = 0
     try:
-        for start in range(0, len(texts), batch_size):
-            enc = tok(list(texts[start:start + batch_size]), padding=True, return_tensors="pt")
-            mask = enc["attention_mask"]
+        for batch in _batches(tok, texts, batch_size, limit):
+            input_ids, mask = _padded(batch, tok.pad_token_id, getattr(tok, "padding_side", "right"))
             # Works for left and right padding: the last 1 in the mask is the last real token.
             last_index = mask.shape[1] - 1 - mask.flip(1).argmax(1)
             # A plain forward numbers positions 0..T-1 even under left padding; count real tokens instead.
             positions = (mask.cumsum(1) - 1).clamp(min=0)
             try:
-                lm.model(input_ids=enc["input_ids"].to(lm.input_device), attention_mask=mask.to(lm.input_device),
+                lm.model(input_ids=input_ids.to(lm.input_device), attention_mask=mask.to(lm.input_device),
                          position_ids=positions.to(lm.input_device), use_cache=False)
             except _Enough:
                 pass
             for layer in layers:
                 out[layer].append(captured[layer])
+            done += len(batch)
             if progress is not None:
-                progress(min(start + batch_size, len(texts)), len(texts))
+                progress(done, len(texts))
     finally:
         for h in handles:
             h.remove()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,8 @@ from steer_ui.errors import UserError
 from steer_ui.vectors.layers import format_layers
 
 LAYER_KEY = re.compile(r"^(?:direction|layer|layers)?\.?(\d+)$")
+MAX_SAFETENSORS_HEADER_BYTES = 1024 * 1024  # a vector's header is a few KB: tensor entries and its metadata
+MAX_METADATA_CHARS = 64 * 1024  # 30 layers of separation stats take ~6 KB; every run's log keeps a copy
 
 
 @dataclass(eq=False)  # compared by identity: tensors have no single truth value
@@ -42,11 +45,28 @@ class SteeringVector:
     def hidden_size(self) -> int:
         return int(next(iter(self.directions.values())).numel())
 
+    def stored_metadata(self) -> dict[str, str]:
+        """The metadata ``to_bytes`` writes: the vector's own, then its name and model hint, then what is
+        derived from the directions (hidden size, layers, per-layer norms), all as strings."""
+        meta = {**self.metadata, "name": self.name, "model_hint": self.model_hint,
+                "hidden_size": str(self.hidden_size), "layers": json.dumps(self.layers),
+                "norms": json.dumps({str(k): round(float(self._stored(k).norm()), 6) for k in self.layers})}
+        return {str(k): str(v) for k, v in meta.items()}
+
+    def _stored(self, layer: int) -> torch.Tensor:
+        return self.directions[layer].detach().to("cpu", torch.float32).contiguous()
+
     def content_hash(self) -> str:
-        h = hashlib.sha256()
+        """The vector's identity: a hash of everything ``to_bytes`` stores, in a canonical order (sorted
+        JSON of the layers, each tensor's dtype and shape, the name, model hint and metadata; then each
+        layer's float32 bytes). Two copies that differ only in their metadata or name are different
+        vectors; a copy read back from ``to_bytes`` (or a .safetensors file, whatever its header's key
+        order) has the same hash as long as it keeps its name."""
+        head = {"format": "steer-ui vector 2", "metadata": self.stored_metadata(),
+                "tensors": [[layer, "float32", list(self._stored(layer).shape)] for layer in self.layers]}
+        h = hashlib.sha256(json.dumps(head, sort_keys=True, ensure_ascii=False).encode())
         for layer in self.layers:
-            h.update(str(layer).encode())
-            h.update(self.directions[layer].numpy().tobytes())
+            h.update(self._stored(layer).numpy().tobytes())
         return h.hexdigest()
 
     def to_bytes(self) -> bytes:
@@ -54,24 +74,31 @@ class SteeringVector:
         model hint, metadata and per-layer norms as string metadata."""
         from safetensors.torch import save
 
-        meta = {**self.metadata, "name": self.name, "model_hint": self.model_hint,
-                "hidden_size": str(self.hidden_size), "layers": json.dumps(self.layers),
-                "norms": json.dumps({str(k): round(float(v.norm()), 6) for k, v in self.directions.items()})}
-        tensors = {f"direction.{k}": v.to(torch.float32).contiguous() for k, v in self.directions.items()}
-        return save(tensors, metadata={k: str(v) for k, v in meta.items()})
+        tensors = {f"direction.{k}": self._stored(k) for k in self.layers}
+        return save(tensors, metadata=self.stored_metadata())
 
     @classmethod
-    def from_bytes(cls, data: bytes, where: str = "vector", name: str | None = None) -> SteeringVector:
+    def from_bytes(cls, data: bytes, where: str = "vector", name: str | None = None,
+                   max_values: int | None = None) -> SteeringVector:
         """The vector ``to_bytes`` wrote (or any safetensors of ``direction.{L}`` tensors); UserError if not.
 
-        ``name`` (a file's name) wins over the stored one.
+        ``name`` (a file's name) wins over the stored one. The header is checked before any tensor is
+        built (``check_safetensors_header``): its size, its metadata's size and, with ``max_values``, the
+        number of values its tensors declare.
         """
         from safetensors.torch import load
 
+        header_len = int.from_bytes(data[:8], "little") if len(data) >= 8 else -1
+        if MAX_SAFETENSORS_HEADER_BYTES < header_len <= len(data) - 8:
+            raise UserError(header_too_large(where, header_len))
         try:
             # safetensors reads metadata only from files; the header is 8 bytes of length, then JSON.
-            header_len = int.from_bytes(data[:8], "little")
             header = json.loads(data[8:8 + header_len]) if 8 < 8 + header_len <= len(data) else None
+        except Exception as err:  # noqa: BLE001 - a damaged file is "unreadable", whatever raised
+            raise UserError(f"{where}: not a readable safetensors file ({why(err)})") from None
+        if isinstance(header, dict):
+            check_safetensors_header(header, where, max_values)
+        try:
             tensors = load(data)
         except Exception as err:  # noqa: BLE001 - a damaged file is "unreadable", whatever raised
             raise UserError(f"{where}: not a readable safetensors file ({why(err)})") from None
@@ -142,8 +169,44 @@ def why(err: BaseException) -> str:
     return (lines[0] if lines else type(err).__name__)[:200]
 
 
+def header_too_large(where: str, header_len: int) -> str:
+    return (f"{where}: its safetensors header is {header_len:,} bytes; a vector's header may be at most "
+            f"{MAX_SAFETENSORS_HEADER_BYTES:,}")
+
+
+def too_many_values(where: str, count: int, max_values: int) -> str:
+    return (f"{where}: declares {count:,} values, more than the {max_values:,} a steering vector for this "
+            "model can hold (its layers x hidden size)")
+
+
+def check_safetensors_header(header: dict, where: str, max_values: int | None = None) -> None:
+    """Refuse, from the parsed header alone, metadata over ``MAX_METADATA_CHARS`` and (with ``max_values``)
+    tensors declaring more values than that; nothing of the tensor data has been read yet."""
+    meta = header.get("__metadata__")
+    if isinstance(meta, dict):
+        chars = sum(len(str(k)) + len(str(v)) for k, v in meta.items())
+        if chars > MAX_METADATA_CHARS:
+            raise UserError(f"{where}: its metadata is {chars:,} characters; a vector's metadata may be at most "
+                            f"{MAX_METADATA_CHARS:,}")
+    if max_values is None:
+        return
+    count = 0
+    for key, entry in header.items():
+        if key == "__metadata__":
+            continue
+        shape = entry.get("shape") if isinstance(entry, dict) else None
+        if not isinstance(shape, list) or not all(isinstance(n, int) and n >= 0 for n in shape):
+            raise UserError(f"{where}: not a readable safetensors file (tensor {str(key)[:60]!r} has no valid shape)")
+        count += math.prod(shape)
+        if count > max_values:
+            raise UserError(too_many_values(where, count, max_values))
+
+
 def checked_direction(layer: int, arr: np.ndarray | torch.Tensor, where: str) -> torch.Tensor:
-    t = torch.as_tensor(np.asarray(arr)) if not isinstance(arr, torch.Tensor) else arr
+    try:
+        t = torch.as_tensor(np.asarray(arr)) if not isinstance(arr, torch.Tensor) else arr
+    except (TypeError, ValueError, RuntimeError) as err:  # dtypes torch has no type for (longdouble, strings)
+        raise UserError(f"{where}: direction for layer {layer} cannot be read as numbers ({why(err)})") from None
     if not (t.is_floating_point()):
         raise UserError(f"{where}: direction for layer {layer} has dtype {t.dtype}, expected a float type")
     t = t.detach().to(torch.float32).reshape(-1).clone()
