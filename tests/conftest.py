@@ -54,8 +54,9 @@ def random_vector(lm: LoadedModel, layers, scale: float = 1.0, seed: int = 0) ->
     return SteeringVector(dirs, model_hint=lm.model.config.model_type, name="random")
 
 
-def serve_dashboard(lm, root: Path):
-    """The dashboard on ``lm`` with its own session log, served on a free port of 127.0.0.1."""
+def serve_dashboard(lm, root: Path, limits=None):
+    """The dashboard on ``lm`` with its own session log, served on a free port of 127.0.0.1 (hosted mode
+    with ``limits``)."""
     import socket
 
     import gradio as gr
@@ -63,18 +64,18 @@ def serve_dashboard(lm, root: Path):
     from steer_ui.app import widgets
     from steer_ui.app.context import AppContext
     from steer_ui.app.dashboard import Dashboard
-    from steer_ui.app.launch import launch_kwargs
+    from steer_ui.app.launch import launch_kwargs, queue_kwargs
     from steer_ui.app.layout import build
     from steer_ui.log.store import Store
 
-    dash = Dashboard(AppContext(lm=lm, store=Store(str(root / "log.sqlite")), files=root))
+    dash = Dashboard(AppContext(lm=lm, store=Store(str(root / "log.sqlite")), files=root, limits=limits))
     gr.set_static_paths(widgets.static_paths())
     demo = build(dash)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    demo.queue(default_concurrency_limit=4).launch(server_name="127.0.0.1", server_port=port,
-                                                   prevent_thread_lock=True, quiet=True, **launch_kwargs())
+    demo.queue(**queue_kwargs(limits)).launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True,
+                                              quiet=True, **launch_kwargs(limits))
     return demo, f"http://127.0.0.1:{port}/", dash
 
 

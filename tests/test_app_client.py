@@ -54,7 +54,7 @@ def test_generate_returns_texts_and_probe_series(client, bundled, app_server):
         assert row["probe"]["logodds"] == pytest.approx([p.logodds for p in probes if p.row == row["row"]],
                                                         abs=1e-3)
     assert result["status"] == "finished"
-    assert len(outputs[4]) == 5  # chart HTML, JSONL, three CSVs, downloaded by the client
+    assert len(outputs[4]) == 4  # JSONL and three CSVs, downloaded by the client (the chart page on demand)
     assert app_server[1].ctx.store.get_run(result["run_id"]).status == "finished"
 
 

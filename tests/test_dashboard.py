@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+from pathlib import Path
 import threading
 import time
 
@@ -33,7 +34,10 @@ LONG = "Write a long story about a dragon who learns arithmetic."
 
 @pytest.fixture()
 def dash(bundled, tmp_path) -> Dashboard:
-    return Dashboard(AppContext(lm=bundled, store=Store(str(tmp_path / "log.sqlite")), files=tmp_path / "files"))
+    d = Dashboard(AppContext(lm=bundled, store=Store(str(tmp_path / "log.sqlite")), files=tmp_path / "files"))
+    d.sid_a, d.token_a = d.ctx.session_for(None)  # two browsers, each with the token the server gave it
+    d.sid_b, d.token_b = d.ctx.session_for(None)
+    return d
 
 
 @pytest.fixture(autouse=True)
@@ -50,7 +54,7 @@ def form(**over) -> dict:
 
 
 def run_to_end(dash: Dashboard, **over) -> list[dict]:
-    return list(dash.generate.generate(**form(**over), browser_id="browser-a"))
+    return list(dash.generate.generate(**form(**over), browser_id=dash.token_a))
 
 
 def merge(frames: list[dict]) -> tuple[list[list[str]], list[list[float]]]:
@@ -102,17 +106,31 @@ def test_generate_streams_the_engines_run_and_logs_it(dash, bundled):
     assert streams["run"] != result["run_id"] and dash.generate.snapshot(result["run_id"]) == {}  # not by run id
     assert [json.loads(r["t"]) for r in full["streams"]["rows"]] == pieces
     assert full["chart"]["from"] == [0] * len(ys)
-    assert "finished" in status and sid == "browser-a"
+    assert "finished" in status and sid == dash.token_a
     # The run is in the log under this browser's session, and its link and downloads point at it.
-    stored = dash.ctx.store.get_run(result["run_id"], "browser-a")
+    stored = dash.ctx.store.get_run(result["run_id"], dash.sid_a)
     assert stored.status == "finished" and [s.text for s in stored.streams] == [r.text for r in done.rows]
     assert f"?run={result['run_id']}" in link
     names = sorted(p.rsplit("/", 1)[1] for p in files)
-    assert names == sorted(f"steer-ui-{result['run_id']}{s}" for s in
-                           ("-chart.html", ".jsonl", "_runs.csv", "_streams.csv", "_probes.csv"))
-    assert json.loads(open([p for p in files if p.endswith(".jsonl")][0]).read())["id"] == result["run_id"]
-    assert dash.history.history("browser-a")[0][0] == result["run_id"]
-    assert dash.history.history("browser-b") == []
+    assert names == sorted(f"steer-ui-{result['run_id']}{s}" for s in (".jsonl", "_runs.csv", "_streams.csv",
+                                                                        "_probes.csv"))
+    record = json.loads(open([p for p in files if p.endswith(".jsonl")][0]).read())
+    assert record["id"] == result["run_id"]
+    # Downloads carry no session id (the History's key), only a one-way pseudonym of it.
+    assert dash.sid_a not in open(files[0]).read() + "".join(open(p).read() for p in files[1:])
+    assert record["session_id"].startswith("s") and len(record["session_id"]) == 16
+    # The chart page (plotly.js inlined, 4-5 MB) is made when asked for, once per run.
+    with_chart = dash.generate.chart_download(last["shown_run"], dash.token_a)["downloads"]
+    assert with_chart[0].endswith(f"steer-ui-{result['run_id']}-chart.html") and with_chart[1:] == files
+    assert "Plotly" in open(with_chart[0]).read()
+    mtime = Path(with_chart[0]).stat().st_mtime_ns
+    assert dash.generate.chart_download(result["run_id"], dash.token_a)["downloads"][0] == with_chart[0]
+    assert Path(with_chart[0]).stat().st_mtime_ns == mtime
+    with pytest.raises(gr.Error, match="not this browser's"):
+        dash.ctx.any_run_link = False
+        dash.generate.chart_download(result["run_id"], dash.token_b)
+    assert dash.history.history(dash.token_a)[0][0] == result["run_id"]
+    assert dash.history.history(dash.token_b) == []
 
 
 def test_first_divergence_is_the_first_differing_token(dash):
@@ -164,7 +182,7 @@ def test_stop_ends_the_run_within_a_step_and_keeps_it(dash):
     class Req:
         session_hash = "tab-1"
 
-    gen = dash.generate.generate(**form(max_new_tokens=400, coefs="4", prompt=LONG), browser_id="browser-a",
+    gen = dash.generate.generate(**form(max_new_tokens=400, coefs="4", prompt=LONG), browser_id=dash.token_a,
                                  request=Req())
     first = next(gen)
     assert "streaming" in first["status"]
@@ -183,12 +201,12 @@ def test_stop_ends_the_run_within_a_step_and_keeps_it(dash):
 
 
 def test_closing_the_stream_stops_the_run_and_frees_the_model(dash):
-    gen = dash.generate.generate(**form(max_new_tokens=400, coefs="4", prompt=LONG), browser_id="browser-a")
+    gen = dash.generate.generate(**form(max_new_tokens=400, coefs="4", prompt=LONG), browser_id=dash.token_a)
     next(gen)
     next(gen)
     gen.close()  # what Gradio does when the browser tab goes away
     assert not dash.ctx.model_lock.locked()
-    runs = dash.ctx.store.list_runs("browser-a")
+    runs = dash.ctx.store.list_runs(dash.sid_a)
     assert runs[0].status == "cancelled" and 0 < runs[0].tokens < 800
     # The next run works.
     assert "finished" in run_to_end(dash, max_new_tokens=4)[-1]["status"]
@@ -286,7 +304,7 @@ def test_open_run_replays_streams_and_chart_exactly(dash):
     live = run_to_end(dash)[-1]
     run_id = live["result"]["run_id"]
     full = dash.generate.snapshot(live["streams"]["run"])  # the live run's whole view, as the browser had it
-    opened = dash.history.open_run(run_id, "browser-a")
+    opened = dash.history.open_run(run_id, dash.token_a)
     streams, chart = opened["streams"], opened["chart"]
     assert streams["rows"] == full["streams"]["rows"]  # same tokens, colours, divergence marks
     assert chart["data"] == full["chart"]["data"] and chart["points"] == full["chart"]["points"]
@@ -296,7 +314,7 @@ def test_open_run_replays_streams_and_chart_exactly(dash):
     again = run_to_end(dash, **{k: opened[k] for k in form()})[-1]  # every knob as the form got it back
     assert [r["text"] for r in again["result"]["rows"]] == [r["text"] for r in live["result"]["rows"]]
     with pytest.raises(gr.Error, match="no run"):
-        dash.history.open_run("nope", "browser-a")
+        dash.history.open_run("nope", dash.token_a)
 
 
 def test_open_run_gives_back_rows_with_their_own_vectors(dash, tmp_path):
@@ -306,7 +324,7 @@ def test_open_run_gives_back_rows_with_their_own_vectors(dash, tmp_path):
                       max_new_tokens=12)[-1]
     labels = [r["label"] for r in live["result"]["rows"]]
     assert labels == ["baseline", "reconsideration +4 @15-18", "confidence -6 @16-19", "own +1 @12-15"]
-    opened = dash.history.open_run(live["result"]["run_id"], "browser-a")
+    opened = dash.history.open_run(live["result"]["run_id"], dash.token_a)
     assert opened["vector"] == "reconsideration" and opened["coefs"] == "4"
     first, second = opened["rows"].splitlines()
     assert first == "confidence=-6@16-19" and second.endswith(".safetensors=1@12-15")
@@ -320,8 +338,8 @@ def test_page_load_gives_a_session_and_opens_a_linked_run(dash):
     class Req:
         query_params = {"run": run_id}
 
-    out = dash.history.on_page_load("browser-a", Req())
-    assert out["browser_id"] == "browser-a" and out["history"][0][0] == run_id
+    out = dash.history.on_page_load(dash.token_a, Req())
+    assert out["browser_id"] == dash.token_a and out["history"][0][0] == run_id
     assert out["streams"]["run"] != run_id and out["result"]["run_id"] == run_id
 
     class Bad:
@@ -335,9 +353,9 @@ def test_page_load_gives_a_session_and_opens_a_linked_run(dash):
 def test_export_session_files(dash):
     run_to_end(dash, max_new_tokens=4)
     run_to_end(dash, max_new_tokens=4, coefs="2")
-    (jsonl,) = dash.history.export_session("browser-a", "jsonl")["value"]
+    (jsonl,) = dash.history.export_session(dash.token_a, "jsonl")["value"]
     assert len(open(jsonl).read().splitlines()) == 2
-    assert len(dash.history.export_session("browser-a", "csv")["value"]) == 3
+    assert len(dash.history.export_session(dash.token_a, "csv")["value"]) == 3
     with pytest.raises(gr.Error):
         dash.history.export_session("", "jsonl")
 
@@ -365,15 +383,15 @@ def test_vector_names_are_escaped_in_the_layer_table(dash, tmp_path):
 
 
 def test_sweep_tab_handler_runs_a_small_sweep_and_logs_it(dash):
-    out = dash.sweep.sweep(questions="yesno:2", sweep_coefs="0, 4", browser_id="browser-a", progress=None,
+    out = dash.sweep.sweep(questions="yesno:2", sweep_coefs="0, 4", browser_id=dash.token_a, progress=None,
                            **form(max_new_tokens=8, probe_every=1))
     table, fig, files, status = out["sweep_table"], out["sweep_plot"], out["sweep_files"], out["sweep_status"]
     assert [row[0] for row in table] == ["+0", "+4"] and all(row[1] == 2 for row in table)
-    assert "finished" in status and len(dash.history.history("browser-a")) == 2  # one run per question
+    assert "finished" in status and len(dash.history.history(dash.token_a)) == 2  # one run per question
     assert {p.rsplit("/", 1)[1] for p in files} >= {"results.csv", "summary.csv", "figure.html"}
     assert [t.name for t in fig.data][:1] == ["accuracy"]
     # The Generate form is the template: its max new tokens and layers are the sweep's.
-    run = dash.ctx.store.get_run(dash.history.history("browser-a")[0][0])
+    run = dash.ctx.store.get_run(dash.history.history(dash.token_a)[0][0])
     assert run.settings["max_new_tokens"] == 8 and [s.layers for s in run.streams][1] == [15, 16, 17, 18]
     for over, message in [({"sweep_coefs": "0, 4", "vector": NO_VECTOR}, "need a steering vector"),
                           ({"questions": "yesno:500"}, "at most"),
@@ -383,7 +401,7 @@ def test_sweep_tab_handler_runs_a_small_sweep_and_logs_it(dash):
         args.update(over)
         args.pop("prompt")
         with pytest.raises(gr.Error, match=message):
-            dash.sweep.sweep(browser_id="browser-a", progress=None, **args)
+            dash.sweep.sweep(browser_id=dash.token_a, progress=None, **args)
 
 
 def test_the_browser_session_key_survives_a_restart(tmp_path, monkeypatch):

@@ -107,6 +107,15 @@ def test_a_password_protected_app_refuses_clients_without_it(bundled, tmp_path):
         with pytest.raises(Exception):
             Client(url, auth=("ana", "wrong"), verbose=False)
         assert Client(url, auth=("ana", "secret"), verbose=False).predict(api_name="/stop") in (None, ())
+        # Gradio leaves these two routes without its login check: steer-ui's middleware adds it.
+        import httpx
+
+        body = {"session_hash": "x", "fn_index": 0, "event_id": "y"}
+        assert httpx.post(f"{url}gradio_api/cancel", json=body).status_code == 401
+        assert httpx.get(f"{url}gradio_api/heartbeat/x", timeout=5).status_code == 401
+        with httpx.Client() as signed_in:
+            assert signed_in.post(f"{url}login", data={"username": "ana", "password": "secret"}).status_code == 200
+            assert signed_in.post(f"{url}gradio_api/cancel", json=body).status_code != 401
     finally:
         demo.close()
 

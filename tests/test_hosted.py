@@ -29,7 +29,7 @@ def hosted(bundled, tmp_path) -> Dashboard:
                                 limits=limits))
 
 
-def gen(dash: Dashboard, browser: str = "a", **over):
+def gen(dash: Dashboard, browser: str | None = None, **over):
     args = dict(prompt=PROMPT, vector="confidence", layers="16-19", coefs="4", max_new_tokens=4)
     args.update(over)
     return list(dash.generate.generate(**args, browser_id=browser))
@@ -63,8 +63,8 @@ def test_other_caps(hosted, tmp_path):
     pairs = "\n".join(json.dumps({"positive": f"p{i}", "negative": f"n{i}"}) for i in range(4))
     with pytest.raises(gr.Error, match="4 pairs; this server's limit is 3"):
         hosted.vectors.compute(pairs, None, "mean_diff", "all", progress=None)
-    with pytest.raises(gr.Error, match="at most 2 questions"):
-        hosted.sweep.sweep("yesno:3", None, "0", vector="(none)", max_new_tokens=4, browser_id="a", progress=None)
+    with pytest.raises(gr.Error, match="at most 2 are allowed here"):
+        hosted.sweep.sweep("yesno:3", None, "0", vector="(none)", max_new_tokens=4, progress=None)
     with pytest.raises(gr.Error, match="this server only loads: smollm2-135m"):
         hosted.model.load("Qwen/Qwen3-0.6B", progress=None)
     big = tmp_path / "big.npy"
@@ -74,14 +74,15 @@ def test_other_caps(hosted, tmp_path):
 
 
 def test_rate_limit_per_session(hosted):
-    """The validator Gradio runs before a request takes a queue slot."""
-    check = rate_validator(hosted.ctx.rate)
+    """The validator Gradio runs before a request takes a queue slot, keyed by the verified session."""
+    check = rate_validator(hosted.ctx.rate, hosted.ctx.session_of)
+    a, b = hosted.ctx.session_for(None)[1], hosted.ctx.session_for(None)[1]
     for _ in range(3):
-        assert all(v["is_valid"] for v in check(prompt=PROMPT, coefs="", browser_id="a"))
-    refused = check(prompt=PROMPT, coefs="", browser_id="a")
+        assert all(v["is_valid"] for v in check(prompt=PROMPT, coefs="", browser_id=a))
+    refused = check(prompt=PROMPT, coefs="", browser_id=a)
     assert not refused[0]["is_valid"] and "rate limit: 3 runs a minute per session" in refused[0]["message"]
     assert len(refused) == 3 and all(v["is_valid"] for v in refused[1:])  # one per input of the event
-    assert all(v["is_valid"] for v in check(prompt=PROMPT, coefs="", browser_id="b"))  # another session is fine
+    assert all(v["is_valid"] for v in check(prompt=PROMPT, coefs="", browser_id=b))  # another session is fine
     limiter = RateLimiter(2)
     limiter.admit("k", now=0)
     limiter.admit("k", now=1)
@@ -91,18 +92,19 @@ def test_rate_limit_per_session(hosted):
 
 
 def test_a_browser_sees_only_its_own_runs(hosted):
-    run_id = gen(hosted, browser="a")[-1]["result"]["run_id"]
-    assert hosted.history.open_run(run_id, "a")["result"]["run_id"] == run_id
+    a, b = hosted.ctx.session_for(None)[1], hosted.ctx.session_for(None)[1]
+    run_id = gen(hosted, browser=a)[-1]["result"]["run_id"]
+    assert hosted.history.open_run(run_id, a)["result"]["run_id"] == run_id
     with pytest.raises(gr.Error, match="no run .* in this session"):
-        hosted.history.open_run(run_id, "b")
+        hosted.history.open_run(run_id, b)
 
     class Link:
         query_params = {"run": run_id}
 
-    out = hosted.history.on_page_load("b", Link())
-    assert "Cannot open the linked run" in out["status"] and out["history"] == []
-    assert hosted.history.history("b") == [] and hosted.history.export_session("b", "jsonl")["value"]
-    (only_b,) = hosted.history.export_session("b", "jsonl")["value"]
+    out = hosted.history.on_page_load(b, Link())
+    assert "Cannot open the linked run" in out["status"] and out["history"] == [] and out["browser_id"] == b
+    assert hosted.history.history(b) == [] and hosted.history.export_session(b, "jsonl")["value"]
+    (only_b,) = hosted.history.export_session(b, "jsonl")["value"]
     assert open(only_b).read() == ""
 
 
@@ -131,8 +133,8 @@ def test_a_client_over_the_rate_limit_is_refused_before_queueing(bundled, tmp_pa
         with pytest.raises(ValidationError, match="rate limit: 2 runs a minute"):
             client.predict(prompt=PROMPT, max_new_tokens=1, api_name="/generate")
         assert len(dash.ctx.store.list_runs()) == 2  # the refused request never ran
-        client.predict(prompt=PROMPT, max_new_tokens=1, browser_id="someone-else",
-                       api_name="/generate")  # another browser session is fine
+        other = dash.ctx.session_for(None)[1]  # another browser's session (its own quota)
+        client.predict(prompt=PROMPT, max_new_tokens=1, browser_id=other, api_name="/generate")
     finally:
         demo.close()
 

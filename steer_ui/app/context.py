@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import atexit
+import shutil
 import tempfile
 import threading
 from collections import OrderedDict
@@ -12,6 +14,7 @@ import gradio as gr
 
 from steer_ui.app.hosted import Limits, RateLimiter
 from steer_ui.app.live import LiveRun
+from steer_ui.app.sessions import SessionTokens, server_secret
 from steer_ui.errors import UserError
 from steer_ui.log.store import Store
 from steer_ui.model.loading import LoadedModel
@@ -28,20 +31,26 @@ class AppContext:
     dtype: str = "auto"
     model_lock: threading.Lock = field(default_factory=threading.Lock)  # hooks on the shared model
     active: dict[str, LiveRun] = field(default_factory=dict)  # by Gradio session hash: what Stop stops
+    sweeps: dict[str, threading.Event] = field(default_factory=dict)  # likewise, the Sweep tab's Stop
     views: OrderedDict[str, RunView] = field(default_factory=OrderedDict)  # recent runs, for snapshots
-    files: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="steer-ui-")))
+    files: Path = field(default_factory=lambda: temp_folder())
     any_run_link: bool = True  # ?run=ID may open runs of other sessions (a local, single-user app)
     limits: Limits | None = None  # hosted mode: caps, rate limit, model allow-list (None: a local install)
     startup_model: str = ""
     rate: RateLimiter | None = None
     compile_on_cpu: bool = False  # --compile: compiled steps on CPU too (a CUDA GPU has them unless eager)
     eager: bool = False  # --eager: no compiled steps at all
+    tokens: SessionTokens | None = None  # signs browser sessions (default: the secret in the cache dir)
 
     def __post_init__(self) -> None:
         if self.limits is not None:
             self.any_run_link = False  # hosted: a browser opens only its own runs
             self.rate = self.rate or RateLimiter(self.limits.runs_per_minute)
         self.startup_model = self.startup_model or self.lm.model_id
+        if self.tokens is None:
+            from steer_ui.model.loading import default_cache_dir
+
+            self.tokens = SessionTokens(server_secret(default_cache_dir()))
 
     def prepare(self, lm: LoadedModel) -> None:
         """Compiled steps for a newly loaded model, where there are any, warming in the background."""
@@ -64,11 +73,26 @@ class AppContext:
         while len(self.views) > KEEP_VIEWS:
             self.views.popitem(last=False)
 
-    def session_for(self, browser_id: str | None, kind: str = "browser") -> str:
-        """This browser's session in the log (created on first use); API callers without one get their own."""
-        sid = self.store.new_session(kind, session_id=browser_id or None)
+    def session_for(self, token: object, kind: str = "browser") -> tuple[str, str]:
+        """(session id, token) for a request: the session its token names if this server issued it, else a
+        new one (a first visit, an API caller, or a token that does not verify)."""
+        sid = self.tokens.verify(token)
+        if sid is None:
+            sid, token = self.tokens.issue()
+        self.store.new_session(kind, session_id=sid)
         self.store.touch_session(sid)
-        return sid
+        return sid, str(token)
+
+    def session_of(self, token: object) -> str | None:
+        """The session a token proves, without creating one (None: not a token of this server)."""
+        return self.tokens.verify(token)
+
+
+def temp_folder() -> Path:
+    """The app's folder for downloads, removed when the process exits."""
+    folder = Path(tempfile.mkdtemp(prefix="steer-ui-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder
 
 
 def shown(err: UserError) -> gr.Error:

@@ -4,6 +4,7 @@ side with the live log-odds chart; Stop; the run's link and downloads.
 
 from __future__ import annotations
 
+import logging
 import secrets
 import time
 from collections.abc import Iterator
@@ -14,7 +15,7 @@ import gradio as gr
 
 from steer_ui.app import widgets
 from steer_ui.app.context import AppContext, shown
-from steer_ui.app.downloads import run_downloads
+from steer_ui.app.downloads import chart_page, run_downloads
 from steer_ui.app.form import knob_widget, knobs_in
 from steer_ui.app.hosted import rate_validator
 from steer_ui.app.live import LiveRun
@@ -26,6 +27,7 @@ from steer_ui.engine.knobs import BY_NAME, KNOBS, parse_rows
 from steer_ui.engine.run_settings import RunSettings, settings_from_form
 from steer_ui.engine.scope import Scope
 from steer_ui.errors import UserError
+from steer_ui.log.archive import record_events, run_record
 from steer_ui.log.recorder import RunRecorder
 from steer_ui.vectors.guidance import dose_lines
 from steer_ui.vectors.vector import SteeringVector
@@ -35,7 +37,8 @@ UPDATES_PER_S = 15  # what a browser comfortably renders; the engine may be much
 # The generate event's inputs (and API parameters), by name: the knobs, the uploaded file beside the vector.
 FORM = tuple(name for k in KNOBS for name in ((k.name, "vector_file") if k.name == "vector" else (k.name,)))
 # The generate API's outputs, in the documented order (gradio_client scripts unpack them positionally).
-RUN_OUTPUTS = ("streams", "chart", "status", "result", "downloads", "link")
+# shown_run is a gr.State (kept on the server, not in the API): which run the chart button makes a page of.
+RUN_OUTPUTS = ("streams", "chart", "status", "result", "downloads", "link", "shown_run")
 GENERATE_OUTPUTS = (*RUN_OUTPUTS, "browser_id")
 
 EXAMPLES: list[dict[str, Any]] = [
@@ -51,6 +54,8 @@ EXAMPLES: list[dict[str, Any]] = [
      "vector": "confidence", "coefs": "6, -6", "rows": "", "scope": "all", "max_new_tokens": 64},
 ]
 
+log = logging.getLogger(__name__)
+
 
 class GenerateTab:
     def __init__(self, ctx: AppContext, vectors: VectorPanel, model: ModelPanel):
@@ -59,6 +64,8 @@ class GenerateTab:
     def settings(self, form: dict[str, Any]) -> RunSettings:
         """The form's values (by knob name, plus the uploaded ``vector_file``) as checked settings."""
         form = {**form, "vector": None if form.get("vector") in (None, "", NO_VECTOR) else form["vector"]}
+        if self.ctx.limits is not None:  # sizes first: nothing is parsed or read for a form over a cap
+            self.ctx.limits.check_form(form)
         settings = settings_from_form(form, self.vectors.resolver(form.get("vector_file")))
         if self.ctx.limits is not None:
             self.ctx.limits.check_settings(settings)
@@ -80,7 +87,7 @@ class GenerateTab:
         ``form``: the knobs by name; ``vector_file``: an uploaded vector ('file' in the form names it)."""
         try:
             settings = self.settings({**form, "vector_file": vector_file})
-            sid = self.ctx.session_for(browser_id, "browser" if browser_id else "api")
+            sid, token = self.ctx.session_for(browser_id, "browser" if browser_id else "api")
             recorder = RunRecorder(self.ctx.store, sid, self.ctx.lm, settings)
             # The view's key is what a browser quotes to fetch the whole run (snapshot): a fresh random
             # token, not the run id, so only the page that streamed or opened the run knows it.
@@ -99,20 +106,49 @@ class GenerateTab:
                     break
                 streams, chart = window(view)
                 yield {"streams": streams, "chart": chart, "status": status_text(view, notes, started),
-                       "browser_id": sid}
+                       "browser_id": token}
         finally:
             live.stop()  # Stop, a closed tab, or the end: the run is saved and the model free on return
             self.ctx.active.pop(tab, None)
         view = live.view
         streams, chart = window(view)
         yield {"streams": streams, "chart": chart, "status": status_text(view, notes, started),
-               "result": self._result(live), "downloads": run_downloads(self.ctx.store, self.ctx.files,
-                                                                        live.run_id, view),
-               "link": run_link(live.run_id), "browser_id": sid}
+               "result": self._result(live), "downloads": self._downloads(live),
+               "link": run_link(live.run_id), "shown_run": live.run_id, "browser_id": token}
 
     def _result(self, live: LiveRun) -> dict:
-        status = self.ctx.store.get_run(live.run_id).status if live.view.rows else "error"
+        if live.recorder is not None and live.recorder.error is not None:
+            return live.view.result(live.run_id, "error")  # the view's error says the log failed
+        try:
+            status = self.ctx.store.get_run(live.run_id).status if live.view.rows else "error"
+        except UserError:
+            status = "error"
         return live.view.result(live.run_id, status)
+
+    def _downloads(self, live: LiveRun) -> list[str]:
+        """The run's files, none when the log did not take it (the error is in the status already)."""
+        if live.recorder is not None and live.recorder.error is not None:
+            return []
+        try:
+            return run_downloads(self.ctx.store, self.ctx.files, live.run_id, live.view)
+        except UserError as err:
+            log.error("run %s: no downloads: %s", live.run_id, err)
+            return []
+
+    def chart_download(self, shown_run: str | None, browser_id: str | None = None) -> dict:
+        """The shown run's files, and its chart as a standalone page (made now, once per run)."""
+        if not shown_run:
+            raise gr.Error("run something (or open a run) first", print_exception=False)
+        sid = self.ctx.session_of(browser_id)
+        try:
+            run = self.ctx.store.get_run(shown_run, None if self.ctx.any_run_link else (sid or "-"))
+        except UserError:
+            raise gr.Error("that run is not this browser's", print_exception=False) from None
+        view = RunView(run.id)
+        for event in record_events(run_record(self.ctx.store, run)):
+            view.apply(event)
+        files = run_downloads(self.ctx.store, self.ctx.files, run.id, view)
+        return {"downloads": [chart_page(self.ctx.files, run.id, view), *files]}
 
     def stop(self, request: gr.Request = None) -> None:
         live = self.ctx.active.get(getattr(request, "session_hash", None) or "")
@@ -178,6 +214,8 @@ class GenerateTab:
         ui.add("chart", widgets.chart(self._snapshot_fn(), label="Log-odds chart"))
         ui.add("link", gr.Markdown("", label="Run link"))
         ui.add("downloads", gr.File(label="Downloads", file_count="multiple", interactive=False))
+        ui.add("chart_btn", gr.Button("Chart as a page (HTML, opens offline)", size="sm"))
+        ui.add("shown_run", gr.State(None))
         with gr.Accordion("Run data (JSON, what the API returns)", open=False):
             ui.add("result", gr.JSON(label="Run data"))
 
@@ -192,8 +230,12 @@ class GenerateTab:
         run = ui["generate_btn"].click(
             by_name(self.generate, GENERATE_OUTPUTS), inputs_kwargs=ui.inputs([*FORM, "browser_id"]),
             outputs=ui.outputs(GENERATE_OUTPUTS), api_name="generate", concurrency_id="gpu", concurrency_limit=1,
-            validator=rate_validator(self.ctx.rate), show_progress="minimal", show_progress_on=[ui["status"]])
+            validator=rate_validator(self.ctx.rate, self.ctx.session_of), show_progress="minimal",
+            show_progress_on=[ui["status"]])
         ui["stop_btn"].click(self.stop, api_name="stop", queue=False)
+        ui["chart_btn"].click(by_name(self.chart_download, ("downloads",)),
+                              inputs_kwargs=ui.inputs(["shown_run", "browser_id"]), outputs=ui["downloads"],
+                              api_visibility="private", validator=rate_validator(self.ctx.rate, self.ctx.session_of))
         return run
 
 

@@ -4,15 +4,14 @@ Generate tab, its vectors as the stored copies), export the session; and ``?run=
 from __future__ import annotations
 
 import secrets
-import tempfile
 from html import escape
-from pathlib import Path
 from typing import Any
 
 import gradio as gr
 
 from steer_ui.app.context import AppContext, shown
-from steer_ui.app.downloads import run_downloads
+from steer_ui.app.downloads import run_downloads, session_folder
+from steer_ui.app.hosted import rate_validator
 from steer_ui.app.generate_tab import FORM, RUN_OUTPUTS, run_link
 from steer_ui.app.stream_values import chart_value, streams_value
 from steer_ui.app.vector_panel import FILE_VECTOR, NO_VECTOR, VectorPanel
@@ -32,10 +31,12 @@ class HistoryTab:
         self.ctx, self.vectors = ctx, vectors
 
     def history(self, browser_id: str | None) -> list[list]:
-        if not browser_id:
+        """This browser's runs (its token's session), newest first."""
+        sid = self.ctx.session_of(browser_id)
+        if sid is None:
             return []
         rows = []
-        for r in self.ctx.store.list_runs(browser_id, limit=200):
+        for r in self.ctx.store.list_runs(sid, limit=200):
             prompt = r.prompt if len(r.prompt) <= 80 else r.prompt[:77] + "..."
             rows.append([r.id, r.created.strftime("%Y-%m-%d %H:%M:%S"), r.status, prompt,
                          ", ".join(f"{c:+g}" for c in r.coefs) or "-", r.tokens])
@@ -46,8 +47,13 @@ class HistoryTab:
         run_id = (run_id or "").strip()
         if not run_id:
             raise gr.Error("choose a run in the table (or paste a run id)", print_exception=False)
+        sid = self.ctx.session_of(browser_id)
         try:
-            run = self.ctx.store.get_run(run_id, None if self.ctx.any_run_link else (browser_id or "-"))
+            run = self.ctx.store.get_run(run_id, None if self.ctx.any_run_link else (sid or "-"))
+        except UserError:
+            raise shown(UserError(f"no run {run_id[:40]!r}" + ("" if self.ctx.any_run_link else " in this session"))
+                        ) from None
+        try:
             settings = RunSettings.from_dict(run.settings, self.ctx.store.run_vectors(run))
         except UserError as err:
             raise shown(err) from None
@@ -61,7 +67,7 @@ class HistoryTab:
                   + (f" ({escape(run.error)})" if run.error else "")
                   + "".join(f"  \n{escape(w)}" for w in view.warnings))
         return {"streams": streams_value(view), "chart": chart_value(view), "status": status,
-                "result": view.result(run.id, run.status), "link": run_link(run.id),
+                "result": view.result(run.id, run.status), "link": run_link(run.id), "shown_run": run.id,
                 "downloads": run_downloads(self.ctx.store, self.ctx.files, run.id, view), **self._form(settings)}
 
     def _form(self, settings: RunSettings) -> dict[str, Any]:
@@ -78,23 +84,27 @@ class HistoryTab:
 
     def on_page_load(self, browser_id: str | None, request: gr.Request = None) -> dict[str, Any]:
         """Give a new browser its session; with ``?run=ID`` in the address, open that run."""
-        sid = self.ctx.session_for(browser_id)
-        out: dict[str, Any] = {"browser_id": sid, "history": self.history(sid)}
+        try:
+            _, token = self.ctx.session_for(browser_id)
+            out: dict[str, Any] = {"browser_id": token, "history": self.history(token)}
+        except UserError as err:  # the log cannot be read or written: the page works, runs are not saved
+            return {"history": [], "status": f"**The session log is not available:** {escape(str(err))}"}
         run = (getattr(request, "query_params", None) or {}).get("run") if request is not None else None
         if run:
             try:
-                out.update(self.open_run(run, sid))
+                out.update(self.open_run(str(run), token))
             except gr.Error as err:
                 out["status"] = f"**Cannot open the linked run:** {escape(err.message)}"
         return out
 
     def export_session(self, browser_id: str | None, fmt: str) -> dict:
-        if not browser_id:
+        sid = self.ctx.session_of(browser_id)
+        if sid is None:
             raise gr.Error("this browser has no runs yet", print_exception=False)
-        folder = Path(tempfile.mkdtemp(dir=self.ctx.files))
+        folder = session_folder(self.ctx.files, sid)
         try:
             paths = export(self.ctx.store, folder / f"steer-ui-session.{'jsonl' if fmt == 'jsonl' else 'csv'}", fmt,
-                           session_id=browser_id)
+                           session_id=sid, pseudonymous=True)
         except UserError as err:
             raise shown(err) from None
         return gr.update(value=[str(p) for p in paths], visible=True)
@@ -118,11 +128,12 @@ class HistoryTab:
         to_generate = {"fn": lambda: gr.Tabs(selected="generate"), "outputs": ui["tabs"], "api_visibility": "private",
                        "queue": False}
         ui["open_btn"].click(by_name(self.open_run, OPENED), inputs_kwargs=ui.inputs(["run_id", "browser_id"]),
-                             outputs=opened, api_name="open_run").then(**to_generate)
+                             outputs=opened, api_name="open_run",
+                             validator=rate_validator(self.ctx.rate, self.ctx.session_of)).then(**to_generate)
         ui["history"].select(_selected_run, inputs=ui["history"], outputs=ui["run_id"], api_visibility="private",
                              queue=False).then(
             by_name(self.open_run, OPENED), inputs_kwargs=ui.inputs(["run_id", "browser_id"]), outputs=opened,
-            api_visibility="private").then(**to_generate)
+            api_visibility="private", validator=rate_validator(self.ctx.rate, self.ctx.session_of)).then(**to_generate)
         refresh = {"inputs_kwargs": ui.inputs(["browser_id"]), "outputs": ui["history"], "api_visibility": "private",
                    "queue": False}
         ui["refresh_btn"].click(self.history, **refresh)

@@ -15,13 +15,17 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
+from typing import Any
 from dataclasses import dataclass, field, fields
 
 import gradio as gr
 
-from steer_ui.engine.knobs import KNOBS, Knob
+from steer_ui.engine.knobs import BY_NAME, KNOBS, Knob
 from steer_ui.engine.run_settings import RunSettings
 from steer_ui.errors import UserError
+
+FIELD_CHARS = 4096  # any uncapped text field (layers, coefficients, rows, choices, ...): far above real use
+FIELD_ITEMS = 64  # any list a field may hold
 
 # Caps on run knobs come from the knobs' own declarations: (cap name, knob).
 KNOB_CAPS: dict[str, Knob] = {k.hosted_cap[0]: k for k in KNOBS if k.hosted_cap}
@@ -36,6 +40,7 @@ class Limits:
     caps: Mapping[str, int] = field(default_factory=_default_caps)  # knob caps: max_new_tokens, prompt_chars
     steered_rows: int = 4
     pairs: int = 200
+    pair_chars: int = 4000  # per pair text; a long text is also cut to the model's context when read
     upload_mb: int = 16
     sweep_questions: int = 20
     queue_size: int = 16
@@ -68,6 +73,24 @@ class Limits:
             self.check_knob(knob, getattr(settings, knob.name), self.cap(name))
         if len(settings.rows) > self.steered_rows:
             raise UserError(f"{len(settings.rows)} steered rows asked; this server's limit is {self.steered_rows}")
+
+    def check_form(self, form: Mapping[str, Any]) -> None:
+        """The raw form, before any of it is parsed or a vector is read: each text's length (a capped knob's
+        own cap, else ``FIELD_CHARS``), then how many steered rows it asks for."""
+        for name, value in form.items():
+            knob = BY_NAME.get(name)
+            cap = self.cap(knob.hosted_cap[0]) if knob is not None and knob.hosted_cap else FIELD_CHARS
+            if isinstance(value, str) and len(value) > cap:
+                raise UserError(f"the {name.replace('_', ' ')} field is {len(value):,} characters; this server's "
+                                f"limit is {cap:,}")
+            if isinstance(value, (list, tuple, dict)) and len(value) > FIELD_ITEMS:
+                raise UserError(f"the {name.replace('_', ' ')} field has {len(value):,} items; this server's "
+                                f"limit is {FIELD_ITEMS}")
+        asked = len(BY_NAME["rows"].read(form.get("rows")))
+        if BY_NAME["vector"].read(form.get("vector")):
+            asked += len(BY_NAME["coefs"].read(form.get("coefs")))
+        if asked > self.steered_rows:
+            raise UserError(f"{asked} steered rows asked; this server's limit is {self.steered_rows}")
 
     @staticmethod
     def check_knob(knob: Knob, value: object, cap: int) -> None:
@@ -107,36 +130,64 @@ def _positive(name: str, raw: str) -> int:
 
 @dataclass
 class RateLimiter:
-    """At most ``per_minute`` admissions per key in any 60 s window."""
+    """At most ``per_minute`` admissions per session and ``per_address`` per client address in any 60 s
+    window. Sessions are the server-issued ones (a client cannot mint them), and the address cap stops a
+    caller who starts a fresh session for every request. Keys with nothing in the window are dropped, so
+    the table does not grow with every visitor ever seen."""
 
     per_minute: int
+    per_address: int | None = None  # default: 3x per_minute (a lab behind one address is several people)
     _seen: dict[str, deque] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _last_sweep: float = 0.0
 
-    def admit(self, key: str, now: float | None = None) -> None:
+    def admit(self, session: str | None, address: str | None = None, now: float | None = None) -> None:
+        """Count one request of ``session`` from ``address``; UserError (naming the wait) when over a limit."""
         now = time.monotonic() if now is None else now
+        per_address = self.per_address or 3 * self.per_minute
+        # A request without a session (an API caller, a forged token) counts as its address's session, so
+        # starting a fresh one per request buys nothing; the address cap bounds many real sessions.
+        address = address or "unknown"
+        checks = [(f"s:{session}" if session else f"n:{address}", self.per_minute, "per session"),
+                  (f"a:{address}", per_address, "per client address")]
         with self._lock:
-            times = self._seen.setdefault(key, deque())
-            while times and now - times[0] >= 60:
-                times.popleft()
-            if len(times) >= self.per_minute:
-                wait = 60 - (now - times[0])
-                raise UserError(f"rate limit: {self.per_minute} runs a minute per session on this server; "
-                                f"try again in {wait:.0f} s")
-            times.append(now)
+            self._sweep(now)
+            for key, limit, what in checks:
+                times = self._window(key, now)
+                if len(times) >= limit:
+                    raise UserError(f"rate limit: {limit} runs a minute {what} on this server; "
+                                    f"try again in {60 - (now - times[0]):.0f} s")
+            for key, _, _ in checks:
+                self._seen.setdefault(key, deque()).append(now)
+
+    def _window(self, key: str, now: float) -> deque:
+        times = self._seen.get(key, deque())
+        while times and now - times[0] >= 60:
+            times.popleft()
+        return times
+
+    def _sweep(self, now: float) -> None:
+        if now - self._last_sweep < 60:
+            return
+        self._last_sweep = now
+        for key in [k for k, times in self._seen.items() if not times or now - times[-1] >= 60]:
+            del self._seen[key]
+
+    def __len__(self) -> int:
+        return len(self._seen)
 
 
-def rate_validator(rate: RateLimiter | None) -> Callable:
+def rate_validator(rate: RateLimiter | None, session_of: Callable[[object], str | None]) -> Callable:
     """Hosted mode's rate limit as a Gradio validator: it runs before the request takes a queue slot, with
     the event's inputs by name, and answers one ``gr.validate`` per input (the first carries a refusal).
-    The limit is keyed by the browser session, else the client's address."""
+    The limit is keyed by the verified browser session (``session_of(token)``) and the client's address."""
     def validator(*args, request: gr.Request = None, **inputs) -> list[dict]:
         ok = [gr.validate(True, "") for _ in range(len(args) + len(inputs))]
         if rate is None:
             return ok
-        client = getattr(getattr(request, "client", None), "host", None)
+        address = getattr(getattr(request, "client", None), "host", None)
         try:
-            rate.admit(str(inputs.get("browser_id") or client or "anonymous"))
+            rate.admit(session_of(inputs.get("browser_id")), address)
         except UserError as err:
             return [gr.validate(False, str(err)), *ok[1:]]
         return ok

@@ -12,6 +12,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 import gradio as gr  # noqa: E402
+from starlette.middleware import Middleware  # noqa: E402
 
 from steer_ui.app import widgets  # noqa: E402
 from steer_ui.app.context import AppContext  # noqa: E402
@@ -82,10 +83,46 @@ def parse_auth(text: str | None) -> list[tuple[str, str]] | None:
 
 
 def launch_kwargs(limits: Limits | None = None) -> dict:
-    kwargs = {"css": CSS, "run_history": False, "show_error": True, "allowed_paths": []}
+    kwargs = {"css": CSS, "run_history": False, "show_error": True, "allowed_paths": [],
+              "app_kwargs": {"middleware": [Middleware(LoginForEveryRoute)]}}
     if limits is not None:
         kwargs["max_file_size"] = f"{limits.upload_mb}mb"  # Gradio refuses bigger uploads before they land
     return kwargs
+
+
+class LoginForEveryRoute:
+    """With ``--auth``, Gradio 6.31 checks the login on its routes except ``/gradio_api/cancel`` and
+    ``/gradio_api/heartbeat/...``, which answered anyone. This ASGI middleware refuses those without the
+    login cookie Gradio set, the same check its other routes make."""
+
+    GUARDED = ("/gradio_api/cancel", "/gradio_api/heartbeat/")
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith(self.GUARDED) and not _logged_in(scope):
+            from starlette.responses import JSONResponse
+
+            response = JSONResponse({"detail": "Not authenticated"}, status_code=401)
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+def _logged_in(scope) -> bool:
+    """True without a login configured, or with a cookie that names a logged-in user."""
+    from starlette.requests import Request
+
+    app = scope.get("app")
+    if app is None or (getattr(app, "auth", None) is None and getattr(app, "auth_dependency", None) is None):
+        return True
+    request = Request(scope)
+    if app.auth_dependency is not None:
+        return False  # a custom dependency: refuse these two routes rather than guess how it decides
+    token = request.cookies.get(f"access-token-{app.cookie_id}") or request.cookies.get(
+        f"access-token-unsecure-{app.cookie_id}")
+    return app.tokens.get(token) is not None
 
 
 def queue_kwargs(limits: Limits | None = None) -> dict:

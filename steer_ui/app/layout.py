@@ -32,9 +32,8 @@ INTRO = ("Steer a language model's chain of thought and watch it bend: the **bas
 def build(dash: Dashboard, secret: str | None = None) -> gr.Blocks:
     """The page for ``dash``; ``secret`` encrypts each browser's session id in its local storage."""
     ui = Components()
-    # Hosted: Gradio's copies of downloads older than 2 h are deleted hourly (our own folders are pruned too).
-    cleanup = {"delete_cache": (3600, 7200)} if dash.ctx.hosted else {}
-    with gr.Blocks(title="steer-ui", fill_width=True, **cleanup) as demo:
+    # Gradio's copies of downloads older than 2 h are deleted hourly (our own folders are pruned too).
+    with gr.Blocks(title="steer-ui", fill_width=True, delete_cache=(3600, 7200)) as demo:
         ui.add("browser_id", gr.BrowserState("", storage_key="steer-ui-session", secret=secret or browser_secret()))
         gr.Markdown("## steer-ui", elem_id="su-title")
         gr.Markdown(INTRO)

@@ -8,6 +8,7 @@ the engine thread, so a run is saved the same whether the browser stays, stops i
 from __future__ import annotations
 
 import contextvars
+import logging
 import queue
 import threading
 import time
@@ -23,6 +24,12 @@ from steer_ui.model.loading import LoadedModel
 from steer_ui.views.run_view import RunView
 
 _END = object()
+log = logging.getLogger(__name__)
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(getattr(err, "orig", None) or err).strip()
+    return f"{type(err).__name__}: {text.splitlines()[0][:200] if text else ''}"
 
 
 class LiveRun:
@@ -71,6 +78,10 @@ class LiveRun:
                 torch.cuda.empty_cache()  # give an out-of-memory run's blocks back for the next one
             if self.recorder is not None:
                 self.recorder.close()
+                if self.recorder.error is not None:  # the run happened, but the log did not take it
+                    message = f"the run was not saved to the session log ({_first_line(self.recorder.error)})"
+                    log.error("run %s: %s", self.run_id, message)
+                    self._queue.put(("error", message))
             self._queue.put(_END)
 
     def _fail(self, message: str) -> None:

@@ -7,6 +7,7 @@ from html import escape
 import gradio as gr
 
 from steer_ui.app.context import AppContext, shown
+from steer_ui.app.hosted import rate_validator
 from steer_ui.app.vector_panel import NO_VECTOR, VectorPanel
 from steer_ui.app.wiring import Components, by_name
 from steer_ui.engine import worker
@@ -40,7 +41,9 @@ class ModelPanel:
         fast = self.ctx.lm.fast
         return {"model_info": self.markdown(), "fast_timer": gr.Timer(active=bool(fast and fast.warming_soon()))}
 
-    def load(self, model: str, progress: gr.Progress | None = gr.Progress()) -> dict:  # noqa: B008
+    def load(self, model: str, browser_id: str | None = None,
+             progress: gr.Progress | None = gr.Progress()) -> dict:  # noqa: B008
+        """Load another model for everyone (``browser_id``: for the rate limit)."""
         model = (model or "").strip()
         if not model:
             raise gr.Error("type a hub id (e.g. deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B), a local folder or "
@@ -77,6 +80,6 @@ class ModelPanel:
     def wire(self, ui: Components) -> None:
         ui["fast_timer"].tick(by_name(self.tick, ("model_info", "fast_timer")),
                               outputs=ui.outputs(("model_info", "fast_timer")), api_visibility="private", queue=False)
-        ui["load_btn"].click(by_name(self.load, LOADED), inputs_kwargs=ui.inputs(["model"]),
+        ui["load_btn"].click(by_name(self.load, LOADED), inputs_kwargs=ui.inputs(["model", "browser_id"]),
                              outputs=ui.outputs(LOADED), api_name="load_model", concurrency_id="gpu",
-                             concurrency_limit=1)
+                             concurrency_limit=1, validator=rate_validator(self.ctx.rate, self.ctx.session_of))

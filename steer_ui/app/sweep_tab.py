@@ -3,14 +3,16 @@ template; each run is logged and shows in History. Big sweeps: ``python -m steer
 
 from __future__ import annotations
 
-import tempfile
-from html import escape
+import secrets
 from pathlib import Path
+import threading
+from html import escape
 from typing import Any
 
 import gradio as gr
 
 from steer_ui.app.context import AppContext, shown
+from steer_ui.app.downloads import sweep_folder
 from steer_ui.app.generate_tab import FORM, GenerateTab
 from steer_ui.app.hosted import rate_validator
 from steer_ui.app.wiring import Components, by_name
@@ -30,7 +32,7 @@ class SweepTab:
         self.ctx, self.generate = ctx, generate
 
     def sweep(self, questions: str = "yesno:8", questions_file: str | None = None, sweep_coefs: str = "-4, 0, 4",
-              vector_file: str | None = None, browser_id: str | None = None,
+              vector_file: str | None = None, browser_id: str | None = None, request: gr.Request = None,
               progress: gr.Progress | None = gr.Progress(), **form: Any) -> dict:  # noqa: B008
         from steer_ui.experiments.questions import load_questions
         from steer_ui.experiments.sweep import SweepConfig, run_sweep
@@ -39,12 +41,20 @@ class SweepTab:
         try:
             if self.ctx.limits is not None:
                 self.ctx.limits.check_file(questions_file, "questions file")
-            qs = load_questions(questions_file or (questions or "").strip() or "yesno:8")
             most = self.ctx.limits.sweep_questions if self.ctx.limits is not None else MAX_SWEEP_QUESTIONS
-            if len(qs) > most:
-                raise UserError(f"the dashboard runs at most {most} questions; use "
-                                "'python -m steer_ui sweep' for more")
+            # Sizes are checked before a set is generated or a file read past the cap; a hosted visitor may
+            # name generated sets or upload a file, never give a path on the server.
+            if questions_file:
+                qs = load_questions(questions_file, max_count=most,
+                                    name=Path(questions_file).name if self.ctx.hosted else None)
+            else:
+                qs = load_questions((questions or "").strip() or "yesno:8", max_count=most,
+                                    allow_files=not self.ctx.hosted)
             coefs = parse_coefs(sweep_coefs)
+            steered_rows = sum(1 for c in coefs if c != 0)
+            if self.ctx.limits is not None and steered_rows > self.ctx.limits.steered_rows:
+                raise UserError(f"{steered_rows} steered coefficients; this server's limit is "
+                                f"{self.ctx.limits.steered_rows} steered rows")
             template = self.generate.settings({**form, "prompt": "(each question)", "vector": None, "coefs": (),
                                                "rows": ""})
             vector, layers, scope = self.generate.shared_steering(form) if any(coefs) else (None, None, Scope())
@@ -52,18 +62,29 @@ class SweepTab:
                               scope=scope, label={"title": f"{self.ctx.lm.model_id} | "
                                                            f"{vector.name if vector else 'no vector'}"})
             cfg.validate()
-            sid = self.ctx.session_for(browser_id)
-            out = Path(tempfile.mkdtemp(prefix="sweep-", dir=self.ctx.files))
+            sid, _ = self.ctx.session_for(browser_id)
+            out = sweep_folder(self.ctx.files, secrets.token_hex(8))
 
             def report(done: int, total: int) -> None:
                 if progress is not None:
                     progress((done, total), desc="sweeping", unit="questions")
 
-            with self.ctx.model_lock:
-                result = run_sweep(self.ctx.lm, cfg, out, self.ctx.store, report, session_id=sid)
+            cancel = threading.Event()
+            self.ctx.sweeps[getattr(request, "session_hash", None) or sid] = cancel
+            try:
+                with self.ctx.model_lock:
+                    result = run_sweep(self.ctx.lm, cfg, out, self.ctx.store, report, session_id=sid, cancel=cancel)
+            finally:
+                self.ctx.sweeps.pop(getattr(request, "session_hash", None) or sid, None)
         except UserError as err:
             raise shown(err) from None
         return self._shown(result, cfg, len(qs))
+
+    def stop(self, request: gr.Request = None) -> None:
+        """Stop this page's sweep within a step (the runs so far are kept, and summarised)."""
+        cancel = self.ctx.sweeps.get(getattr(request, "session_hash", None) or "")
+        if cancel is not None:
+            cancel.set()
 
     @staticmethod
     def _shown(result, cfg, n_questions: int) -> dict:
@@ -92,14 +113,18 @@ class SweepTab:
             ui.add("questions_file", gr.File(label="or a questions file (.jsonl)", file_types=[".jsonl"],
                                              type="filepath"))
             ui.add("sweep_coefs", gr.Textbox("-4, 0, 4", label="Sweep coefficients", info="0 is the baseline"))
-        ui.add("sweep_btn", gr.Button("Run sweep", variant="primary"))
+        with gr.Row():
+            ui.add("sweep_btn", gr.Button("Run sweep", variant="primary"))
+            ui.add("sweep_stop_btn", gr.Button("Stop sweep", variant="stop"))
         ui.add("sweep_status", gr.Markdown("", label="Sweep status"))
         ui.add("sweep_table", gr.Dataframe(headers=TABLE_HEADERS, interactive=False, label="Summary"))
         ui.add("sweep_plot", gr.Plot(label="Accuracy and chain-of-thought length against the coefficient"))
         ui.add("sweep_files", gr.File(label="Sweep files", file_count="multiple", interactive=False))
 
     def wire(self, ui: Components) -> gr.events.Dependency:
+        ui["sweep_stop_btn"].click(self.stop, api_name="stop_sweep", queue=False)
         return ui["sweep_btn"].click(
             by_name(self.sweep, SWEEP_OUTPUTS), inputs_kwargs=ui.inputs([*SWEEP_INPUTS, "browser_id"]),
-            outputs=ui.outputs(SWEEP_OUTPUTS), api_name="sweep", validator=rate_validator(self.ctx.rate),
+            outputs=ui.outputs(SWEEP_OUTPUTS), api_name="sweep",
+            validator=rate_validator(self.ctx.rate, self.ctx.session_of),
             concurrency_id="gpu", concurrency_limit=1)

@@ -12,12 +12,13 @@ from pathlib import Path
 import gradio as gr
 
 from steer_ui.app.context import AppContext, shown
+from steer_ui.app.hosted import rate_validator
 from steer_ui.app.wiring import Components, by_name
 from steer_ui.engine import worker
 from steer_ui.errors import UserError
 from steer_ui.jsonl import parse_lines
 from steer_ui.vectors.contrastive import METHODS, parse_pair, read_pairs_jsonl
-from steer_ui.vectors.files import load_vector, save_vector
+from steer_ui.vectors.files import load_vector, max_values_for, save_vector
 from steer_ui.vectors.layers import parse_layers
 from steer_ui.vectors.presets import preset_vector_path, preset_vectors
 from steer_ui.vectors.vector import SteeringVector
@@ -50,13 +51,9 @@ class VectorPanel:
             if name in FILE_NAMES:
                 if not vector_file:
                     raise UserError("upload a vector file (.gguf, .safetensors, .pt, .npy) or compute one from pairs")
-                if self.ctx.limits is not None:
-                    self.ctx.limits.check_file(vector_file, "vector file")
-                return load_vector(vector_file)
+                return self.uploaded(vector_file)
             if name in self.presets():
-                vector = load_vector(preset_vector_path(name, self.ctx.lm.profile.key))
-                vector.name = name
-                return vector
+                return self.preset(name)
             path = Path(name).expanduser()
             if path.suffix and (not self.ctx.hosted or path.resolve().parent == self.ctx.files.resolve()):
                 return load_vector(path)
@@ -65,12 +62,28 @@ class VectorPanel:
                             "file) or upload one")
         return resolve
 
+    def preset(self, name: str) -> SteeringVector:
+        vector = load_vector(preset_vector_path(name, self.ctx.lm.profile.key))
+        vector.name = name
+        return vector
+
+    def uploaded(self, path: str) -> SteeringVector:
+        """An uploaded vector file. On a server it is checked before it is read: its size on disk, then its
+        headers against what this model could use (layers x hidden size), and errors name it by its own
+        file name, never by where the server keeps uploads."""
+        limits = self.ctx.limits
+        if limits is None:
+            return load_vector(path)
+        limits.check_file(path, "vector file")
+        lm = self.ctx.lm
+        return load_vector(path, max_values=max_values_for(lm.n_layers, lm.hidden_size), name=Path(path).name)
+
     def form_name(self, vector: SteeringVector) -> str:
         """How the form names ``vector`` when a logged run is reopened: its preset name if it is that
-        preset exactly, else the path of its stored copy, written here."""
+        preset exactly (metadata included: a forged copy is not the preset), else the path of its stored
+        copy, written here."""
         if vector.name in self.presets():
-            preset = load_vector(preset_vector_path(vector.name, self.ctx.lm.profile.key))
-            if preset.content_hash() == vector.content_hash():
+            if self.preset(vector.name).content_hash() == vector.content_hash():
                 return vector.name
         path = self.ctx.files / f"vector-{vector.content_hash()[:12]}.safetensors"
         return str(save_vector(vector, path))
@@ -114,8 +127,9 @@ class VectorPanel:
                 f"<b>{escape(band)}</b>:</p><div class='su-bars'>{''.join(cells)}</div>")
 
     def compute(self, pairs_text: str, pairs_file: str | None, method: str, layers: str,
-                progress: gr.Progress | None = gr.Progress()) -> dict:  # noqa: B008
-        """A vector from contrastive pairs, saved as .safetensors and selected as the file vector."""
+                browser_id: str | None = None, progress: gr.Progress | None = gr.Progress()) -> dict:  # noqa: B008
+        """A vector from contrastive pairs, saved as .safetensors and selected as the file vector.
+        (``browser_id`` is for the rate limit, which counts this as a run.)"""
         try:
             if self.ctx.limits is not None:
                 self.ctx.limits.check_file(pairs_file, "pairs file")
@@ -138,12 +152,19 @@ class VectorPanel:
         return {"vector": gr.update(value=FILE_VECTOR), "vector_file": str(out),
                 "layer_info": self.layer_table(computed.vector), "layers": f"{computed.band[0]}-{computed.band[1]}"}
 
-    @staticmethod
-    def _pairs(text: str, file: str | None) -> list:
+    def _pairs(self, text: str, file: str | None) -> list:
+        """The pairs typed or uploaded; on a server each text is capped (``Limits.pair_chars``) and an
+        upload is named by its file name."""
+        limits = self.ctx.limits
+        max_chars = limits.pair_chars if limits is not None else None
+        most = limits.pairs * (2 * limits.pair_chars + 64) if limits is not None else None  # 64: the JSON
+        if most is not None and len(text or "") > most:
+            raise UserError(f"the pairs text is {len(text):,} characters; this server's limit is {most:,} "
+                            f"({limits.pairs} pairs of {limits.pair_chars:,} characters a text)")
         if file:
-            return read_pairs_jsonl(file)
+            return read_pairs_jsonl(file, max_chars, Path(file).name if limits is not None else None)
         try:
-            return [parse_pair(obj, where) for where, obj in parse_lines(text or "", "pairs")]
+            return [parse_pair(obj, where, max_chars) for where, obj in parse_lines(text or "", "pairs")]
         except UserError as err:
             raise UserError(f'{err}: write one {{"positive": "...", "negative": "..."}} per line') from None
 
@@ -173,5 +194,6 @@ class VectorPanel:
         computed = ("vector", "vector_file", "layer_info", "layers")
         ui["compute_btn"].click(
             by_name(self.compute, computed), outputs=ui.outputs(computed), api_name="compute_vector",
-            inputs_kwargs={**ui.inputs(["pairs_text", "pairs_file", "method"]), "layers": ui["compute_layers"]},
-            concurrency_id="gpu", concurrency_limit=1)
+            inputs_kwargs={**ui.inputs(["pairs_text", "pairs_file", "method", "browser_id"]),
+                           "layers": ui["compute_layers"]},
+            concurrency_id="gpu", concurrency_limit=1, validator=rate_validator(self.ctx.rate, self.ctx.session_of))

@@ -19,6 +19,8 @@ from steer_ui.vectors.layers import format_layers
 from steer_ui.vectors.vector import SteeringVector
 
 ResolveVector = Callable[[str], SteeringVector]  # a name or path as the user wrote it -> the vector
+# Each choice is read at every probe step and logged with every reading: a handful of short answers.
+MAX_CHOICES, MAX_CHOICE_CHARS = 8, 64
 
 
 @dataclass(frozen=True)
@@ -85,6 +87,9 @@ class RunSettings:
         for row in self.rows:
             BY_NAME["coefs"].read([row.coef])  # finite
         choices = self.probe_choices
+        if len(choices) > MAX_CHOICES or any(len(c) > MAX_CHOICE_CHARS for c in choices):
+            raise UserError(f"the probe reads at most {MAX_CHOICES} choices of at most {MAX_CHOICE_CHARS} "
+                            f"characters each, got {len(choices)}")
         if len(choices) < 2 or any(not c.strip() for c in choices):
             raise UserError(f"the probe needs two or more non-empty choices, got {list(choices)}")
         if len({c.strip().lower() for c in choices}) != len(choices):

@@ -121,8 +121,12 @@ class SweepResult:
 
 
 def run_sweep(lm: LoadedModel, cfg: SweepConfig, out: str | Path, store: Store | None = None,
-              progress: Progress | None = None, session_id: str | None = None) -> SweepResult:
-    """Run what ``out/results.csv`` does not have yet, then write the summary and the figure."""
+              progress: Progress | None = None, session_id: str | None = None, cancel=None) -> SweepResult:
+    """Run what ``out/results.csv`` does not have yet, then write the summary and the figure.
+
+    Setting ``cancel`` (a threading.Event) stops the running question within a step; its partial run is
+    logged as cancelled and not counted, and the questions done so far are summarised (a later call on
+    the same folder resumes)."""
     cfg.validate()
     out = _prepare(Path(out).expanduser(), cfg)
     results = out / "results.csv"
@@ -133,10 +137,16 @@ def run_sweep(lm: LoadedModel, cfg: SweepConfig, out: str | Path, store: Store |
     total = len(cfg.questions) * cfg.samples
     if progress is not None:
         progress(total - len(todo), total)
+    ran = 0
     for i, (q, sample) in enumerate(todo):
+        if cancel is not None and cancel.is_set():
+            break
         pending = [c for c in cfg.coefs if (q.id, c, sample) not in done]
-        rows = _one_run(lm, cfg, q, sample, pending, store, session)
+        rows = _one_run(lm, cfg, q, sample, pending, store, session, cancel)
+        if rows is None:  # stopped in the middle of this question
+            break
         _append(results, rows)
+        ran += 1
         if progress is not None:
             progress(total - len(todo) + i + 1, total)
     summary = summarise(_read(results), cfg)
@@ -144,7 +154,10 @@ def run_sweep(lm: LoadedModel, cfg: SweepConfig, out: str | Path, store: Store |
     notes = write_figure(summary, out, title=cfg.label.get("title", ""))
     files = [out / n for n in ("results.csv", "summary.csv", "summary.txt", "figure.html", "figure.png", "sweep.json")
              if (out / n).exists()]
-    return SweepResult(out, summary, files, notes, len(todo))
+    if ran < len(todo):
+        notes.append(f"stopped: {total - len(todo) + ran} of {total} question runs done; run the same sweep "
+                     "into the same folder to resume")
+    return SweepResult(out, summary, files, notes, ran)
 
 
 def _prepare(out: Path, cfg: SweepConfig) -> Path:
@@ -168,13 +181,13 @@ def _prepare(out: Path, cfg: SweepConfig) -> Path:
 
 
 def _one_run(lm: LoadedModel, cfg: SweepConfig, q: Question, sample: int, pending: list[float],
-             store: Store | None, session: str | None) -> list[dict]:
+             store: Store | None, session: str | None, cancel=None) -> list[dict] | None:
     settings = cfg.run_settings(q, sample, pending)
     recorder = RunRecorder(store, session, lm, settings) if store is not None else None
     last: dict[int, ProbeEvent] = {}
     done: DoneEvent | None = None
     try:
-        for event in worker.stream(lm, settings):
+        for event in worker.stream(lm, settings, cancel):
             if recorder is not None:
                 recorder(event)
             if isinstance(event, ProbeEvent):
@@ -189,6 +202,8 @@ def _one_run(lm: LoadedModel, cfg: SweepConfig, q: Question, sample: int, pendin
         if recorder is not None:
             recorder.close()
     assert done is not None
+    if any(r.finish_reason == "cancelled" for r in done.rows):
+        return None
     by_coef = {r.coef: r for r in done.rows}
     out = []
     for c in pending:

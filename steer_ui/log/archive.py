@@ -4,6 +4,7 @@ logged run as the engine's event stream again (to show it as it was streamed).""
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 import tempfile
@@ -18,6 +19,11 @@ from steer_ui.errors import UserError
 from steer_ui.log.store import Store
 
 FORMATS = ("jsonl", "csv")
+
+
+def pseudonym(session_id: str) -> str:
+    """A stable stand-in for a session id that cannot be turned back into it."""
+    return "s" + hashlib.sha256(session_id.encode()).hexdigest()[:15]
 
 
 def replay_settings(store: Store, run_id: str, session_id: str | None = None) -> tuple[str, RunSettings]:
@@ -97,15 +103,20 @@ def iter_records(store: Store, session_id: str | None = None, run_id: str | None
         yield store.run_record(store.get_run(rid))
 
 
-def export(store: Store, out: str | Path, fmt: str, session_id: str | None = None,
-           run_id: str | None = None) -> list[Path]:
-    """Write the chosen runs; JSONL is one object per run, CSV is three flat tables. Returns the files."""
+def export(store: Store, out: str | Path, fmt: str, session_id: str | None = None, run_id: str | None = None,
+           pseudonymous: bool = False) -> list[Path]:
+    """Write the chosen runs; JSONL is one object per run, CSV is three flat tables. Returns the files.
+
+    ``pseudonymous``: each session id replaced by a one-way pseudonym (exports a server hands out; runs
+    of one session still share theirs, and an import groups them by it)."""
     if fmt not in FORMATS:
         raise UserError(f"unknown format {fmt!r}: use {' or '.join(FORMATS)}")
     out = Path(out).expanduser()
     if not out.parent.is_dir():
         raise UserError(f"no such folder: {out.parent}")
     records = list(iter_records(store, session_id, run_id))
+    if pseudonymous:
+        records = [{**r, "session_id": pseudonym(r["session_id"])} for r in records]
     if fmt == "jsonl":
         _atomic_write(out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
         return [out]
