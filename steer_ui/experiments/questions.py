@@ -88,17 +88,25 @@ def read_questions_jsonl(path: str | Path, max_count: int | None = None, name: s
     for where, obj in iter_jsonl(path, "questions", MAX_QUESTIONS_FILE_BYTES, hint, name):
         if max_count is not None and len(out) >= max_count:
             raise UserError(f"{where_file}: more than {max_count:,} questions; at most {max_count:,} are allowed here")
-        if not isinstance(obj, dict) or not isinstance(obj.get("question"), str) or "answer" not in obj:
-            raise UserError(f'{where}: expected {{"question": "...", "answer": ...}}')
-        answer = str(obj["answer"]).strip()
-        if not obj["question"].strip() or not answer:
-            raise UserError(f"{where}: empty question or answer")
-        number = where.rsplit(":", 1)[1]
-        out.append(Question(str(obj.get("id", number)), obj["question"].strip(), answer, kind_of(answer)))
-    ids = [q.id for q in out]
+        out.append(question_from(obj, where, where.rsplit(":", 1)[1]))
+    return unique_ids(out, where_file)
+
+
+def question_from(obj: object, where: str, default_id: str) -> Question:
+    """A question from one ``{"question": ..., "answer": ...}`` object (optional "id", else ``default_id``)."""
+    if not isinstance(obj, dict) or not isinstance(obj.get("question"), str) or "answer" not in obj:
+        raise UserError(f'{where}: expected {{"question": "...", "answer": ...}}')
+    answer = str(obj["answer"]).strip()
+    if not obj["question"].strip() or not answer:
+        raise UserError(f"{where}: empty question or answer")
+    return Question(str(obj.get("id", default_id)), obj["question"].strip(), answer, kind_of(answer))
+
+
+def unique_ids(questions: list[Question], where: str) -> list[Question]:
+    ids = [q.id for q in questions]
     if len(set(ids)) != len(ids):
-        raise UserError(f"{where_file}: question ids are not unique")
-    return out
+        raise UserError(f"{where}: question ids are not unique")
+    return questions
 
 
 def _is_prime(n: int) -> bool:

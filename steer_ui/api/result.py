@@ -1,0 +1,169 @@
+"""A finished (or stopped) run as a notebook holds it: rows, probe series, a tidy frame, the chart, the log.
+
+A ``Run`` is folded from the engine's events by the same ``RunView`` the dashboard uses, so its texts,
+first divergences and probe series are the ones the dashboard shows for the same settings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from steer_ui.engine.events import Event
+from steer_ui.engine.run_settings import RunSettings
+from steer_ui.errors import UserError
+from steer_ui.views.run_view import RunView
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import plotly.graph_objects as go
+
+    from steer_ui.api.model import Model
+
+FRAME_COLUMNS = ("row", "label", "coef", "step", "token_id", "token", "logodds", "mass", "reliable")
+
+
+@dataclass(frozen=True)
+class Row:
+    """One row of a run: the baseline (row 0) or a steered row."""
+
+    row: int
+    label: str  # 'baseline', 'coef +4', or the row's own label
+    coef: float
+    text: str
+    token_ids: list[int]
+    finish_reason: str | None  # 'eos', 'length' or 'cancelled'
+    first_divergence: int | None  # the first step whose token differs from the baseline's (None: never)
+    probe_steps: list[int]  # tokens seen by each probe reading
+    logodds: list[float | None]  # log p(first choice) - log p(second choice) at each reading
+    mass: list[float | None]  # probability on all the choices together at each reading
+    reliable: list[bool]  # the reading's mass is at least probe_min_mass
+
+
+class Run:
+    """One run: the baseline and steered rows side by side, with their probe readings.
+
+    - ``run.rows``: each ``Row`` (text, token ids, finish reason, first divergence, probe series);
+      ``run.baseline`` is ``run.rows[0]``.
+    - ``run.to_pandas()``: one tidy frame, a line per generated token of each row with the probe
+      reading taken just before it.
+    - ``run.figure()``: the dashboard's log-odds chart as a ``plotly.graph_objects.Figure``.
+    - ``run.save(db=None)``: into the session log (then ``?run=<id>`` opens it in the dashboard);
+      ``steer_ui.open_run(id)`` brings any logged run back.
+    - In Jupyter a run displays itself: the panes with tokens coloured by log-odds, and the chart.
+    """
+
+    def __init__(self, events: list[Event], settings: RunSettings, model: Model | None = None,
+                 run_id: str | None = None, interrupted: bool = False):
+        self.events, self.settings, self.model = events, settings, model
+        self.id = run_id  # the session log's id, once saved (or when opened from the log)
+        self.interrupted = interrupted  # stopped by Ctrl-C / the notebook's interrupt: rows are 'cancelled'
+        think_close = model.lm.profile.think_close if model is not None else None
+        self.view = RunView(run_id or "notebook", think_close)
+        for event in events:
+            self.view.apply(event)
+
+    # --- what the run holds ---------------------------------------------------------------------------
+    @property
+    def prompt(self) -> str:
+        return self.settings.prompt
+
+    @property
+    def choices(self) -> list[str]:
+        """The probe's choices; log-odds are the first against the second."""
+        return list(self.view.choices)
+
+    @property
+    def rows(self) -> list[Row]:
+        return [Row(r.row, "baseline" if r.row == 0 else r.label, r.coef, r.text or "".join(r.pieces),
+                    list(r.token_ids), r.finish, r.diverge, list(r.steps), list(r.logodds), list(r.mass),
+                    list(r.reliable))
+                for r in self.view.rows]
+
+    @property
+    def baseline(self) -> Row:
+        return self.rows[0]
+
+    @property
+    def warnings(self) -> list[str]:
+        return list(self.view.warnings)
+
+    def __len__(self) -> int:
+        return len(self.view.rows)
+
+    def __repr__(self) -> str:
+        rows = ", ".join(f"{r.label}: {len(r.token_ids)} tokens ({r.finish_reason})" for r in self.rows)
+        saved = f" id={self.id}" if self.id else ""
+        return f"<steer_ui.Run{saved} {self.prompt[:40]!r}: {rows}>"
+
+    # --- views of it ------------------------------------------------------------------------------------
+    def to_pandas(self) -> pd.DataFrame:
+        """One line per generated token of each row (``FRAME_COLUMNS``): its step (0-based), id and text,
+        and the probe reading taken after ``step`` tokens, just before this one (NaN on steps without a
+        reading). A reading after a row's last token gets its own line with no token."""
+        import pandas as pd
+
+        lines = []
+        for r in self.view.rows:
+            readings = {s: (lo, m, ok) for s, lo, m, ok in zip(r.steps, r.logodds, r.mass, r.reliable)}
+            label = "baseline" if r.row == 0 else r.label
+            for step in range(len(r.token_ids) + (1 if len(r.token_ids) in readings else 0)):
+                lo, m, ok = readings.get(step, (None, None, None))
+                token = (r.token_ids[step], r.pieces[step]) if step < len(r.token_ids) else (None, None)
+                lines.append((r.row, label, r.coef, step, *token, lo, m, ok))
+        frame = pd.DataFrame(lines, columns=list(FRAME_COLUMNS))
+        frame["token_id"] = frame["token_id"].astype("Int64")
+        frame[["logodds", "mass"]] = frame[["logodds", "mass"]].astype(float)
+        frame["reliable"] = frame["reliable"].astype("boolean")
+        return frame
+
+    def figure(self) -> go.Figure:
+        """The log-odds chart (dotted: mass on the choices; dashed: where thinking ends), as the dashboard
+        draws it."""
+        import plotly.graph_objects as go
+
+        from steer_ui.views.chart import figure
+
+        fig = figure(self.view)
+        return go.Figure({"data": fig["data"], "layout": fig["layout"]})
+
+    def _repr_html_(self) -> str:
+        from steer_ui.api.display import run_html
+
+        return run_html(self)
+
+    # --- the session log --------------------------------------------------------------------------------
+    def save(self, db: str | None = None) -> str:
+        """Write the run into the session log (default: the same one the CLI and the dashboard use; ``db``
+        a path or SQLAlchemy URL); returns its id. Saving again gives the same id."""
+        if self.id is not None:
+            return self.id
+        if self.model is None:
+            raise UserError("this run came from the log already; it has an id: use run.id")
+        from steer_ui.log.recorder import RunRecorder
+        from steer_ui.log.store import Store
+
+        store = Store(db)
+        recorder = RunRecorder(store, store.new_session("notebook"), self.model.lm, self.settings)
+        for event in self.events:
+            recorder(event)
+        recorder.close()
+        if recorder.error is not None:
+            raise UserError(f"the run was not saved: {recorder.error}")
+        self.id = recorder.run_id
+        return self.id
+
+
+def open_run(run_id: str, db: str | None = None, model: Model | None = None) -> Run:
+    """A logged run (from the CLI, the dashboard or ``run.save()``) as a ``Run``. With the ``model`` it ran
+    on, each token gets its own text in ``to_pandas()``; without it a row's text is whole on its first
+    token (the tokenizer is not loaded for you)."""
+    from steer_ui.log.archive import record_events, replay_settings, run_record
+    from steer_ui.log.store import Store
+
+    store = Store(db)
+    run = store.get_run(str(run_id).strip())
+    _, settings = replay_settings(store, run.id)
+    tokenizer = model.lm.tokenizer if model is not None and model.id == run.model_id else None
+    events = list(record_events(run_record(store, run), tokenizer))
+    return Run(events, settings, model if tokenizer is not None else None, run_id=run.id)

@@ -1,0 +1,122 @@
+"""Sweeps from a notebook: every question at every coefficient, as ``python -m steer_ui sweep`` runs them,
+into a folder that a later call (or the CLI) resumes."""
+
+from __future__ import annotations
+
+import tempfile
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from steer_ui.engine.knobs import BY_NAME
+from steer_ui.errors import UserError
+from steer_ui.experiments.questions import Question, load_questions, question_from, unique_ids
+from steer_ui.experiments.sweep import CoefSummary, SweepConfig, run_sweep
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import plotly.graph_objects as go
+
+    from steer_ui.api.model import Model, VectorLike
+
+
+@dataclass
+class SweepRun:
+    """A sweep's results: ``frame`` (a line per question x coefficient x sample: extracted answer,
+    correct, chain-of-thought tokens, final log-odds, the logged run's id, the text), ``summary`` (a
+    line per coefficient: accuracy with its 95% interval, tokens, forced accuracy), ``figure()``, and
+    ``out``, the folder holding results.csv, summary.csv, figure.html (resume by sweeping into it again).
+    ``notes`` says what was skipped or stopped."""
+
+    out: Path
+    frame: pd.DataFrame
+    summary: pd.DataFrame
+    notes: list[str]
+    _summary: list[CoefSummary]
+    _title: str
+
+    def figure(self) -> go.Figure:
+        """Accuracy (with its interval) and chain-of-thought length against the coefficient."""
+        import plotly.graph_objects as go
+
+        from steer_ui.experiments.sweep import figure
+
+        return go.Figure(figure(self._summary, self._title))
+
+    def _repr_html_(self) -> str:
+        notes = "".join(f"<p>{n}</p>" for n in self.notes)
+        return f"{self.summary.to_html(index=False)}{notes}<p>results in <code>{self.out}</code></p>"
+
+
+def sweep(model: Model, questions: str | Sequence[Mapping | Question], coefs: Sequence[float] | str,
+          vector: VectorLike | None = None, layers: str | Sequence[int] | None = None, scope: str | None = None,
+          out: str | Path | None = None, samples: int = 1, log: bool = False, db: str | None = None,
+          **knobs: Any) -> SweepRun:
+    """Run every question at every coefficient of ``vector`` (0 is the baseline) and score the answers.
+
+    ``questions``: a generated set ('yesno:20', 'wordproblems:10'), a JSONL file of {"question", "answer"},
+    or a list of such dicts. ``out``: the results folder (a new temporary one by default); sweeping the
+    same settings into it again runs only what is missing. ``log=True`` writes every run to the session
+    log (``db``: another one). The other settings are ``compare``'s run knobs (``max_new_tokens``,
+    ``probe_every``, ...). Ctrl-C stops within a step and returns what is done.
+    """
+    qs = _questions(questions)
+    template = model.settings("(each question)", **knobs)
+    coef_values = BY_NAME["coefs"].read(coefs)
+    vec = model.vector(vector) if isinstance(vector, str) else vector
+    layer_values = BY_NAME["layers"].read(layers) if layers is not None else None
+    cfg = SweepConfig(questions=qs, coefs=coef_values, template=replace(template, rows=()), vector=vec,
+                      layers=layer_values, scope=BY_NAME["scope"].read(scope), samples=samples,
+                      label={"title": f"{model.id} | {vec.name if vec is not None else 'no vector'}"})
+    cfg.validate()
+    if vec is not None:
+        vec.check_against(model.n_layers, model.hidden_size, layer_values)
+    folder = Path(out).expanduser() if out is not None else Path(tempfile.mkdtemp(prefix="steer-ui-sweep-"))
+    store = None
+    if log:
+        from steer_ui.log.store import Store
+
+        store = Store(db)
+    result = _interruptible(lambda cancel: run_sweep(model.lm, cfg, folder, store, cancel=cancel))
+    import pandas as pd
+
+    frame = pd.read_csv(result.out / "results.csv") if (result.out / "results.csv").exists() else pd.DataFrame()
+    summary = pd.DataFrame([vars(s) for s in result.summary])
+    return SweepRun(result.out, frame, summary, list(result.notes), list(result.summary), cfg.label["title"])
+
+
+def _questions(questions: str | Sequence[Mapping | Question]) -> list[Question]:
+    if isinstance(questions, (str, Path)):
+        return load_questions(str(questions))
+    out = [q if isinstance(q, Question) else question_from(dict(q) if isinstance(q, Mapping) else q,
+                                                            f"question {i}", str(i))
+           for i, q in enumerate(questions, 1)]
+    if not out:
+        raise UserError("no questions given")
+    return unique_ids(out, "questions")
+
+
+def _interruptible(work):
+    """``work(cancel)`` in a thread; Ctrl-C sets ``cancel`` and waits for it to stop within a step."""
+    cancel, box = threading.Event(), {}
+
+    def target() -> None:
+        try:
+            box["result"] = work(cancel)
+        except BaseException as err:  # noqa: BLE001 - raised again in the caller
+            box["error"] = err
+
+    thread = threading.Thread(target=target, name="steer-ui-sweep", daemon=True)
+    thread.start()
+    while thread.is_alive():
+        try:
+            thread.join(0.2)
+        except KeyboardInterrupt:
+            if cancel.is_set():
+                raise
+            cancel.set()
+    if "error" in box:
+        raise box["error"]
+    return box["result"]
