@@ -384,3 +384,16 @@ def test_errors_show_no_database_url_or_server_path(hosted, tmp_path):
     with pytest.raises(gr.Error) as err:
         gen(hosted, vector="uploaded or computed file", vector_file=str(bad))
     assert said(err.value).startswith("broken.safetensors: ") and str(tmp_path) not in str(err.value)
+
+
+def test_the_session_secret_is_kept_private_across_restarts(tmp_path, monkeypatch):
+    from steer_ui.app.sessions import SECRET_ENV, server_secret
+
+    monkeypatch.delenv(SECRET_ENV, raising=False)
+    first = server_secret(tmp_path)
+    assert server_secret(tmp_path) == first and len(first) == 64
+    assert (tmp_path / "session-secret").stat().st_mode & 0o777 == 0o600
+    sid, token = SessionTokens(first).issue()
+    assert SessionTokens(server_secret(tmp_path)).verify(token) == sid  # a restart keeps the sessions
+    monkeypatch.setenv(SECRET_ENV, "shared by the replicas")
+    assert server_secret(tmp_path) == b"shared by the replicas"

@@ -7,7 +7,6 @@ vector info) skip the queue.
 
 from __future__ import annotations
 
-import os
 
 import gradio as gr
 
@@ -56,23 +55,7 @@ def browser_secret() -> str:
     Gradio's default is a new random key per launch, which would give every browser a new, empty
     History after each restart.
     """
-    import secrets
-
+    from steer_ui.app.sessions import kept_secret
     from steer_ui.model.loading import default_cache_dir
 
-    env = os.environ.get("STEER_UI_SECRET")
-    if env:
-        return env
-    path = default_cache_dir() / "browser-secret"
-    try:
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-                with os.fdopen(fd, "w") as f:
-                    f.write(secrets.token_hex(32))
-            except FileExistsError:  # another process made it first: use theirs
-                pass
-        return path.read_text().strip()
-    except OSError:  # an unwritable cache: sessions last until the next restart
-        return secrets.token_hex(32)
+    return kept_secret("STEER_UI_SECRET", default_cache_dir() / "browser-secret")

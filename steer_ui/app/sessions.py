@@ -26,10 +26,15 @@ _TOKEN = re.compile(r"([0-9a-f]{12})\.([0-9a-f]{32})")
 
 def server_secret(cache_dir: Path) -> bytes:
     """``$STEER_UI_SESSION_SECRET``, else a random key kept (0600) in the cache dir across restarts."""
-    env = os.environ.get(SECRET_ENV)
-    if env:
-        return env.encode()
-    path = cache_dir / "session-secret"
+    return kept_secret(SECRET_ENV, cache_dir / "session-secret").encode()
+
+
+def kept_secret(env: str, path: Path) -> str:
+    """``$env`` if set, else a random key made once and kept at ``path`` (0600), so it survives restarts;
+    two processes starting at once agree on the first one written. An unwritable cache gives a key for
+    this process only."""
+    if os.environ.get(env):
+        return os.environ[env]
     try:
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -39,9 +44,9 @@ def server_secret(cache_dir: Path) -> bytes:
                     f.write(secrets.token_hex(32))
             except FileExistsError:  # another process made it first: use theirs
                 pass
-        return path.read_text().strip().encode()
-    except OSError:  # an unwritable cache: sessions last until the next restart
-        return secrets.token_bytes(32)
+        return path.read_text().strip()
+    except OSError:
+        return secrets.token_hex(32)
 
 
 class SessionTokens:
