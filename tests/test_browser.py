@@ -276,3 +276,24 @@ def test_closing_the_tab_stops_the_run_and_frees_the_model(browser, app_server):
     assert not dash.ctx.model_lock.locked() and not dash.ctx.active
     latest = dash.ctx.store.list_runs(limit=1)[0]
     assert latest.status == "cancelled" and 0 < latest.tokens < 1500
+
+
+def test_train_a_vector_in_the_browser_then_generate_with_it(page: Page, shots: Path):
+    data = Path(__file__).resolve().parents[1] / "assets" / "examples" / "in-short.jsonl"
+    page.get_by_text("Train a vector from examples").click()
+    page.get_by_label("Examples (JSONL)").fill("\n".join(data.read_text().splitlines()[:8]))
+    page.get_by_label("Layers to train").fill("12-13")
+    expect(page.get_by_label("Learning rate")).to_have_value("0.05")  # the defaults, shown
+    steps = page.get_by_label("Steps", exact=True)
+    steps.fill("6")
+    steps.press("Tab")
+    page.get_by_role("button", name="Train vector").click()
+    expect(page.get_by_text(re.compile(r"^Trained \("))).to_be_visible(timeout=240_000)
+    expect(page.locator(".js-plotly-plot").first).to_be_visible()
+    expect(page.get_by_label("Steering vector")).to_have_value("uploaded or computed file")
+    expect(page.get_by_label("Layers", exact=True)).to_have_value("12-13")
+    page.screenshot(path=str(shots / "train.png"), full_page=True)
+    page.get_by_label("Prompt").fill("What is 2 + 2?")
+    page.get_by_label("Coefficients").fill("1")
+    page.get_by_role("button", name="Generate", exact=True).click()
+    expect(page.get_by_text(re.compile(r"^finished:"))).to_be_visible(timeout=120_000)

@@ -44,3 +44,22 @@ def test_greedy_tokens_match_repeng_control_model(bundled, tmp_path, coef):
     assert ours != done.rows[0].token_ids, "the vector must change the output for this to mean anything"
     assert our_hooks(bundled) == 0
     assert not any(type(layer).__name__ == "ControlModule" for layer in bundled.layers)
+
+
+def test_a_trained_vector_exported_as_gguf_steers_repeng_as_it_steers_here(bundled, tmp_path):
+    """The shipped trained preset, written as GGUF, read by repeng's own importer: same greedy tokens."""
+    from steer_ui.vectors.files import save_vector
+    from steer_ui.vectors.presets import preset_vector_path
+
+    trained = load_vector(preset_vector_path("in-short", "smollm2-135m"))
+    path = save_vector(trained, tmp_path / "in-short.gguf")
+    s = RunSettings("What is the capital of Italy?", rows=steered(load_vector(path), (1.0,)), max_new_tokens=8,
+                    probe_every=0)
+    start, _, _, done = collect(bundled, s)
+    control = repeng.ControlModel(bundled.model, list(trained.layers))
+    try:
+        control.set_control(repeng.ControlVector.import_gguf(str(path)), 1.0)
+        theirs = generate_greedy(bundled, start.prompt_ids, 8, eos_ids(bundled))
+    finally:
+        control.unwrap()
+    assert done.rows[1].token_ids == theirs and done.rows[1].text.startswith("In short:")

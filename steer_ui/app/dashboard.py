@@ -11,6 +11,7 @@ from steer_ui.app.generate_tab import GenerateTab
 from steer_ui.app.history_tab import HistoryTab
 from steer_ui.app.model_panel import ModelPanel
 from steer_ui.app.sweep_tab import SweepTab
+from steer_ui.app.train_panel import TrainPanel
 from steer_ui.app.vector_panel import VectorPanel
 
 
@@ -18,7 +19,8 @@ class Dashboard:
     def __init__(self, ctx: AppContext):
         self.ctx = ctx
         self.vectors = VectorPanel(ctx)
+        self.train = TrainPanel(ctx, self.vectors)
         self.model = ModelPanel(ctx, self.vectors)
-        self.generate = GenerateTab(ctx, self.vectors, self.model)
+        self.generate = GenerateTab(ctx, self.vectors, self.model, self.train)
         self.sweep = SweepTab(ctx, self.generate)
         self.history = HistoryTab(ctx, self.vectors)

@@ -21,6 +21,7 @@ from steer_ui.app.hosted import rate_validator
 from steer_ui.app.live import LiveRun
 from steer_ui.app.model_panel import ModelPanel
 from steer_ui.app.stream_values import Windower, chart_value, streams_value
+from steer_ui.app.train_panel import TrainPanel
 from steer_ui.app.vector_panel import NO_VECTOR, VectorPanel
 from steer_ui.app.wiring import Components, by_name
 from steer_ui.engine.knobs import BY_NAME, KNOBS, parse_rows
@@ -58,8 +59,8 @@ log = logging.getLogger(__name__)
 
 
 class GenerateTab:
-    def __init__(self, ctx: AppContext, vectors: VectorPanel, model: ModelPanel):
-        self.ctx, self.vectors, self.model = ctx, vectors, model
+    def __init__(self, ctx: AppContext, vectors: VectorPanel, model: ModelPanel, train: TrainPanel | None = None):
+        self.ctx, self.vectors, self.model, self.train = ctx, vectors, model, train
 
     def settings(self, form: dict[str, Any]) -> RunSettings:
         """The form's values (by knob name, plus the uploaded ``vector_file``) as checked settings."""
@@ -190,6 +191,8 @@ class GenerateTab:
             for knob in knobs_in("prompt", skip=("prompt",)):
                 ui.add(knob.name, knob_widget(knob, limits))
         self.vectors.layout(ui)
+        if self.train is not None:
+            self.train.layout(ui)
         with gr.Row():
             for knob in knobs_in("steering", skip=("vector", "scope", "rows")):
                 ui.add(knob.name, knob_widget(knob, limits))
@@ -227,6 +230,8 @@ class GenerateTab:
     def wire(self, ui: Components) -> gr.events.Dependency:
         self.model.wire(ui)
         self.vectors.wire(ui)
+        if self.train is not None:
+            self.train.wire(ui)
         run = ui["generate_btn"].click(
             by_name(self.generate, GENERATE_OUTPUTS), inputs_kwargs=ui.inputs([*FORM, "browser_id"]),
             outputs=ui.outputs(GENERATE_OUTPUTS), api_name="generate", concurrency_id="gpu", concurrency_limit=1,

@@ -40,7 +40,9 @@ class Limits:
     caps: Mapping[str, int] = field(default_factory=_default_caps)  # knob caps: max_new_tokens, prompt_chars
     steered_rows: int = 4
     pairs: int = 200
-    pair_chars: int = 4000  # per pair text; a long text is also cut to the model's context when read
+    pair_chars: int = 4000  # per pair text (and training example text); a long text is also cut when read
+    train_examples: int = 200
+    train_steps: int = 200
     upload_mb: int = 16
     sweep_questions: int = 20
     queue_size: int = 16

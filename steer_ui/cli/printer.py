@@ -133,13 +133,18 @@ def print_vector_report(out: TextIO, vector, lm=None) -> None:
     stats = {s["layer"]: s for s in json.loads(meta.get("layer_stats", "[]"))}
     head = [f"{vector.name}", f"{len(vector.layers)} layers ({_span_text(vector.layers)})",
             f"hidden {vector.hidden_size}", f"model hint {vector.model_hint or '?'}"]
-    for key in ("method", "pairs", "source", "suggested_band", "created"):
+    for key in ("method", "objective", "pairs", "examples", "steps", "stopped", "heldout_loss",
+                "baseline_heldout_loss", "source", "suggested_band", "created"):
         if meta.get(key):
             head.append(f"{key.replace('_', ' ')} {meta[key]}")
     out.write(" | ".join(head) + "\n")
+    # Trained vectors have no pair statistics; their bias is read against the layer's typical activation.
+    act = {int(k): v for k, v in json.loads(meta.get("act_norms", "{}")).items()} if not stats else {}
     cols = "layer     |v|"
     if stats:
         cols += "  pair-acc  effect   mean|h|  rel/coef  coef@0.5"
+    elif act:
+        cols += "   mean|h|       rel"
     if lm is not None:
         cols += "  logit lens: promotes / suppresses"
     out.write(cols + "\n")
@@ -153,6 +158,9 @@ def print_vector_report(out: TextIO, vector, lm=None) -> None:
                      f"  {rel:>8.4f}  {0.5 / rel if rel > 0 else float('nan'):>8.1f}")
         elif stats:
             line += " " * 46
+        elif act:
+            h = act.get(layer)
+            line += f"  {h:>8.1f}  {float(v.norm()) / h:>8.4f}" if h else " " * 20
         if lm is not None:
             up, down = logit_lens(lm, v, k=4)
             line += f"  {' '.join(repr(t) for t in up)} / {' '.join(repr(t) for t in down)}"
@@ -160,6 +168,9 @@ def print_vector_report(out: TextIO, vector, lm=None) -> None:
     if stats:
         out.write("rel/coef = ||v_L|| / mean ||h_L||: the relative dose of coefficient 1; coef@0.5 = the "
                   "coefficient for a dose of 0.5\n")
+    elif act:
+        out.write("rel = ||bias_L|| / mean ||h_L|| over the training prompts: the learned bias against the "
+                  "layer's typical activation\n")
 
 
 def _span_text(layers: list[int]) -> str:

@@ -53,7 +53,11 @@ def preset_vector_path(name: str, model_key: str) -> Path:
 def preset_vectors(model_key: str) -> list[str]:
     """Names of the shipped vectors for model ``model_key`` (only the bundled model has them)."""
     folder = ASSETS / "vectors" / model_key
-    return [n for n in preset_names() if (folder / f"{n}.safetensors").is_file()]
+    if folder.parent != ASSETS / "vectors":  # a key that is a path (a model folder) names no presets
+        return []
+    shipped = {p.stem for p in folder.glob("*.safetensors")}
+    contrastive = [n for n in preset_names() if n in shipped]  # the behaviours' templates first
+    return contrastive + sorted(shipped - set(contrastive))  # then trained ones (assets/examples)
 
 
 def resolve_vector(spec: str, model_key: str) -> SteeringVector:
