@@ -270,7 +270,9 @@ def test_compute_vector_refuses_long_texts_and_huge_layers_before_reading_states
               "pairs:1: the positive text is 400 characters; the limit is 300 characters per text"),
              (("", str(file), "mean_diff", "all"), "pairs.jsonl:1: the positive text is 40,300 characters"),
              ((json.dumps({"positive": "a", "negative": "b"}), None, "mean_diff", "0-30000000"),
-              "layer 30000000 is out of range")]
+              "layer 30000000 is out of range"),
+             ((json.dumps({"positive": "a", "negative": "b"}), None, "mean_diff", "1," * 100_000),
+              "the layers to compute field is 200,000 characters")]
     for args, message in cases:
         raised, took, peak = quick(hosted.vectors.compute, *args, progress=None)
         assert isinstance(raised, gr.Error) and message in said(raised), raised

@@ -272,7 +272,8 @@ def test_hosted_training_is_capped_before_any_work(bundled, tmp_path, monkeypatc
                           (("x" * 100_000, None, "12", 5, None), "the examples text is 100,000 characters"),
                           ((text, None, "12", "lots", None), "steps must be a number, got 'lots'"),
                           ((text, None, "12", 2.5, None), "steps must be a whole number, got 2.5"),
-                          ((text, None, "0-30000000", 5, None), "layer 30000000 is out of range")]:
+                          ((text, None, "0-30000000", 5, None), "layer 30000000 is out of range"),
+                          ((text, None, "1," * 100_000, 5, None), "the layers to train field is 200,000 characters")]:
         with pytest.raises(gr.Error) as err:
             next(dash.train.train(*args))
         assert message in err.value.message

@@ -95,6 +95,12 @@ class Limits:
             raise UserError(f"{asked} steered rows asked; this server's limit is {self.steered_rows}")
 
     @staticmethod
+    def check_text(value: object, what: str) -> None:
+        """A free text field outside the run form (layers to compute or train on) against ``FIELD_CHARS``."""
+        if isinstance(value, str) and len(value) > FIELD_CHARS:
+            raise UserError(f"the {what} field is {len(value):,} characters; this server's limit is {FIELD_CHARS:,}")
+
+    @staticmethod
     def check_knob(knob: Knob, value: object, cap: int) -> None:
         if isinstance(value, str):
             if len(value) > cap:

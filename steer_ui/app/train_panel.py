@@ -46,6 +46,8 @@ class TrainPanel:
 
         try:
             lm = self.ctx.lm
+            if self.ctx.limits is not None:
+                self.ctx.limits.check_text(train_layers, "layers to train")
             layers = parse_layers(train_layers or "all", lm.n_layers) or tuple(range(lm.n_layers))
             given = {"steps": _number(train_steps, int, "steps"), "lr": _number(train_lr, float, "learning rate")}
             config = TrainConfig(layers, **{k: v for k, v in given.items() if v is not None})

@@ -137,6 +137,8 @@ class VectorPanel:
             if self.ctx.limits is not None and len(pairs) > self.ctx.limits.pairs:
                 raise UserError(f"{len(pairs)} pairs; this server's limit is {self.ctx.limits.pairs}")
             lm = self.ctx.lm
+            if self.ctx.limits is not None:
+                self.ctx.limits.check_text(layers, "layers to compute")
             chosen = parse_layers(layers or "all", lm.n_layers) or tuple(range(lm.n_layers))
 
             def report(done: int, total: int) -> None:
