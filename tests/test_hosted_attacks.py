@@ -335,7 +335,7 @@ def test_reopening_a_run_reuses_its_downloads(hosted):
     assert tree() == before and not any(p.suffix == ".html" for p in before)  # the chart page only on demand
     page = hosted.generate.chart_download(run_id, tok)["downloads"][0]
     assert Path(page).suffix == ".html" and len(tree()) == len(before) + 1
-    with pytest.raises(gr.Error, match="not this browser's"):
+    with pytest.raises(gr.Error, match="no run .* in this session"):
         hosted.generate.chart_download(run_id, token(hosted))
 
 

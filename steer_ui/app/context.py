@@ -87,6 +87,15 @@ class AppContext:
         """The session a token proves, without creating one (None: not a token of this server)."""
         return self.tokens.verify(token)
 
+    def visible_run(self, run_id: str, token: object):
+        """A logged run this browser may open: its session's on a server, any on a local install. The
+        refusal names only the id (never the database, nor whether the run exists elsewhere)."""
+        sid = self.session_of(token)
+        try:
+            return self.store.get_run(run_id, None if self.any_run_link else (sid or "-"))
+        except UserError:
+            raise UserError(f"no run {run_id[:40]!r}" + ("" if self.any_run_link else " in this session")) from None
+
 
 def temp_folder() -> Path:
     """The app's folder for downloads, removed when the process exits."""

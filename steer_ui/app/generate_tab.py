@@ -140,11 +140,10 @@ class GenerateTab:
         """The shown run's files, and its chart as a standalone page (made now, once per run)."""
         if not shown_run:
             raise gr.Error("run something (or open a run) first", print_exception=False)
-        sid = self.ctx.session_of(browser_id)
         try:
-            run = self.ctx.store.get_run(shown_run, None if self.ctx.any_run_link else (sid or "-"))
-        except UserError:
-            raise gr.Error("that run is not this browser's", print_exception=False) from None
+            run = self.ctx.visible_run(shown_run, browser_id)
+        except UserError as err:
+            raise shown(err) from None
         view = RunView(run.id)
         for event in record_events(run_record(self.ctx.store, run)):
             view.apply(event)

@@ -47,12 +47,10 @@ class HistoryTab:
         run_id = (run_id or "").strip()
         if not run_id:
             raise gr.Error("choose a run in the table (or paste a run id)", print_exception=False)
-        sid = self.ctx.session_of(browser_id)
         try:
-            run = self.ctx.store.get_run(run_id, None if self.ctx.any_run_link else (sid or "-"))
-        except UserError:
-            raise shown(UserError(f"no run {run_id[:40]!r}" + ("" if self.ctx.any_run_link else " in this session"))
-                        ) from None
+            run = self.ctx.visible_run(run_id, browser_id)
+        except UserError as err:
+            raise shown(err) from None
         try:
             settings = RunSettings.from_dict(run.settings, self.ctx.store.run_vectors(run))
         except UserError as err:
