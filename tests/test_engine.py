@@ -60,7 +60,8 @@ def test_probe_equals_full_forward(bundled, vec, coef):
     row = done.rows[1]
     choices = [{"label": c.label, "token_ids": c.token_ids} for c in start.probe_choices]
     mine = [p for p in probes if p.row == 1]
-    assert [p.step for p in mine] == [0, 5, 10, 15]
+    assert [p.step for p in mine] == [0, 5, 10, 15, 16]  # 16: the final reading, where the row ended
+    assert [p.final for p in mine] == [False] * 4 + [True]
     with add_everywhere(bundled, {x: vec.directions[x] for x in LAYERS}, coef):
         for p in mine:
             ids = start.prompt_ids + row.token_ids[:p.step] + start.probe_suffix_ids

@@ -229,7 +229,8 @@ def test_database_from_older_version_upgrades_in_place(bundled, vec, tmp_path):
 
     store = Store(str(db))  # migrates to the newest revision
     con = sqlite3.connect(db)
-    assert con.execute("select version_num from alembic_version").fetchone()[0] == "0003"
+    assert con.execute("select version_num from alembic_version").fetchone()[0] == "0004"
+    assert "final" in columns(con, "probe_points")
     assert "owner" in columns(con, "runs") and "vector_hash" not in columns(con, "runs")
     assert {"vector_hash", "layers", "scope"} <= set(columns(con, "streams"))
     assert con.execute("pragma foreign_key_check").fetchall() == []

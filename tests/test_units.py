@@ -11,7 +11,7 @@ import torch
 from steer_ui.engine.decode import _Row
 from steer_ui.engine.detokenize import Detokenizer
 from steer_ui.engine.events import RowInfo
-from steer_ui.engine.probe import build_choices
+from steer_ui.engine.probe import build_choices, build_tree
 from steer_ui.engine.run_settings import RunSettings, SteeredRow
 from steer_ui.engine.sampling import Sampler
 from steer_ui.engine.scope import Scope
@@ -54,7 +54,11 @@ def test_scope_parse():
     ("temperature", -1.0, r"temperature must be a finite number >= 0, got -1.0"),
     ("probe_min_mass", 1.5, r"probe min mass must be in \[0, 1\], got 1.5"),
     ("cache", "paged", "unknown cache 'paged'"),
-    ("probe_choices", ("Yes",), "two or more non-empty choices"),
+    ("probe_choices", ("Yes",), r"two or more choices \(or a gold answer\)"),
+    ("probe_choices", ("Yes", " "), "a probe choice is empty"),
+    ("probe_choices", tuple(str(i) for i in range(9)), "at most 8 choices of at most 64 characters"),
+    ("probe_choices", ("Yes", "x" * 65), "at most 8 choices of at most 64 characters"),
+    ("probe_gold", "x" * 65, "gold answer must be 1 to 64 characters"),
     ("probe_choices", ("Yes", "yes"), "must differ"),
 ])
 def test_settings_reject_bad_values(field, value, message):
@@ -73,8 +77,24 @@ def test_choices_collect_single_token_variants(bundled):
             assert ids[0] in yes.token_ids
     assert all(tok.decode([i]).strip().lower() == "yes" for i in yes.token_ids)
     assert not set(yes.token_ids) & set(no.token_ids)
-    with pytest.raises(UserError, match="not a single token"):
-        build_choices(tok, ("Yes", "antidisestablishmentarianism"))
+    assert all(len(v) == 1 for v in yes.variants + no.variants), "yes/no read exactly as before: one-token forms"
+
+
+def test_multi_token_choices_and_their_errors(bundled):
+    tok = bundled.tokenizer
+    long_word, = build_choices(tok, ("antidisestablishmentarianism",))
+    assert long_word.token_ids == () and all(len(v) > 1 for v in long_word.variants)
+    assert {tok.decode(list(v)).strip() for v in long_word.variants} == {"antidisestablishmentarianism"}
+    n391, = build_choices(tok, ("391",))
+    assert sorted(tok.decode(list(v)) for v in n391.variants) == [" 391", "391"]
+    with pytest.raises(UserError, match="read the same tokens"):
+        build_choices(tok, ("Paris", " Paris"))
+    with pytest.raises(UserError, match="a gold answer is empty"):
+        build_choices(tok, ("\u3000",), gold=True)  # an ideographic space: nothing left to read
+    with pytest.raises(UserError, match="at most 32 tokens"):
+        build_choices(tok, ("1" * 40,))
+    with pytest.raises(UserError, match="extra positions at every reading; at most 256"):
+        build_tree(build_choices(tok, tuple(str(i) * 31 for i in range(8))))
 
 
 def test_think_tag_split_over_tokens_is_tracked(bundled):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import textwrap
 from typing import TextIO
@@ -101,18 +102,35 @@ class SideBySidePrinter:
             return
         steps = sorted({p.step for ps in self.probes.values() for p in ps})
         stride = max(1, -(-len(steps) // self.MAX_PROBE_LINES))
-        shown = steps[::stride] + ([steps[-1]] if (len(steps) - 1) % stride else [])
-        by = {(p.row, p.step): p for ps in self.probes.values() for p in ps}
+        finals = {p.row: p for ps in self.probes.values() for p in ps if p.final}
+        shown = sorted(set(steps[::stride]) | {steps[-1]} | {p.step for p in finals.values()})
+        by = {(p.row, p.step): p for ps in self.probes.values() for p in ps}  # a final reading wins its step
         w = self.out.write
-        w("\nprobe log-odds logp(first) - logp(second); '?' = unreliable (little mass on the choices)\n")
+        gold = self.start.probe_gold if self.start else None
+        what = f"log p({gold}) - log(1 - p({gold}))" if gold else "logp(first) - logp(second)"
+        w(f"\nprobe log-odds {what}; '?' = unreliable (little mass on the choices), '*' = where the row ended\n")
         widths = [max(14, len(r.label) + 2) for r in ev.rows]  # a column fits its row's label
         w("step  " + "".join(f"{r.label:>{n}}" for r, n in zip(ev.rows, widths)) + "\n")
         for s in shown:
             cells = []
             for r, n in zip(ev.rows, widths):
                 p = by.get((r.row, s))
-                cells.append(" " * n if p is None else f"{p.logodds:+{n - 1}.2f}{'' if p.reliable else '?'}".rjust(n))
+                mark = ("" if p.reliable else "?") + ("*" if p.final else "") if p else ""
+                cells.append(" " * n if p is None else f"{p.logodds:+.2f}{mark}".rjust(n))
             w(f"{s:>4}  " + "".join(cells) + "\n")
+        self._final_probabilities(ev, finals)
+
+    def _final_probabilities(self, ev: DoneEvent, finals: dict[int, ProbeEvent]) -> None:
+        """Each choice's probability where each row ended: the answer the probe reads off its last token."""
+        if not finals:
+            return
+        w = self.out.write
+        w("\nwhere each row ended, p(answer):\n")
+        for r in ev.rows:
+            p = finals.get(r.row)
+            if p is not None:
+                cells = "  ".join(f"{label} {math.exp(v):.3f}" for label, v in p.logprobs.items())
+                w(f"  {r.label:<14} step {p.step:>4}  {cells}\n")
 
 
 def _wrap(text: str, width: int) -> list[str]:

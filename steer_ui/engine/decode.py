@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 
@@ -26,7 +26,7 @@ from steer_ui.engine.events import (ChoiceInfo, DoneEvent, Event, FinishReason, 
 from steer_ui.engine.forward import Forward
 from steer_ui.engine.hooks import Steerer
 from steer_ui.engine.plan import RunPlan, plan_run
-from steer_ui.engine.probe import ProbeSpec, read
+from steer_ui.engine.probe import ProbeSpec, Reading, read, tree_parents
 from steer_ui.engine.run_settings import RunSettings
 from steer_ui.engine.sampling import Sampler
 from steer_ui.engine.scope import Scope
@@ -44,6 +44,7 @@ class _Row:
     text: list[str] = field(default_factory=list)
     last_was_thinking: bool = False  # phase of the most recent token (decides think/answer steering)
     finish: FinishReason | None = None
+    last_read: tuple[int, Reading, bool] | None = None  # (step, reading, think closed) of the latest reading
     tail: str = ""  # the last characters, to spot a think tag split over tokens
 
     def append(self, token_id: int, think_open: str | None, think_close: str | None) -> str:
@@ -74,18 +75,11 @@ def decode(lm: LoadedModel, plan: RunPlan, cancel: threading.Event | None = None
     """Yield start, token and probe events, then done. Setting ``cancel`` stops within one step."""
     settings, spec, scopes = plan.settings, plan.probe, plan.scopes
     profile = lm.profile
-    n_rows, n_prompt = len(plan.rows), len(plan.prompt_ids)
-    yield StartEvent(
-        model=lm.model_id, prompt_ids=list(plan.prompt_ids), prompt_text=plan.prompt_text, rows=plan.rows,
-        layers=plan.layers, scope=str(next((sc for sc in scopes if sc), Scope())),
-        probe_suffix_ids=list(spec.suffix_ids) if spec else [],
-        probe_choices=[ChoiceInfo(c.label, list(c.token_ids)) for c in spec.choices] if spec else [],
-        probe_every=spec.every if spec else 0, warnings=plan.warnings,
-    )
+    yield _start_event(lm, plan)
     rows = [_Row(info, Detokenizer(lm.tokenizer), plan.starts_thinking) for info in plan.rows]
     coefs = torch.tensor(plan.coefs, dtype=torch.float32, device=lm.input_device)
     sampler = Sampler(settings, lm.input_device)
-    pad = min(plan.eos_ids) if plan.eos_ids else 0
+    pad = _pad(plan)
     session = _fast_session(lm, plan)
     if session is not None:
         steerer = session.steering(plan.directions)
@@ -95,54 +89,57 @@ def decode(lm: LoadedModel, plan: RunPlan, cancel: threading.Event | None = None
     start = time.perf_counter()
     with _closing(session), steerer or nullcontext():
         forward = Forward(lm, steerer, coefs, plan.cache, plan.max_len, session, pad)
-        # Prefill: the prompt (plus the suffix for the step-0 probe) for every row.
-        suffix = _suffix_for(spec, plan.starts_thinking) if spec else ()
-        masks = [[_steers(sc, sc and sc.steers_prompt_position(p, n_prompt)) for p in range(n_prompt)]
-                 + [_steers(sc, sc and sc.steers_probe_suffix)] * len(suffix) for sc in scopes]
-        keep: list[list[int]] | int = [[n_prompt - 1, n_prompt - 1 + len(suffix)]] * n_rows if spec else 1
-        logits = forward([list(plan.prompt_ids) + list(suffix)] * n_rows, masks, keep, len(suffix))
+        logits = _prefill(forward, plan)
         if spec:
-            yield from _probe_events(read(logits[:, -1], spec), rows, 0, spec)
+            yield from _probe_events(read(logits[:, 1:], spec), rows, 0, spec, ())
         tokens = sampler(logits[:, 0]).tolist()
         prefill_s = time.perf_counter() - start
         for s in range(settings.max_new_tokens):
             probed: list[_Row] = []
+            ended: list[_Row] = []  # rows that end at this step: each gets a final reading at its last token
             for row, tok in zip(rows, tokens):
                 if row.finish is not None:
                     continue
                 if tok in plan.eos_ids and not settings.ignore_eos:
                     row.finish = "eos"
+                    ended.append(row)
                     continue
                 piece = row.append(tok, profile.think_open, profile.think_close)
                 yield TokenEvent(row.info.row, s, tok, piece)
                 probed.append(row)
                 if len(row.token_ids) >= settings.max_new_tokens:
                     row.finish = "length"
-            probe_due = spec is not None and (s + 1) % spec.every == 0 and bool(probed)
-            if all(r.finish for r in rows) and not probe_due:
-                break
+                    ended.append(row)
             if cancel is not None and cancel.is_set():
+                for row in rows:
+                    if row.finish is None:
+                        row.finish = "cancelled"
+                        ended.append(row)
+            readers = list(probed) if spec is not None and (s + 1) % spec.every == 0 else []
+            if spec:
+                # A row already read at its last token (the cadence got there first) keeps that reading.
+                for row in ended:
+                    if row.last_read is not None and row.last_read[0] == len(row.token_ids):
+                        yield _final_again(row)
+                    elif row not in readers:
+                        readers.append(row)
+            if all(r.finish for r in rows) and not readers:
                 break
             feed = [r.token_ids[-1] if r.token_ids and r.finish != "eos" else pad for r in rows]
             mask = [_steers(sc, sc and sc.steers_generated(len(r.token_ids) - 1, r.last_was_thinking))
                     for r, sc in zip(rows, scopes)]
-            if probe_due:
-                suffixes = [_suffix_for(spec, r.thinking) for r in rows]
-                # Compiled probe steps have one shape: every row carries the longest suffix there is.
-                width = plan.probe_width if session is not None else max(len(x) for x in suffixes)
-                ids = [[f, *x] + [pad] * (width - len(x)) for f, x in zip(feed, suffixes)]
-                masks = [[m] + [_steers(sc, sc and sc.steers_probe_suffix)] * width for m, sc in zip(mask, scopes)]
-                logits = forward(ids, masks, [[0, len(x)] for x in suffixes], width)
-                yield from _probe_events(read(logits[:, 1], spec), probed, s + 1, spec)
+            if readers:
+                # A row that ended at end-of-sequence fed its last token already: its suffix comes first.
+                shifted = [r.finish == "eos" and r in readers for r in rows]
+                ids, masks, keep, parents = _probe_layout(plan, session is not None, rows, feed, mask, shifted)
+                logits = forward(ids, masks, keep, len(ids[0]) - 1, parents)
+                yield from _probe_events(read(logits[:, 1:], spec), readers, None, spec, ended)
             else:
                 logits = forward([[f] for f in feed], [[m] for m in mask], 1, 0)
             steps += 1
             if all(r.finish for r in rows):
                 break
             tokens = sampler(logits[:, 0]).tolist()
-    if cancel is not None and cancel.is_set():
-        for row in rows:
-            row.finish = row.finish or "cancelled"
     for row in rows:
         row.finish = row.finish or "length"
         row.text.append(row.detok.flush())
@@ -154,11 +151,72 @@ def decode(lm: LoadedModel, plan: RunPlan, cancel: threading.Event | None = None
     )
 
 
+def _start_event(lm: LoadedModel, plan: RunPlan) -> StartEvent:
+    spec = plan.probe
+    return StartEvent(
+        model=lm.model_id, prompt_ids=list(plan.prompt_ids), prompt_text=plan.prompt_text, rows=plan.rows,
+        layers=plan.layers, scope=str(next((sc for sc in plan.scopes if sc), Scope())),
+        probe_suffix_ids=list(spec.suffix_ids) if spec else [],
+        probe_choices=[ChoiceInfo(c.label, list(c.token_ids), [list(v) for v in c.variants])
+                       for c in spec.choices] if spec else [],
+        probe_every=spec.every if spec else 0, probe_gold=spec.choices[0].label if spec and spec.gold else None,
+        warnings=plan.warnings,
+    )
+
+
+def _prefill(forward: Forward, plan: RunPlan) -> torch.Tensor:
+    """The prompt for every row, with the step-0 probe (suffix, then the choices' tree) riding along.
+    Logits: the next token's, then the probe's positions (none without a probe)."""
+    spec, n_prompt, n_rows = plan.probe, len(plan.prompt_ids), len(plan.rows)
+    suffix = _suffix_for(spec, plan.starts_thinking) if spec else ()
+    tree = spec.tree if spec else None
+    nodes = list(tree.tokens) if tree else []
+    masks = [[_steers(sc, sc and sc.steers_prompt_position(p, n_prompt)) for p in range(n_prompt)]
+             + [_steers(sc, sc and sc.steers_probe_suffix)] * (len(suffix) + len(nodes)) for sc in plan.scopes]
+    ids = list(plan.prompt_ids) + list(suffix) + nodes
+    if not spec:
+        return forward([ids] * n_rows, masks, 1, 0)
+    end = n_prompt - 1 + len(suffix)
+    keep = [n_prompt - 1, end, *range(end + 1, end + 1 + len(nodes))]
+    parents = tree_parents(n_prompt + len(suffix), tree, len(ids)) if nodes else None
+    return forward([ids] * n_rows, masks, [keep] * n_rows, len(suffix) + len(nodes),
+                   [parents] * n_rows if parents else None)
+
+
+def _probe_layout(plan: RunPlan, compiled: bool, rows: list[_Row], feed: list[int], mask: list[float],
+                  shifted: list[bool]):
+    """A probe step's ids, steering masks, kept positions and tree (None: plain causal) for every row:
+    its token, its suffix, the choices' tree, padding to a common width. A shifted row has no token
+    (it ended at end-of-sequence): its suffix starts at position 0."""
+    spec = plan.probe
+    tree = spec.tree
+    suffixes = [_suffix_for(spec, r.thinking) for r in rows]
+    # Compiled probe steps have one shape: every row carries the longest suffix there is.
+    width = (plan.probe_width if compiled else max(len(x) for x in suffixes)) + 1 + tree.size
+    ids, masks, keep, parents = [], [], [], []
+    for f, x, m, shift, sc in zip(feed, suffixes, mask, shifted, plan.scopes):
+        lead = [] if shift else [f]
+        chain = len(lead) + len(x)
+        row_ids = lead + list(x) + list(tree.tokens)
+        ids.append(row_ids + [_pad(plan)] * (width - len(row_ids)))
+        suffix_steer = _steers(sc, sc and sc.steers_probe_suffix)
+        masks.append(([] if shift else [m]) + [suffix_steer] * (width - len(lead)))
+        keep.append([0, chain - 1, *range(chain, chain + tree.size)])
+        parents.append(tree_parents(chain, tree, width) if tree.size else None)
+    return ids, masks, keep, parents if tree.size else None
+
+
+def _pad(plan: RunPlan) -> int:
+    return min(plan.eos_ids) if plan.eos_ids else 0
+
+
 def _fast_session(lm: LoadedModel, plan: RunPlan):
     """A session on the model's fast path when one is attached, the run may use it, and its shape is warm."""
     fast = getattr(lm, "fast", None)
     if fast is None or plan.settings.eager:
         return None
+    if plan.probe is not None and plan.probe.tree.size:
+        return None  # multi-token choices need a tree-shaped mask, which the compiled steps do not take (yet)
     return fast.open(fast.shape(len(plan.rows), plan.max_len, plan.probe_width))
 
 
@@ -181,8 +239,19 @@ def _suffix_for(spec: ProbeSpec, thinking: bool) -> tuple[int, ...]:
     return spec.close_think_ids if thinking and spec.close_think_ids else spec.suffix_ids
 
 
-def _probe_events(readings: list, rows: list[_Row], step: int, spec: ProbeSpec) -> Iterator[ProbeEvent]:
+def _probe_events(readings: list[Reading], rows: list[_Row], step: int | None, spec: ProbeSpec,
+                  ended: Sequence[_Row]) -> Iterator[ProbeEvent]:
+    """Events for ``rows``, each read after its own tokens (``step``, or where the row is); a row in
+    ``ended`` is read at its last token, final."""
     for row in rows:
         r = readings[row.info.row]
         closed = bool(row.thinking and spec.close_think_ids)
-        yield ProbeEvent(row.info.row, step, r.logodds, r.mass, r.logprobs, r.reliable, closed)
+        at = len(row.token_ids) if step is None else step
+        row.last_read = (at, r, closed)
+        yield ProbeEvent(row.info.row, at, r.logodds, r.mass, r.logprobs, r.reliable, closed, final=row in ended)
+
+
+def _final_again(row: _Row) -> ProbeEvent:
+    """The reading a row already had at its last token, now marked final (the row ended there)."""
+    at, r, closed = row.last_read
+    return ProbeEvent(row.info.row, at, r.logodds, r.mass, r.logprobs, r.reliable, closed, final=True)

@@ -24,7 +24,8 @@ class RowInfo:
 @dataclass(frozen=True)
 class ChoiceInfo:
     label: str
-    token_ids: list[int]
+    token_ids: list[int]  # the one-token forms' ids
+    variants: list[list[int]] = field(default_factory=list)  # every form read, as token ids (one-token ones too)
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,7 @@ class StartEvent:
     probe_suffix_ids: list[int]
     probe_choices: list[ChoiceInfo]
     probe_every: int
+    probe_gold: str | None = None  # the gold answer, read as the first choice
     warnings: list[str] = field(default_factory=list)
     event: Literal["start"] = "start"
 
@@ -54,6 +56,7 @@ class StartEvent:
                 "suffix_ids": self.probe_suffix_ids,
                 "choices": [asdict(c) for c in self.probe_choices],
                 "every": self.probe_every,
+                **({"gold": self.probe_gold} if self.probe_gold is not None else {}),
             },
             "warnings": self.warnings,
         }
@@ -75,11 +78,12 @@ class TokenEvent:
 class ProbeEvent:
     row: int
     step: int  # how many generated tokens of this row the probe saw (0 = the prompt alone)
-    logodds: float  # logp(first choice) - logp(second choice)
+    logodds: float  # logp(first choice) - logp(second); with a gold answer, logp(gold) - log(1 - p(gold))
     mass: float  # total probability on every variant of every choice
     logprobs: dict[str, float]
     reliable: bool
     think_closed: bool = False  # the closing think tag was inserted before the suffix
+    final: bool = False  # read at the row's last token (it ended: end-of-sequence, length limit or Stop)
     event: Literal["probe"] = "probe"
 
     def to_dict(self) -> dict:
@@ -87,6 +91,8 @@ class ProbeEvent:
              "logprobs": self.logprobs, "reliable": self.reliable}
         if self.think_closed:
             d["think_closed"] = True
+        if self.final:
+            d["final"] = True
         return d
 
 

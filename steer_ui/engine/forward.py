@@ -4,10 +4,15 @@ The decode loop makes every model call through a ``Forward``; so does the benchm
 On the fast path (``fast_path.FastSession``) the call goes to the compiled steps on the fast path's
 thread, with the rows padded to the session's bucket (the padding rows feed a pad token, get no
 steering, and are dropped from the logits).
+
+A call may lay its new tokens out as a tree instead of a sequence (``parents``): each token follows
+the cache and its own ancestors only, at the position its depth gives it. That is how the probe reads
+multi-token answers as branches after the suffix in the decode step's forward (see ``engine.probe``).
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from steer_ui.engine.kv_cache import crop as crop_cache
@@ -29,9 +34,10 @@ class Forward:
 
     @torch.inference_mode()  # here, not around the loop: the loop yields, and grad mode is thread state
     def __call__(self, ids: list[list[int]], mask: list[list[float]], keep: list[list[int]] | int,
-                 crop: int) -> torch.Tensor:
+                 crop: int, parents: list[list[int]] | None = None) -> torch.Tensor:
         """Logits at ``keep`` (per row: positions; or the last ``keep`` positions); then forget ``crop``
-        positions of the cache."""
+        positions of the cache. ``parents[r][i]``: the new token that token i of row r follows (-1: the
+        cache); without it, each follows the one before."""
         rows = len(ids)
         if self.session is not None:
             ids, mask, keep = self._padded(ids, mask, keep)
@@ -43,6 +49,8 @@ class Forward:
         inputs = {"input_ids": torch.tensor(ids, device=self.device), "past_key_values": self.cache,
                   "use_cache": True, "logits_to_keep": keep if isinstance(keep, int) else
                   torch.tensor(keep, device=self.device)}
+        if parents is not None:
+            inputs.update(self._tree(parents))
         if self.session is not None:
             out = self._compiled(inputs)
         else:
@@ -54,6 +62,21 @@ class Forward:
         if crop:
             crop_cache(self.cache, crop)
         return out.logits[:rows]
+
+    def _tree(self, parents: list[list[int]]) -> dict[str, torch.Tensor]:
+        """The attention mask (rows x 1 x new x cache length) and position ids of a tree of new tokens."""
+        q = len(parents[0])
+        past = int(self.cache.get_seq_length())
+        kv_length, _ = self.cache.get_mask_sizes(q, 0)
+        built = {layout: _tree_layout(layout, past, kv_length) for layout in {tuple(p) for p in parents}}
+        # A prefill lays every row out alike: one mask, broadcast over the rows.
+        keys = [tuple(p) for p in parents] if len(built) > 1 else [tuple(parents[0])]
+        mask = torch.from_numpy(np.stack([built[k][0] for k in keys]))[:, None].to(self.device)
+        if self.lm.model.config._attn_implementation == "eager":  # eager attention adds the mask to the scores
+            mask = torch.zeros(mask.shape, dtype=self.lm.dtype, device=self.device).masked_fill_(
+                ~mask, torch.finfo(self.lm.dtype).min)
+        depth = np.stack([built[tuple(p)][1] for p in parents])
+        return {"attention_mask": mask, "position_ids": torch.from_numpy(depth + past).to(self.device)}
 
     def _compiled(self, inputs: dict):
         try:
@@ -76,3 +99,17 @@ class Forward:
 
 def _pad_to(coefs: torch.Tensor, rows: int) -> torch.Tensor:
     return torch.cat([coefs, coefs.new_zeros(rows - coefs.shape[0])]) if rows > coefs.shape[0] else coefs
+
+
+def _tree_layout(parents: tuple[int, ...], past: int, kv_length: int) -> tuple[np.ndarray, np.ndarray]:
+    """Which cache positions each new token sees (the whole past, its ancestors, itself), and its depth."""
+    q = len(parents)
+    attend = np.zeros((q, kv_length), dtype=bool)
+    attend[:, :past] = True
+    depth = np.zeros(q, dtype=np.int64)
+    for i, parent in enumerate(parents):
+        if parent >= 0:
+            attend[i, past:past + i] = attend[parent, past:past + i]
+            depth[i] = depth[parent] + 1
+        attend[i, past + i] = True
+    return attend, depth

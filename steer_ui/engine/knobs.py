@@ -70,7 +70,11 @@ def parse_coefs(text: str | Sequence[float] | float | None) -> tuple[float, ...]
 
 
 def parse_choices(text: str | Sequence[str]) -> tuple[str, ...]:
-    parts = text.split(",") if isinstance(text, str) else list(text)
+    """'Yes,No', or with '|' between them when an answer has a comma: '(2, -1)|(1, 2)'."""
+    if isinstance(text, str):
+        parts = text.split("|") if "|" in text else text.split(",")
+    else:
+        parts = list(text)
     return tuple(str(c).strip() for c in parts)
 
 
@@ -200,7 +204,7 @@ def _whole(value: Any, what: str) -> int:
 
 
 def _show_choices(choices: Sequence[str]) -> str:
-    return ",".join(choices)
+    return ("|" if any("," in c for c in choices) else ",").join(choices)
 
 
 def _show_coefs(coefs: Sequence[float]) -> str:
@@ -249,8 +253,12 @@ KNOBS: tuple[Knob, ...] = (
     # The probe.
     Knob("probe_suffix", None, "Probe suffix", "forcing text (default: the model table's)", group="probe",
          parse=_text_or_none),
-    Knob("probe_choices", ("Yes", "No"), "Probe choices (first is positive)", "comma-separated; the first is "
-         "the positive one", group="probe", parse=parse_choices, show=_show_choices),
+    Knob("probe_choices", ("Yes", "No"), "Probe choices (first is positive)", "comma-separated (or '|' when an "
+         "answer has a comma); the first is the positive one; any text: '391,392', 'Paris,Lyon', '\\frac{3}{4},0.7'",
+         group="probe", parse=parse_choices, show=_show_choices),
+    Knob("probe_gold", None, "Gold answer", "the correct answer: the probe reads P(gold) against every other answer "
+         "(the chart's log-odds become log P(gold) - log(1 - P(gold))); choices given besides Yes/No are read too",
+         group="probe", flag="--gold", parse=_text_or_none, metavar="ANSWER"),
     Knob("probe_every", 4, "Read the probe every N tokens (0 = off)", "read the probe every K tokens "
          "(0 = off)", kind="int", group="probe", lo=0, ui_max=32),
     Knob("probe_min_mass", 0.1, "Probe min mass", "readings with less probability on the choices are flagged "

@@ -40,7 +40,7 @@ class RunPlan:
     eos_ids: frozenset[int]
     starts_thinking: bool  # the rendered prompt leaves a <think> block open
     cache: str  # "dynamic" or "static"
-    max_len: int  # the most positions the cache ever holds: prompt + new tokens + the longest suffix
+    max_len: int  # the most positions the cache ever holds: prompt + new tokens + longest suffix + tree
     probe_width: int  # the longest suffix (0 without a probe): compiled probe steps all carry this many
     warnings: list[str] = field(default_factory=list)
 
@@ -79,15 +79,18 @@ def plan_run(lm: LoadedModel, settings: RunSettings) -> RunPlan:
     warnings += render_warnings
     probe = build_probe(lm.tokenizer, lm.profile, settings) if settings.probe_every > 0 else None
     longest_suffix = max(len(probe.suffix_ids), len(probe.close_think_ids or ())) if probe else 0
+    tree = probe.tree.size if probe else 0
+    if tree:
+        _check_tree_support(lm)
     limit = getattr(lm.model.config.get_text_config(), "max_position_embeddings", None)
-    if limit and len(ids) + settings.max_new_tokens + longest_suffix > limit:
+    if limit and len(ids) + settings.max_new_tokens + longest_suffix + tree > limit:
         raise UserError(f"prompt ({len(ids)} tokens) + max new tokens ({settings.max_new_tokens}) exceeds "
                         f"the model's context of {limit} tokens")
     if settings.cache == "static":
         check_static_cache(lm.model.config, lm.model_id)
     profile = lm.profile
     starts_thinking = bool(profile.has_thinking and text.rfind(profile.think_open) > text.rfind(profile.think_close))
-    max_len = len(ids) + settings.max_new_tokens + longest_suffix
+    max_len = len(ids) + settings.max_new_tokens + longest_suffix + tree
     layers = sorted({x for chosen in row_layers for x in chosen})
     return RunPlan(
         settings=settings, prompt_ids=ids, prompt_text=text, rows=row_infos(settings.rows, row_layers),
@@ -95,6 +98,17 @@ def plan_run(lm: LoadedModel, settings: RunSettings) -> RunPlan:
         layers=layers, directions=_directions(settings.rows, row_layers, layers, lm.hidden_size), probe=probe,
         eos_ids=eos_ids(lm), starts_thinking=starts_thinking, cache=settings.cache, max_len=max_len,
         probe_width=longest_suffix, warnings=warnings)
+
+
+def _check_tree_support(lm: LoadedModel) -> None:
+    """Multi-token choices are read with a custom attention mask: full attention, sdpa or eager kernels."""
+    config = lm.model.config.get_text_config()
+    if lm.model.config._attn_implementation not in ("sdpa", "eager"):
+        raise UserError(f"multi-token probe choices need sdpa or eager attention; {lm.model_id} runs "
+                        f"{lm.model.config._attn_implementation}: use one-token choices such as Yes,No")
+    if any(t != "full_attention" for t in getattr(config, "layer_types", None) or ()):
+        raise UserError(f"multi-token probe choices need full attention in every layer; {lm.model_id} has "
+                        "sliding-window layers: use one-token choices such as Yes,No")
 
 
 def _check_row(lm: LoadedModel, number: int, row: SteeredRow, name_it: bool) -> list[int]:

@@ -21,6 +21,9 @@ from steer_ui.vectors.vector import SteeringVector
 ResolveVector = Callable[[str], SteeringVector]  # a name or path as the user wrote it -> the vector
 # Each choice is read at every probe step and logged with every reading: a handful of short answers.
 MAX_CHOICES, MAX_CHOICE_CHARS = 8, 64
+# A multi-token choice's tokens ride along with every probe step (see engine.probe): a form of at most
+# 32 tokens, and at most 256 extra positions per reading for all forms of all choices together.
+MAX_CHOICE_TOKENS, MAX_PROBE_NODES = 32, 256
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,7 @@ class RunSettings:
     seed: int = default("seed")
     probe_suffix: str | None = default("probe_suffix")
     probe_choices: tuple[str, ...] = default("probe_choices")
+    probe_gold: str | None = default("probe_gold")
     probe_every: int = default("probe_every")
     probe_min_mass: float = default("probe_min_mass")
 
@@ -90,10 +94,18 @@ class RunSettings:
         if len(choices) > MAX_CHOICES or any(len(c) > MAX_CHOICE_CHARS for c in choices):
             raise UserError(f"the probe reads at most {MAX_CHOICES} choices of at most {MAX_CHOICE_CHARS} "
                             f"characters each, got {len(choices)}")
-        if len(choices) < 2 or any(not c.strip() for c in choices):
-            raise UserError(f"the probe needs two or more non-empty choices, got {list(choices)}")
+        if any(not c.strip() for c in choices):
+            raise UserError(f"a probe choice is empty: {list(choices)}")
+        if len(choices) < 2 and self.probe_gold is None:
+            raise UserError(f"the probe needs two or more choices (or a gold answer), got {list(choices)}")
         if len({c.strip().lower() for c in choices}) != len(choices):
             raise UserError(f"probe choices must differ (ignoring case), got {list(choices)}")
+        if self.probe_gold is not None and (len(self.probe_gold) > MAX_CHOICE_CHARS or not self.probe_gold.strip()):
+            raise UserError(f"the gold answer must be 1 to {MAX_CHOICE_CHARS} characters, got "
+                            f"{len(self.probe_gold.strip())}")
+        if len(probe_labels(self)) > MAX_CHOICES:
+            raise UserError(f"the probe reads at most {MAX_CHOICES} answers: the gold answer and "
+                            f"{MAX_CHOICES - 1} choices besides it")
 
     # --- the session log's JSON --------------------------------------------------------------------
     def to_dict(self) -> dict:
@@ -145,6 +157,18 @@ def _from_single_vector_dict(d: dict, vector: SteeringVector | None) -> dict:
         **({"probe_every": probe["every"]} if "every" in probe else {}),
         **({"probe_min_mass": probe["min_mass"]} if "min_mass" in probe else {}),
     }
+
+
+def probe_labels(settings: RunSettings) -> tuple[str, ...]:
+    """What the probe reads: the choices, or with a gold answer the gold answer first, then the choices
+    other than it (the default Yes/No only when the gold answer is one of them)."""
+    choices = tuple(c.strip() for c in settings.probe_choices)
+    if settings.probe_gold is None:
+        return choices
+    gold = settings.probe_gold.strip()
+    if choices == default("probe_choices") and gold.lower() not in (c.lower() for c in choices):
+        return (gold,)
+    return (gold, *(c for c in choices if c.lower() != gold.lower()))
 
 
 # --- forms: the knobs' values as a front end collects them --------------------------------------

@@ -48,8 +48,10 @@ def record_events(record: dict, tokenizer=None) -> Iterator[Event]:
         model=record["model_id"], prompt_ids=record["prompt_ids"], prompt_text=record["prompt_text"],
         rows=[_row_info(s, record) for s in streams], layers=record["layers"],
         scope=next((s["scope"] for s in streams if s.get("scope")), "all"), probe_suffix_ids=record["probe_suffix_ids"],
-        probe_choices=[ChoiceInfo(c["label"], c["token_ids"]) for c in record["probe_choices"]],
+        probe_choices=[ChoiceInfo(c["label"], c["token_ids"], c.get("variants", [[i] for i in c["token_ids"]]))
+                       for c in record["probe_choices"]],
         probe_every=settings.get("probe_every", settings.get("probe", {}).get("every", 0)),
+        probe_gold=settings.get("probe_gold"),
     )
     pieces = {s["row"]: _pieces(s, tokenizer) for s in streams}
     probes: dict[int, list[dict]] = {}
@@ -60,7 +62,7 @@ def record_events(record: dict, tokenizer=None) -> Iterator[Event]:
         # The engine reads the probe after ``step`` tokens, before the token at index ``step``.
         for p in sorted(probes.get(step, []), key=lambda p: p["row"]):
             yield ProbeEvent(p["row"], step, p["logodds"], p["mass"], p["logprobs"], p["reliable"],
-                             p.get("think_closed", False))
+                             p.get("think_closed", False), p.get("final", False))
         for s in streams:
             if step < len(s["token_ids"]):
                 yield TokenEvent(s["row"], step, s["token_ids"][step], pieces[s["row"]][step])

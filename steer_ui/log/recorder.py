@@ -107,7 +107,8 @@ class RunRecorder:
             dtype=str(lm.dtype).removeprefix("torch."), device=str(lm.device), settings=self.settings.to_dict(),
             prompt_text=ev.prompt_text, prompt_ids=ev.prompt_ids, layers=ev.layers,
             probe_suffix_ids=ev.probe_suffix_ids,
-            probe_choices=[{"label": c.label, "token_ids": c.token_ids} for c in ev.probe_choices],
+            probe_choices=[{"label": c.label, "token_ids": c.token_ids, "variants": c.variants}
+                           for c in ev.probe_choices],
             streams=[NewStream(r.row, r.label, r.coef, by_row[r.row].vector if r.row in by_row else None,
                                r.layers if r.row else None, r.scope) for r in ev.rows]))
         self._rows = {r.row: _RowBuffer() for r in ev.rows}

@@ -53,7 +53,7 @@ class RunRow(Base):
     prompt_ids: Mapped[list] = mapped_column(JSON)
     layers: Mapped[list] = mapped_column(JSON)  # every layer some row steers
     probe_suffix_ids: Mapped[list] = mapped_column(JSON)
-    probe_choices: Mapped[list] = mapped_column(JSON)  # [{"label", "token_ids"}]
+    probe_choices: Mapped[list] = mapped_column(JSON)  # [{"label", "token_ids", "variants"}]
     load_s: Mapped[float | None] = mapped_column(Float, nullable=True)
     prefill_s: Mapped[float | None] = mapped_column(Float, nullable=True)
     decode_s: Mapped[float | None] = mapped_column(Float, nullable=True)
@@ -87,3 +87,4 @@ class ProbeRow(Base):
     logprobs: Mapped[dict] = mapped_column(JSON)
     reliable: Mapped[bool] = mapped_column(Boolean)
     think_closed: Mapped[bool] = mapped_column(Boolean, default=False)
+    final: Mapped[bool] = mapped_column(Boolean, default=False)  # read at the row's last token (it ended)

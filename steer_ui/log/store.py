@@ -215,7 +215,7 @@ class Store:
     def probe_points(self, run_id: str) -> list[ProbeRow]:
         with self.Session() as s:
             return list(s.scalars(select(ProbeRow).where(ProbeRow.run_id == run_id)
-                                  .order_by(ProbeRow.row, ProbeRow.step)))
+                                  .order_by(ProbeRow.row, ProbeRow.step, ProbeRow.id)))
 
     @_reads
     def vector(self, vector_hash: str) -> SteeringVector:
@@ -266,7 +266,8 @@ class Store:
             db.execute(update(StreamRow).where(StreamRow.run_id == run_id, StreamRow.row == row)
                        .values(token_ids=list(token_ids), text=text))
         db.add_all(ProbeRow(run_id=run_id, row=p.row, step=p.step, logodds=p.logodds, mass=p.mass,
-                            logprobs=p.logprobs, reliable=p.reliable, think_closed=p.think_closed) for p in probes)
+                            logprobs=p.logprobs, reliable=p.reliable, think_closed=p.think_closed, final=p.final)
+                   for p in probes)
 
     @_writes
     def finish_run(self, run_id: str, status: str, error: str | None, streams: dict[int, tuple[list[int], str]],
@@ -304,7 +305,8 @@ class Store:
                          "layers": st.layers, "scope": st.scope, "token_ids": st.token_ids, "text": st.text,
                          "finish_reason": st.finish_reason} for st in run.streams],
             "probes": [{"row": p.row, "step": p.step, "logodds": p.logodds, "mass": p.mass, "logprobs": p.logprobs,
-                        "reliable": p.reliable, "think_closed": p.think_closed} for p in self.probe_points(run.id)],
+                        "reliable": p.reliable, "think_closed": p.think_closed, "final": p.final}
+                       for p in self.probe_points(run.id)],
         }
 
     @_writes

@@ -18,8 +18,8 @@ def figure(view: RunView, start: list[int] | None = None) -> dict:
         data.append({
             "type": "scatter", "mode": "lines+markers", "name": r.display_label, "legendgroup": str(r.row),
             "x": r.steps[k:], "y": r.logodds[k:], "line": {"color": colour, "width": 2},
-            "marker": {"color": colour, "size": 5,
-                       "symbol": ["circle" if ok else "x-open" for ok in r.reliable[k:]]},
+            "marker": {"color": colour, "size": 6,
+                       "symbol": [_symbol(ok, end) for ok, end in zip(r.reliable[k:], r.final[k:])]},
             "hovertemplate": f"{r.display_label}<br>token %{{x}}<br>log-odds %{{y:.2f}}<extra></extra>",
         })
         data.append({
@@ -34,7 +34,7 @@ def figure(view: RunView, start: list[int] | None = None) -> dict:
     layout = {
         "margin": {"l": 56, "r": 56, "t": 28, "b": 40}, "height": 320,
         "xaxis": {"title": {"text": "generated tokens"}, "zeroline": False},
-        "yaxis": {"title": {"text": f"log-odds  log p({yes}) - log p({no})"}, "zeroline": True,
+        "yaxis": {"title": {"text": _axis_title(view, yes, no)}, "zeroline": True,
                   "zerolinecolor": "#9ca3af"},
         "yaxis2": {"title": {"text": "mass on choices (dotted)"}, "overlaying": "y", "side": "right",
                    "range": [0, 1.02], "showgrid": False, "tickmode": "linear", "tick0": 0, "dtick": 0.25},
@@ -44,6 +44,19 @@ def figure(view: RunView, start: list[int] | None = None) -> dict:
         "uirevision": view.key,
     }
     return {"run": view.key, "data": data, "layout": layout, "from": [k for k in start for _ in (0, 1)]}
+
+
+def _symbol(reliable: bool, final: bool) -> str:
+    """Circles; a diamond where the row ended; open x where too little mass is on the choices."""
+    if final:
+        return "diamond" if reliable else "diamond-open"
+    return "circle" if reliable else "x-open"
+
+
+def _axis_title(view: RunView, yes: str, no: str) -> str:
+    if view.gold is not None:
+        return f"log-odds of the gold answer {view.gold[:24]}"
+    return f"log-odds  log p({yes[:16]}) - log p({no[:16]})"
 
 
 def figure_html(fig: dict) -> str:

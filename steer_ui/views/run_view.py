@@ -41,6 +41,8 @@ class RowView:
     logodds: list[float | None] = field(default_factory=list)
     mass: list[float | None] = field(default_factory=list)
     reliable: list[bool] = field(default_factory=list)
+    final: list[bool] = field(default_factory=list)  # the reading where the row ended (one per row, at its end)
+    logprobs: list[dict[str, float]] = field(default_factory=list)  # each choice's log-probability per reading
     token_ids: list[int] = field(default_factory=list)
 
     @property
@@ -56,6 +58,7 @@ class RunView:
         self.think_close = think_close
         self.rows: list[RowView] = []
         self.choices: list[str] = []
+        self.gold: str | None = None  # the gold answer, when the probe reads P(gold)
         self.warnings: list[str] = []
         self.layers: list[int] = []
         self.scope = ""
@@ -67,6 +70,7 @@ class RunView:
         if isinstance(event, StartEvent):
             self.rows = [RowView(r.row, r.label, r.coef) for r in event.rows]
             self.choices = [c.label for c in event.probe_choices]
+            self.gold = event.probe_gold
             self.warnings, self.layers, self.scope = list(event.warnings), list(event.layers), event.scope
         elif isinstance(event, TokenEvent):
             self._token(event)
@@ -76,6 +80,8 @@ class RunView:
             row.logodds.append(_r(event.logodds))
             row.mass.append(_r(event.mass))
             row.reliable.append(event.reliable)
+            row.final.append(event.final)
+            row.logprobs.append(event.logprobs)
         elif isinstance(event, DoneEvent):
             self.done = event
             for result in event.rows:
@@ -111,10 +117,11 @@ class RunView:
         return {
             "run_id": run_id, "status": status or ("error" if self.error else "finished" if self.done else "running"),
             "error": self.error, "warnings": self.warnings, "layers": self.layers, "scope": self.scope,
-            "choices": self.choices,
+            "choices": self.choices, "gold": self.gold,
             "rows": [{"row": r.row, "label": r.label, "coef": r.coef, "text": r.text or "".join(r.pieces),
                       "tokens": len(r.pieces), "finish_reason": r.finish, "first_divergence": r.diverge,
                       "think_end": r.think_end,
-                      "probe": {"step": r.steps, "logodds": r.logodds, "mass": r.mass, "reliable": r.reliable}}
+                      "probe": {"step": r.steps, "logodds": r.logodds, "mass": r.mass, "reliable": r.reliable,
+                                "final": r.final}}
                      for r in self.rows],
         }
