@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import re
 import subprocess
 import sys
@@ -20,6 +21,7 @@ from steer_ui.experiments.analysis import analyze, split_steps
 from steer_ui.experiments.grading import is_correct, last_boxed, read_answer
 from steer_ui.experiments.questions import (
     Question,
+    kind_of,
     load_questions,
     read_questions_jsonl,
     word_problems,
@@ -305,3 +307,103 @@ def test_rollouts_score_continuations_from_each_step(bundled):
     assert [s.index for s in valued.steps] == [0, 1] and calls == [(1, 2), (2, 2)]
     # The second step's prefix already says "No.": every continuation from it is scored correct.
     assert valued.steps[1].value == 1.0 and 0.0 <= valued.steps[0].value <= 1.0
+
+
+# --- MATH-grade grading, MATH500 files, P(gold) in sweeps and analysis --------------------------------
+@pytest.mark.parametrize("gold, answer, right", [
+    ("\\frac{3}{4}", "0.75", True), ("(2,-1)", "(2, -1)", True), ("3\\sqrt{2}", "\\sqrt{18}", True),
+    ("\\frac{5}{6}", "5/6", True), ("\\text{(C)}", "C", True), ("391", "391.0", True),
+    ("391", "392", False), ("\\frac{3}{4}", "\\frac{4}{3}", False), ("(2,-1)", "(-1,2)", False),
+])
+def test_math_answers_are_graded_by_equivalence(gold, answer, right):
+    question = Question("q", "?", gold, kind_of(gold))
+    text = f"Some working.\n\nThe final answer is $\\boxed{{{answer}}}$."
+    got = read_answer(text, question.kind)
+    assert got.how == "boxed" and is_correct(got.value, question) is right
+
+
+def test_grading_in_a_worker_thread_survives_a_pathological_answer():
+    """Off the main thread math-verify cannot time itself out: a child process does it, and is replaced."""
+    import threading
+
+    from steer_ui.experiments.grading import equivalent
+
+    out = {}
+
+    def work():
+        out["tower"] = equivalent("2", "2^{2^{2^{2^{99}}}}")
+        out["radical"] = equivalent("3\\sqrt{2}", "\\sqrt{18}")
+    worker = threading.Thread(target=work)
+    worker.start()
+    worker.join(120)  # a hang guard only: VERIFY_TIMEOUT_S bounds the tower
+    assert out == {"tower": False, "radical": True}
+
+
+def test_math500_shaped_files_run_as_they_are():
+    qs = load_questions(str(ROOT / "assets" / "examples" / "math-sample.jsonl"))
+    assert len(qs) == 8 and qs[0].id == "sample/prealgebra/0.json" and qs[0].question == "What is $17 \\times 23$?"
+    assert {q.kind for q in qs} == {"number", "text"}
+    assert "\\boxed{}" in qs[1].prompt()
+
+
+def test_a_math_sweep_reads_p_gold_and_grades_with_math_verify(bundled, tmp_path):
+    qs = load_questions(str(ROOT / "assets" / "examples" / "math-sample.jsonl"))[:2]
+    cfg = SweepConfig(questions=qs, coefs=(0.0,), template=RunSettings("", max_new_tokens=16, probe_every=4))
+    store = Store(str(tmp_path / "log.sqlite"))
+    result = run_sweep(bundled, cfg, tmp_path / "out", store)
+    rows = list(csv.DictReader((tmp_path / "out" / "results.csv").open()))
+    for r, q in zip(rows, qs):
+        run = store.get_run(r["run_id"])
+        assert run.settings["probe_gold"] == q.answer and run.settings["probe_every"] == 4
+        final = [p for p in store.probe_points(r["run_id"]) if p.final]
+        assert len(final) == 1 and final[0].step == int(r["cot_tokens"])
+        assert float(r["final_p_gold"]) == pytest.approx(math.exp(final[0].logprobs[q.answer]), abs=1e-4)
+        assert int(r["correct"]) == is_correct(read_answer(r["text"], q.kind).value, q)
+    summary = result.summary[0]
+    assert summary.mean_final_p_gold == pytest.approx(sum(float(r["final_p_gold"]) for r in rows) / 2, abs=1e-4)
+    assert "final P(gold)" in (tmp_path / "out" / "summary.txt").read_text()
+
+
+def test_p_gold_collapse_and_agreement_with_rollouts():
+    from steer_ui.experiments.analysis import agreement
+
+    pieces = ["a", "\n", "b", "\n", "c", "\n", "d", "\n"]
+    series = analyze(pieces, [2, 4, 6, 8], [1.0, 2.0, -1.0, -2.0], [1.0] * 4, [True] * 4,
+                     p_gold=[0.4, 0.7, 0.3, 0.2])
+    assert [s.p_gold for s in series.steps] == [0.4, 0.7, 0.3, 0.2]
+    assert series.collapse == 2  # 0.3 < half of the peak 0.7
+    steps = [replace(s, value=v) for s, v in zip(series.steps, [0.5, 1.0, 0.25, 0.0])]
+    agree = agreement(replace(series, steps=steps))
+    import numpy as np
+
+    assert agree.n == 4 and agree.pearson == pytest.approx(np.corrcoef([0.4, 0.7, 0.3, 0.2], [0.5, 1, 0.25, 0])[0, 1])
+    assert agree.mean_abs_diff == pytest.approx((0.1 + 0.3 + 0.05 + 0.2) / 4)
+    # No collapse while P(gold) only rises, or falls by less than 0.1.
+    assert analyze(pieces, [2, 4, 6, 8], [0.0] * 4, [1.0] * 4, [True] * 4, p_gold=[0.1, 0.12, 0.05, 0.3]).collapse \
+        is None
+
+
+def test_generate_with_a_gold_answer_and_analyze_it_from_the_command_line(tmp_path):
+    db = tmp_path / "log.sqlite"
+    proc = cli("generate", "--prompt", "What is 17 times 23? Think step by step.", "--gold", "391",
+               "--probe-choices", "392,17", "--probe-every", "4", "--max-new-tokens", "24", "--jsonl", env_db=db)
+    assert proc.returncode == 0, proc.stderr
+    events = [json.loads(line) for line in proc.stdout.splitlines()]
+    start = events[0]
+    assert start["probe"]["gold"] == "391"
+    assert [c["label"] for c in start["probe"]["choices"]] == ["391", "392", "17"]
+    assert start["probe"]["choices"][0]["variants"] == [[35, 41, 33], [216, 35, 41, 33]]
+    probes = [e for e in events if e["event"] == "probe"]
+    assert [e for e in probes if e.get("final")] == [probes[-1]]
+    run_id = Store(str(db)).list_runs()[0].id
+    proc = cli("analyze", run_id, "--rollouts", "2", "--rollout-tokens", "6", "--json", str(tmp_path / "a.json"),
+               env_db=db)
+    assert proc.returncode == 0, proc.stderr
+    assert "P(gold) collapses at step" in proc.stdout and "P(gold) vs rollout value over" in proc.stdout
+    row = json.loads((tmp_path / "a.json").read_text())["rows"][0]
+    assert all(s["p_gold"] is not None for s in row["steps"]) and row["agreement"]["n"] == len(row["steps"])
+    for args, message in [(("generate", "--prompt", "x", "--gold", "1" * 65), "gold answer must be 1 to 64"),
+                          (("generate", "--prompt", "x", "--probe-choices", "a,b,c,d,e,f,g,h,i"), "at most 8 choices"),
+                          (("generate", "--prompt", "x", "--probe-choices", "Paris, Paris"), "must differ")]:
+        proc = cli(*args, env_db=db)
+        assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr

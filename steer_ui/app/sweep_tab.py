@@ -24,7 +24,7 @@ MAX_SWEEP_QUESTIONS = 50  # the Sweep tab is for a quick look; the CLI runs big 
 SWEEP_INPUTS = ("questions", "questions_file", "sweep_coefs", *(n for n in FORM if n not in ("prompt", "coefs")))
 SWEEP_OUTPUTS = ("sweep_table", "sweep_plot", "sweep_files", "sweep_status")
 TABLE_HEADERS = ["coef", "n", "accuracy", "95% CI", "CoT tokens", "CoT tokens (correct)", "final log-odds to gold",
-                 "forced accuracy"]
+                 "forced accuracy", "final P(gold)"]
 
 
 class SweepTab:
@@ -95,7 +95,8 @@ class SweepTab:
         table = [[f"{s.coef:+g}", s.n, f"{s.accuracy:.0%}", f"{s.ci_low:.0%}-{s.ci_high:.0%}",
                   f"{s.mean_tokens:.1f}", f"{s.mean_tokens_correct:.1f}" if s.mean_tokens_correct is not None else "-",
                   f"{s.mean_final_logodds_gold:+.2f}" if s.mean_final_logodds_gold is not None else "-",
-                  f"{s.forced_accuracy:.0%}" if s.forced_accuracy is not None else "-"] for s in result.summary]
+                  f"{s.forced_accuracy:.0%}" if s.forced_accuracy is not None else "-",
+                  f"{s.mean_final_p_gold:.3f}" if s.mean_final_p_gold is not None else "-"] for s in result.summary]
         status = (f"**finished**: {n_questions} questions x {len(cfg.coefs)} coefficients, {result.ran} runs, logged "
                   "in this browser's History." + "".join(f"  \n{escape(n)}" for n in result.notes))
         return {"sweep_table": table, "sweep_plot": go.Figure(sweep_figure(result.summary, cfg.label["title"])),

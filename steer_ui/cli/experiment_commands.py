@@ -13,9 +13,10 @@ from steer_ui.cli.run_commands import open_store
 from steer_ui.engine.knobs import KNOBS
 from steer_ui.errors import UserError
 
-# Sweeps read the probe at every token: its last reading is the forced answer right after the chain.
+# Sweeps read the probe at every token: Yes/No for yes/no questions, P(gold) for the others.
 SWEEP_DEFAULTS = {"probe_every": 1}
-PER_QUESTION = ("prompt", "coefs", "rows")  # knobs a sweep sets itself (the question, --coefs) or does not take
+# Knobs a sweep sets itself (the question, its gold answer, --coefs) or does not take.
+PER_QUESTION = ("prompt", "probe_gold", "coefs", "rows")
 
 
 def add(sub: argparse._SubParsersAction) -> None:
@@ -38,9 +39,12 @@ def add(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--commit", type=float, default=2.0, help="|log-odds| at which the answer counts as emerged")
     q.add_argument("--drop", type=float, default=2.0, help="a fall in log-odds this large flags a step")
     q.add_argument("--rollouts", type=int, default=0,
-                   help="K continuations sampled from each step to estimate its value (needs --answer)")
+                   help="K continuations sampled from each step to estimate its value (needs a right answer)")
     q.add_argument("--rollout-tokens", type=int, default=128)
-    q.add_argument("--answer", default=None, help="the right answer, to score rollouts (Yes/No or a number)")
+    q.add_argument("--answer", default=None, help="the right answer, to score rollouts and read P(gold) (default: "
+                   "the run's gold answer, when it was run with --gold)")
+    q.add_argument("--collapse", type=float, default=0.5,
+                   help="P(gold) collapses where it falls below this share of its peak so far")
     q.add_argument("--json", default=None, help="also write the analysis to this JSON file")
     q.add_argument("--plot", default=None, help="also write the step chart: FILE.html (or FILE.png with kaleido)")
     add_model(q, model=False)
@@ -90,7 +94,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
-    from steer_ui.experiments.analysis import analyze, report, rollout_values
+    from steer_ui.experiments.analysis import agreement, analyze, report, rollout_values
     from steer_ui.experiments.analysis import figure as step_figure
     from steer_ui.experiments.questions import Question, kind_of
     from steer_ui.log.archive import record_events, replay_settings, run_record
@@ -100,8 +104,10 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     store = open_store(args.db)
     record = run_record(store, store.get_run(args.run))
     model_id, settings = replay_settings(store, args.run)
-    if args.rollouts and not args.answer:
-        raise UserError("--rollouts needs --answer (the right answer, to score each continuation)")
+    answer = args.answer or settings.probe_gold
+    if args.rollouts and not answer:
+        raise UserError("--rollouts needs --answer (the right answer, to score each continuation), or a run "
+                        "logged with --gold")
     lm = load_model(model_id, device=args.device, dtype=args.dtype)
     view = RunView(args.run, lm.profile.think_close)
     for event in record_events(record, lm.tokenizer):
@@ -109,11 +115,15 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     rows = view.rows if args.row is None else [r for r in view.rows if r.row == args.row]
     if not rows:
         raise UserError(f"run {args.run} has no row {args.row} (rows 0-{len(view.rows) - 1})")
+    if answer and _p_gold(rows[0], answer) is None:
+        print(f"note: this run's probe did not read {answer!r}, so there is no P(gold) curve; log the run with "
+              f"--gold {answer!r} to get one", file=sys.stderr)
     out, figures = [], []
     for r in rows:
-        result = analyze(r.pieces, r.steps, r.logodds, r.mass, r.reliable, args.commit, args.drop)
+        result = analyze(r.pieces, r.steps, r.logodds, r.mass, r.reliable, args.commit, args.drop,
+                         _p_gold(r, answer) if answer else None, args.collapse)
         if args.rollouts:
-            question = Question("q", settings.prompt, args.answer, kind_of(args.answer))
+            question = Question("q", settings.prompt, answer, kind_of(answer))
             steered = settings.rows[r.row - 1] if r.row > 0 else None
             with progress_bar(f"rollouts for {r.display_label}", unit="step") as progress:
                 result = rollout_values(lm, record["prompt_text"], result, question, args.rollouts,
@@ -121,13 +131,26 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         print(report(result, r.display_label))
         print()
         figures.append(step_figure(result, r.display_label))
+        agree = agreement(result)
         out.append({"row": r.row, "label": r.label, "coef": r.coef, "first_flag": result.first_flag,
-                    "emergence": result.emergence, "steps": [s.__dict__ for s in result.steps]})
+                    "emergence": result.emergence, "collapse": result.collapse,
+                    "agreement": agree.__dict__ if agree else None, "steps": [s.__dict__ for s in result.steps]})
     if args.json:
         Path(args.json).write_text(json.dumps({"run": args.run, "rows": out}, indent=1), encoding="utf-8")
     if args.plot:
         _write_plot(figures, Path(args.plot), f"run {args.run}")
     return 0
+
+
+def _p_gold(row, answer: str) -> list[float] | None:
+    """The probability of ``answer`` at each of ``row``'s readings (None when the probe did not read it)."""
+    import math
+
+    key = answer.strip().lower()
+    labels = {label.strip().lower(): label for label in (row.logprobs[0] if row.logprobs else {})}
+    if key not in labels:
+        return None
+    return [math.exp(lp[labels[key]]) for lp in row.logprobs]
 
 
 def _write_plot(figures: list[dict], path: Path, title: str) -> None:

@@ -5,14 +5,19 @@ with ``--probe-every 1``, which costs nothing extra in this engine), else the la
 so steered rows are read under their own steering, as they were streamed. A step is flagged when the
 log-odds changes sign (``flip``) or falls by more than ``drop`` (``drop``): candidates for the first
 wrong step. The answer *emerges* at the first step whose reading is reliable and beyond ``commit``.
-Rollouts (optional, costly) estimate each step's value by sampling continuations from it.
+
+Two estimates of a step's value (how likely the solution is to end correct from there, GLoRe's
+question): a run probed with a gold answer gives P(gold) at every step for free (the forced answer's
+probability), and rollouts (optional, costly: K sampled continuations per step) count how many end
+correct. P(gold) *collapses* at the first step where it falls below ``collapse`` times its peak so far
+(by at least 0.1); with both estimates, ``agreement`` says how well the cheap one tracks the costly one.
 """
 
 from __future__ import annotations
 
 import bisect
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from steer_ui.engine.decode import run as engine_run
 from steer_ui.engine.events import DoneEvent
@@ -34,6 +39,7 @@ class Step:
     reliable: bool
     flag: str | None  # flip | drop | None
     value: float | None = None  # rollouts: the share of continuations from here that end correct
+    p_gold: float | None = None  # the probe's probability of the gold answer at the step's reading
 
 
 @dataclass(frozen=True)
@@ -43,6 +49,16 @@ class Analysis:
     emergence: int | None  # index of the step where the probe first commits
     commit: float
     drop: float
+    collapse: int | None = None  # index of the step where P(gold) collapses
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """How well P(gold) tracks the rollout value over a row's steps."""
+
+    n: int  # steps with both
+    pearson: float | None  # None when either is constant (or fewer than 3 steps)
+    mean_abs_diff: float
 
 
 def split_steps(pieces: list[str]) -> list[tuple[int, int]]:
@@ -61,8 +77,10 @@ def split_steps(pieces: list[str]) -> list[tuple[int, int]]:
 
 
 def analyze(pieces: list[str], probe_steps: list[int], logodds: list[float], mass: list[float],
-            reliable: list[bool], commit: float = 2.0, drop: float = 2.0) -> Analysis:
-    """Steps, their readings and flags, from a row's tokens and its probe series (sorted by step)."""
+            reliable: list[bool], commit: float = 2.0, drop: float = 2.0, p_gold: list[float] | None = None,
+            collapse: float = 0.5) -> Analysis:
+    """Steps, their readings and flags, from a row's tokens and its probe series (sorted by step);
+    ``p_gold``: the gold answer's probability at each reading, when the run's probe read it."""
     steps: list[Step] = []
     prev: float | None = None
     for index, (start, end) in enumerate(split_steps(pieces)):
@@ -76,13 +94,40 @@ def analyze(pieces: list[str], probe_steps: list[int], logodds: list[float], mas
             elif prev - lo > drop:
                 flag = "drop"
         steps.append(Step(index, start, end, "".join(pieces[start:end]), probe_steps[at] if at >= 0 else None, lo,
-                          mass[at] if at >= 0 else None, ok, flag))
+                          mass[at] if at >= 0 else None, ok, flag,
+                          p_gold=p_gold[at] if p_gold is not None and at >= 0 else None))
         if lo is not None and ok:
             prev = lo
     first_flag = next((s.index for s in steps if s.flag), None)
     emergence = next((s.index for s in steps if s.reliable and s.logodds is not None and abs(s.logodds) >= commit),
                      None)
-    return Analysis(steps, first_flag, emergence, commit, drop)
+    return Analysis(steps, first_flag, emergence, commit, drop, _collapse(steps, collapse))
+
+
+def _collapse(steps: list[Step], ratio: float) -> int | None:
+    """The first step where P(gold) falls below ``ratio`` times its peak so far, by 0.1 or more."""
+    peak = None
+    for s in steps:
+        if s.p_gold is None:
+            continue
+        if peak is not None and s.p_gold < ratio * peak and peak - s.p_gold >= 0.1:
+            return s.index
+        peak = s.p_gold if peak is None else max(peak, s.p_gold)
+    return None
+
+
+def agreement(analysis: Analysis) -> Agreement | None:
+    """P(gold) against the rollout value over the steps that have both (None when none do)."""
+    pairs = [(s.p_gold, s.value) for s in analysis.steps if s.p_gold is not None and s.value is not None]
+    if not pairs:
+        return None
+    xs, ys = zip(*pairs)
+    mean_abs = sum(abs(x - y) for x, y in pairs) / len(pairs)
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    sx = sum((x - mx) ** 2 for x in xs) ** 0.5
+    sy = sum((y - my) ** 2 for y in ys) ** 0.5
+    r = sum((x - mx) * (y - my) for x, y in pairs) / (sx * sy) if len(pairs) >= 3 and sx > 0 and sy > 0 else None
+    return Agreement(len(pairs), r, mean_abs)
 
 
 def rollout_values(lm: LoadedModel, prompt_text: str, analysis: Analysis, question: Question, k: int,
@@ -108,22 +153,33 @@ def rollout_values(lm: LoadedModel, prompt_text: str, analysis: Analysis, questi
         steps.append(Step(**{**step.__dict__, "value": correct / k}))
         if progress is not None:
             progress(i + 1, len(analysis.steps))
-    return Analysis(steps, analysis.first_flag, analysis.emergence, analysis.commit, analysis.drop)
+    return replace(analysis, steps=steps)
 
 
 def report(analysis: Analysis, label: str) -> str:
-    lines = [f"{label}: {len(analysis.steps)} steps | first flagged step: "
-             f"{analysis.first_flag if analysis.first_flag is not None else '-'} | answer emerges at step: "
-             f"{analysis.emergence if analysis.emergence is not None else '-'} (|log-odds| >= {analysis.commit:g})",
-             f"{'step':>4} {'tokens':>11} {'log-odds':>8} {'mass':>5} {'flag':>5} {'value':>5}  text"]
+    gold = any(s.p_gold is not None for s in analysis.steps)
+    collapse = f" | P(gold) collapses at step: {_or_dash(analysis.collapse)}" if gold else ""
+    lines = [f"{label}: {len(analysis.steps)} steps | first flagged step: {_or_dash(analysis.first_flag)} | "
+             f"answer emerges at step: {_or_dash(analysis.emergence)} (|log-odds| >= {analysis.commit:g}){collapse}",
+             f"{'step':>4} {'tokens':>11} {'log-odds':>8} {'mass':>5} {'flag':>5} {'P(gold)':>7} {'value':>5}  text"]
     for s in analysis.steps:
         lo = f"{s.logodds:+.2f}" + ("" if s.reliable else "?") if s.logodds is not None else "-"
         mass = f"{s.mass:.2f}" if s.mass is not None else "-"
+        p_gold = f"{s.p_gold:.3f}" if s.p_gold is not None else ""
         value = f"{s.value:.2f}" if s.value is not None else ""
         text = s.text.strip().replace("\n", " ")
-        lines.append(f"{s.index:>4} {s.start:>5}-{s.end:<5} {lo:>8} {mass:>5} {s.flag or '':>5} {value:>5}  "
-                     f"{text[:70]}{'...' if len(text) > 70 else ''}")
+        lines.append(f"{s.index:>4} {s.start:>5}-{s.end:<5} {lo:>8} {mass:>5} {s.flag or '':>5} {p_gold:>7} "
+                     f"{value:>5}  {text[:64]}{'...' if len(text) > 64 else ''}")
+    agree = agreement(analysis)
+    if agree is not None:
+        r = f"{agree.pearson:+.2f}" if agree.pearson is not None else "- (one of them is constant)"
+        lines.append(f"P(gold) vs rollout value over {agree.n} steps: Pearson r {r}, mean |difference| "
+                     f"{agree.mean_abs_diff:.2f}")
     return "\n".join(lines)
+
+
+def _or_dash(index: int | None) -> str:
+    return str(index) if index is not None else "-"
 
 
 def figure(analysis: Analysis, label: str) -> dict:
@@ -134,18 +190,25 @@ def figure(analysis: Analysis, label: str) -> dict:
              "text": [s.text.strip()[:80] for s in steps], "hovertemplate": "token %{x}: %{y:.2f}<br>%{text}",
              "marker": {"size": [12 if s.flag else 6 for s in steps],
                         "symbol": ["x" if s.flag else ("circle" if s.reliable else "circle-open") for s in steps]}}]
+    if any(s.p_gold is not None for s in analysis.steps):
+        data.append({"type": "scatter", "mode": "lines+markers", "name": "P(gold) (probe)", "yaxis": "y2",
+                     "x": [s.end for s in analysis.steps if s.p_gold is not None],
+                     "y": [s.p_gold for s in analysis.steps if s.p_gold is not None], "line": {"color": "#d97706"}})
     if any(s.value is not None for s in analysis.steps):
         data.append({"type": "scatter", "mode": "lines+markers", "name": "rollout value (share correct)",
                      "x": [s.end for s in analysis.steps], "y": [s.value for s in analysis.steps], "yaxis": "y2",
                      "line": {"dash": "dot"}})
     shapes = []
-    if analysis.emergence is not None:
-        x = analysis.steps[analysis.emergence].end
-        shapes.append({"type": "line", "x0": x, "x1": x, "yref": "paper", "y0": 0, "y1": 1,
-                       "line": {"dash": "dash", "color": "#059669"}})
+    for index, colour in ((analysis.emergence, "#059669"), (analysis.collapse, "#d97706")):
+        if index is not None:
+            x = analysis.steps[index].end
+            shapes.append({"type": "line", "x0": x, "x1": x, "yref": "paper", "y0": 0, "y1": 1,
+                           "line": {"dash": "dash", "color": colour}})
     return {"data": data, "layout": {
-        "title": {"text": f"{label}: probe at step boundaries (x = flagged step, green = answer emerges)"},
+        "title": {"text": f"{label}: probe at step boundaries (x = flagged step, green = answer emerges, "
+                          "orange = P(gold) collapses)"},
         "xaxis": {"title": {"text": "generated tokens (end of step)"}},
         "yaxis": {"title": {"text": "log-odds"}, "zeroline": True},
-        "yaxis2": {"title": {"text": "rollout value"}, "overlaying": "y", "side": "right", "range": [0, 1]},
+        "yaxis2": {"title": {"text": "P(gold) / rollout value"}, "overlaying": "y", "side": "right",
+                   "range": [0, 1]},
         "shapes": shapes, "height": 380, "plot_bgcolor": "#ffffff"}}

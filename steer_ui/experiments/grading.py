@@ -3,13 +3,26 @@
 Order of trust: a ``\\boxed{...}`` answer (the last one), then an explicit "answer is / answer:" phrase
 (the last one), then, for yes/no, the last line that opens with Yes or No, and for numbers, the last
 number after the thinking block. Anything else is no answer (scored wrong), never a guess.
+
+Numbers and math answers are compared with the gold answer by mathematical equivalence through
+Hugging Face's math-verify (what open reasoning evaluations use): ``\\frac{3}{4}`` = ``0.75``,
+``(2, -1)`` = ``(2,-1)``, ``3\\sqrt{2}`` = ``\\sqrt{18}``. math-verify bounds its sympy work with
+``signal.alarm``, which only works in the main thread; elsewhere (the dashboard runs sweeps in worker
+threads) the comparison runs in a child process that is killed after ``VERIFY_TIMEOUT_S``, so a
+pathological answer (``2^{2^{2^{99}}}``) costs seconds, not the server.
 """
 
 from __future__ import annotations
 
+import json
 import re
+import select
+import subprocess
+import sys
+import threading
 from dataclasses import dataclass
 from fractions import Fraction
+from functools import lru_cache
 
 from steer_ui.experiments.questions import Question
 
@@ -109,6 +122,10 @@ def _normalise(fragment: str, kind: str) -> str | None:
     return cleaned or None
 
 
+VERIFY_TIMEOUT_S = 5.0
+MAX_VERIFY_CHARS = 512  # longer answers are compared as text: no model writes a 512-character boxed answer
+
+
 def is_correct(value: str | None, question: Question) -> bool:
     if value is None:
         return False
@@ -116,11 +133,83 @@ def is_correct(value: str | None, question: Question) -> bool:
         gold = "Yes" if question.answer.strip().lower() in ("yes", "true") else "No"
         return value == gold
     if question.kind == "number":
-        gold = parse_number(question.answer)
-        got = parse_number(value)
-        return gold is not None and got is not None and gold == got
-    return _text_key(value) == _text_key(question.answer)
+        gold, got = parse_number(question.answer), parse_number(value)
+        if gold is not None and got is not None and gold == got:
+            return True
+    if _text_key(value) == _text_key(question.answer):
+        return True
+    return equivalent(question.answer, value)
 
 
 def _text_key(s: str) -> str:
     return re.sub(r"\s+|\\left|\\right|\\!|\$", "", s).lower().rstrip(".")
+
+
+@lru_cache(maxsize=4096)
+def equivalent(gold: str, answer: str) -> bool:
+    """Whether ``answer`` equals ``gold`` mathematically (math-verify, each read as a boxed answer)."""
+    if len(gold) > MAX_VERIFY_CHARS or len(answer) > MAX_VERIFY_CHARS:
+        return False
+    if threading.current_thread() is threading.main_thread():
+        return _verify(gold, answer, VERIFY_TIMEOUT_S)
+    return _verify_in_child(gold, answer)
+
+
+def _verify(gold: str, answer: str, timeout_s: float | None) -> bool:
+    from math_verify import parse, verify
+
+    seconds = None if timeout_s is None else max(1, int(timeout_s))
+    try:
+        return bool(verify(parse(f"\\boxed{{{gold}}}", parsing_timeout=seconds),
+                           parse(f"\\boxed{{{answer}}}", parsing_timeout=seconds), timeout_seconds=seconds))
+    except Exception:  # noqa: BLE001 - math-verify raises on what it cannot read: not equal, not a crash
+        return False
+
+
+class _ChildVerifier:
+    """math-verify in a child Python for worker threads: one JSON line in, one out; a comparison that
+    takes longer than ``VERIFY_TIMEOUT_S`` kills the child (the next comparison starts a new one)."""
+
+    STARTUP_S = 60.0  # importing sympy and math-verify in a fresh interpreter: ~2 s here
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._proc: subprocess.Popen | None = None
+
+    def __call__(self, gold: str, answer: str) -> bool:
+        with self._lock:
+            if self._proc is None or self._proc.poll() is not None:
+                self._proc = subprocess.Popen([sys.executable, "-m", __name__], stdin=subprocess.PIPE,
+                                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+                if self._ask(["1", "1"], self.STARTUP_S) is None:
+                    return False
+            return bool(self._ask([gold, answer], VERIFY_TIMEOUT_S))
+
+    def _ask(self, pair: list[str], timeout_s: float) -> bool | None:
+        proc = self._proc
+        try:
+            proc.stdin.write(json.dumps(pair) + "\n")
+            proc.stdin.flush()
+            ready, _, _ = select.select([proc.stdout], [], [], timeout_s)
+            line = proc.stdout.readline() if ready else ""
+        except OSError:
+            line = ""
+        if not line:  # too slow, or the child died: not equal, and a fresh child next time
+            proc.kill()
+            proc.wait()
+            self._proc = None
+            return None
+        return json.loads(line)
+
+
+_verify_in_child = _ChildVerifier()
+
+
+def _serve() -> None:
+    for line in sys.stdin:
+        gold, answer = json.loads(line)
+        print(json.dumps(_verify(gold, answer, None)), flush=True)
+
+
+if __name__ == "__main__":
+    _serve()

@@ -50,7 +50,8 @@ def kind_of(answer: str) -> Kind:
 
 def load_questions(spec: str, max_count: int | None = None, allow_files: bool = True,
                    name: str | None = None) -> list[Question]:
-    """A JSONL file of {"question": ..., "answer": ...} (optional "id"), or a generated set by name.
+    """A JSONL file of {"question": ..., "answer": ...} (optional "id"; MATH500's "problem"/"answer"
+    lines too), or a generated set by name.
 
     ``max_count`` refuses a set with more questions, before it is built: a generated set by the size in
     its name, a file while it is read (reading stops at the first question over). ``allow_files=False``
@@ -93,13 +94,16 @@ def read_questions_jsonl(path: str | Path, max_count: int | None = None, name: s
 
 
 def question_from(obj: object, where: str, default_id: str) -> Question:
-    """A question from one ``{"question": ..., "answer": ...}`` object (optional "id", else ``default_id``)."""
-    if not isinstance(obj, dict) or not isinstance(obj.get("question"), str) or "answer" not in obj:
-        raise UserError(f'{where}: expected {{"question": "...", "answer": ...}}')
+    """A question from one ``{"question": ..., "answer": ...}`` object (optional "id", else ``default_id``),
+    or one line of MATH500 as published (``problem``, ``answer``, ``unique_id``; the rest is ignored)."""
+    text = obj.get("question", obj.get("problem")) if isinstance(obj, dict) else None
+    if not isinstance(text, str) or "answer" not in obj:
+        raise UserError(f'{where}: expected {{"question": "...", "answer": ...}} (or MATH500\'s "problem" and '
+                        '"answer")')
     answer = str(obj["answer"]).strip()
-    if not obj["question"].strip() or not answer:
+    if not text.strip() or not answer:
         raise UserError(f"{where}: empty question or answer")
-    return Question(str(obj.get("id", default_id)), obj["question"].strip(), answer, kind_of(answer))
+    return Question(str(obj.get("id", obj.get("unique_id", default_id))), text.strip(), answer, kind_of(answer))
 
 
 def unique_ids(questions: list[Question], where: str) -> list[Question]:

@@ -20,7 +20,9 @@ from pathlib import Path
 
 from steer_ui.engine import worker
 from steer_ui.engine.events import DoneEvent, ProbeEvent
-from steer_ui.engine.run_settings import RunSettings, steered
+from steer_ui.engine.knobs import default
+from steer_ui.engine.probe import choice_of
+from steer_ui.engine.run_settings import MAX_CHOICE_CHARS, RunSettings, steered
 from steer_ui.engine.scope import Scope
 from steer_ui.errors import UserError
 from steer_ui.experiments.grading import is_correct, read_answer
@@ -31,7 +33,7 @@ from steer_ui.model.loading import LoadedModel
 from steer_ui.vectors.vector import SteeringVector
 
 FIELDS = ["question_id", "coef", "sample", "seed", "gold", "extracted", "how", "correct", "forced", "forced_correct",
-          "cot_tokens", "finish_reason", "final_logodds", "final_mass", "run_id", "text"]
+          "cot_tokens", "finish_reason", "final_logodds", "final_mass", "final_p_gold", "run_id", "text"]
 Progress = Callable[[int, int], None]  # (runs done, runs total)
 
 
@@ -68,17 +70,23 @@ class SweepConfig:
                             "for single runs")
         replace(self.template, prompt="?").validate()
 
-    def run_settings(self, question: Question, sample: int, coefs: Sequence[float]) -> RunSettings:
-        """The run for ``question``'s ``sample`` with a steered row for each nonzero coefficient."""
+    def run_settings(self, question: Question, sample: int, coefs: Sequence[float],
+                     read_gold: bool = True) -> RunSettings:
+        """The run for ``question``'s ``sample`` with a steered row for each nonzero coefficient. The
+        probe reads Yes/No for a yes/no question and P(gold) for any other; ``read_gold=False`` (a gold
+        answer the probe cannot read in this model: too long) turns the probe off for that question."""
         steered_coefs = [c for c in coefs if c != 0]
         t = self.template
-        return replace(t, prompt=question.prompt(), rows=steered(self.vector if steered_coefs else None,
-                                                                  steered_coefs, self.layers, self.scope),
-                       seed=t.seed + sample, probe_every=t.probe_every if question.kind == "yesno" else 0)
+        rows = steered(self.vector if steered_coefs else None, steered_coefs, self.layers, self.scope)
+        if question.kind == "yesno":
+            return replace(t, prompt=question.prompt(), rows=rows, seed=t.seed + sample, probe_gold=None)
+        return replace(t, prompt=question.prompt(), rows=rows, seed=t.seed + sample,
+                       probe_gold=question.answer if read_gold else None, probe_choices=default("probe_choices"),
+                       probe_every=t.probe_every if read_gold else 0)
 
     def fingerprint(self) -> dict:
         """What must match for a resume to append to existing results."""
-        template = {k: v for k, v in self.template.to_dict().items() if k not in ("prompt", "rows")}
+        template = {k: v for k, v in self.template.to_dict().items() if k not in ("prompt", "rows", "probe_gold")}
         return {
             "questions": [q.id for q in self.questions], "coefs": list(self.coefs),
             "vector": self.vector.content_hash() if self.vector is not None else None,
@@ -100,6 +108,7 @@ class CoefSummary:
     mean_tokens_correct: float | None
     mean_final_logodds_gold: float | None  # yes/no questions: final log-odds toward the right answer
     forced_accuracy: float | None  # yes/no questions: the probe's answer after the chain, scored
+    mean_final_p_gold: float | None = None  # the gold answer's probability where each row ended
 
 
 def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -180,9 +189,18 @@ def _prepare(out: Path, cfg: SweepConfig) -> Path:
     return out
 
 
+def gold_readable(lm: LoadedModel, answer: str) -> bool:
+    """Whether the probe can read ``answer`` as its gold answer in this model (length and tokens)."""
+    try:
+        choice_of(lm.tokenizer, answer, "gold answer")
+    except UserError:
+        return False
+    return len(answer) <= MAX_CHOICE_CHARS
+
+
 def _one_run(lm: LoadedModel, cfg: SweepConfig, q: Question, sample: int, pending: list[float],
              store: Store | None, session: str | None, cancel=None) -> list[dict] | None:
-    settings = cfg.run_settings(q, sample, pending)
+    settings = cfg.run_settings(q, sample, pending, q.kind == "yesno" or gold_readable(lm, q.answer))
     recorder = RunRecorder(store, session, lm, settings) if store is not None else None
     last: dict[int, ProbeEvent] = {}
     done: DoneEvent | None = None
@@ -221,9 +239,19 @@ def _one_run(lm: LoadedModel, cfg: SweepConfig, q: Question, sample: int, pendin
             "cot_tokens": len(r.token_ids), "finish_reason": r.finish_reason,
             "final_logodds": round(probe.logodds, 4) if probe else "",
             "final_mass": round(probe.mass, 4) if probe else "",
+            "final_p_gold": _p_gold(probe, q),
             "run_id": recorder.run_id if recorder is not None else "", "text": r.text,
         })
     return out
+
+
+def _p_gold(probe: ProbeEvent | None, q: Question) -> float | str:
+    """The probability of the gold answer where the row ended ("" when the probe did not read it)."""
+    if probe is None:
+        return ""
+    label = ("Yes" if q.answer.strip().lower() in ("yes", "true") else "No") if q.kind == "yesno" else q.answer
+    lp = probe.logprobs.get(label)
+    return round(math.exp(lp), 4) if lp is not None else ""
 
 
 def _read(path: Path) -> list[dict]:
@@ -257,6 +285,7 @@ def summarise(rows: list[dict], cfg: SweepConfig) -> list[CoefSummary]:
         toward = [float(r["final_logodds"]) * (1 if kinds[r["question_id"]].answer.lower() in ("yes", "true") else -1)
                   for r in mine if kinds[r["question_id"]].kind == "yesno" and r["final_logodds"] != ""]
         forced = [int(r["forced_correct"]) for r in mine if r.get("forced_correct", "") != ""]
+        p_gold = [float(r["final_p_gold"]) for r in mine if r.get("final_p_gold", "") != ""]
         out.append(CoefSummary(
             coef=c, n=n, correct=k, accuracy=k / n if n else 0.0, ci_low=lo, ci_high=hi,
             no_answer=sum(1 for r in mine if r["how"] == "none") / n if n else 0.0,
@@ -264,20 +293,22 @@ def summarise(rows: list[dict], cfg: SweepConfig) -> list[CoefSummary]:
             mean_tokens_correct=sum(tokens_ok) / len(tokens_ok) if tokens_ok else None,
             mean_final_logodds_gold=sum(toward) / len(toward) if toward else None,
             forced_accuracy=sum(forced) / len(forced) if forced else None,
+            mean_final_p_gold=sum(p_gold) / len(p_gold) if p_gold else None,
         ))
     return out
 
 
 def summary_table(summary: list[CoefSummary]) -> str:
     head = (f"{'coef':>6}  {'n':>4}  {'accuracy':>8}  {'95% CI':>13}  {'no answer':>9}  {'CoT tokens':>10}  "
-            f"{'(correct)':>9}  {'final log-odds to gold':>22}  {'forced acc':>10}")
+            f"{'(correct)':>9}  {'final log-odds to gold':>22}  {'forced acc':>10}  {'final P(gold)':>13}")
     lines = [head]
     for s in summary:
         ok = f"{s.mean_tokens_correct:.1f}" if s.mean_tokens_correct is not None else "-"
         lo = f"{s.mean_final_logodds_gold:+.2f}" if s.mean_final_logodds_gold is not None else "-"
         forced = f"{s.forced_accuracy:.1%}" if s.forced_accuracy is not None else "-"
+        p_gold = f"{s.mean_final_p_gold:.3f}" if s.mean_final_p_gold is not None else "-"
         lines.append(f"{s.coef:>+6g}  {s.n:>4}  {s.accuracy:>8.1%}  {s.ci_low:>6.1%}-{s.ci_high:<6.1%}  "
-                     f"{s.no_answer:>9.1%}  {s.mean_tokens:>10.1f}  {ok:>9}  {lo:>22}  {forced:>10}")
+                     f"{s.no_answer:>9.1%}  {s.mean_tokens:>10.1f}  {ok:>9}  {lo:>22}  {forced:>10}  {p_gold:>13}")
     return "\n".join(lines)
 
 
