@@ -52,6 +52,11 @@ def test_limits_from_the_environment(monkeypatch):
     ({"coefs": "1, 2, 3"}, "3 steered rows asked; this server's limit is 2"),
     ({"coefs": "1", "rows": "verbosity=2\nconfidence=3"}, "3 steered rows asked; this server's limit is 2"),
     ({"rows": "/etc/hosts.gguf=2"}, "no preset vector"),  # no server paths in hosted mode
+    ({"probe_choices": ",".join(str(i) for i in range(9))}, "at most 8 choices"),
+    ({"probe_choices": "Yes,No", "probe_gold": "7" * 65}, "gold answer must be 1 to 64 characters"),
+    # Three 10-digit answers (SmolLM2 writes digits one by one): 55 fed tokens with every probe step.
+    ({"probe_choices": ",".join(str(i) * 10 for i in range(1, 4))}, "add 55 positions to every reading; this "
+     "server's limit is 32"),
 ])
 def test_requests_over_a_cap_are_refused_naming_the_limit(hosted, over, message):
     with pytest.raises(gr.Error, match=message):

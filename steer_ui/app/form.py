@@ -23,6 +23,7 @@ HINTS: dict[str, dict[str, Any]] = {
     "coefs": {"placeholder": "4, 8, -6", "info": "one steered pane each", "scale": 2},
     "rows": {"lines": 2, "placeholder": "confidence=-6@16-19 (one per line; 'file' = the uploaded file)"},
     "probe_suffix": {"placeholder": "(the model's: ' So the final answer is')"},
+    "probe_gold": {"placeholder": "391, \\frac{3}{4}, Paris (optional: the chart then plots this answer's log-odds)"},
 }
 
 

@@ -70,6 +70,7 @@ class GenerateTab:
         settings = settings_from_form(form, self.vectors.resolver(form.get("vector_file")))
         if self.ctx.limits is not None:
             self.ctx.limits.check_settings(settings)
+            self.ctx.limits.check_probe(settings, self.ctx.lm.tokenizer)
         return settings
 
     def shared_steering(self, form: dict[str, Any]) -> tuple[SteeringVector | None, tuple[int, ...] | None, Scope]:

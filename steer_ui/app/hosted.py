@@ -21,7 +21,8 @@ from dataclasses import dataclass, field, fields
 import gradio as gr
 
 from steer_ui.engine.knobs import BY_NAME, KNOBS, Knob
-from steer_ui.engine.run_settings import RunSettings
+from steer_ui.engine.probe import build_choices, build_tree
+from steer_ui.engine.run_settings import RunSettings, probe_labels
 from steer_ui.errors import UserError
 
 FIELD_CHARS = 4096  # any uncapped text field (layers, coefficients, rows, choices, ...): far above real use
@@ -45,6 +46,7 @@ class Limits:
     train_steps: int = 200
     upload_mb: int = 16
     sweep_questions: int = 20
+    probe_positions: int = 32  # extra positions multi-token probe choices add to every reading (a Yes/No probe: 0)
     queue_size: int = 16
     runs_per_minute: int = 6  # per browser session: generations, vector computations and sweeps
     allowed_models: tuple[str, ...] = ()  # besides the model loaded at start; () = that one only
@@ -75,6 +77,15 @@ class Limits:
             self.check_knob(knob, getattr(settings, knob.name), self.cap(name))
         if len(settings.rows) > self.steered_rows:
             raise UserError(f"{len(settings.rows)} steered rows asked; this server's limit is {self.steered_rows}")
+
+    def check_probe(self, settings: RunSettings, tokenizer) -> None:
+        """Multi-token choices ride along with every probe step: their tree's size, before any forward."""
+        if settings.probe_every <= 0:
+            return
+        tree = build_tree(build_choices(tokenizer, probe_labels(settings), settings.probe_gold is not None))
+        if tree.size > self.probe_positions:
+            raise UserError(f"the probe choices add {tree.size} positions to every reading; this server's limit is "
+                            f"{self.probe_positions}: use fewer or shorter choices")
 
     def check_form(self, form: Mapping[str, Any]) -> None:
         """The raw form, before any of it is parsed or a vector is read: each text's length (a capped knob's

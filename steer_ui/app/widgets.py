@@ -139,9 +139,10 @@ watch('value', render);
 CHART_TEMPLATE = """
 <div class="su-chart-wrap">
   <div class="su-chart"></div>
-  <div class="su-chart-note">Solid: log-odds of the probe's first choice over its second (left axis).
-  Dotted: probability mass on the choices (right axis). x markers: too little mass to trust.
-  Dashed verticals: end of thinking.</div>
+  <div class="su-chart-note">Solid: log-odds of the probe's first choice over its second (left axis); with a
+  gold answer, of the gold answer against every other answer. Dotted: probability mass on the choices
+  (right axis). x markers: too little mass to trust. Diamonds: where each row ended. Dashed verticals: end
+  of thinking.</div>
 </div>
 """
 

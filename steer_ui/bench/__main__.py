@@ -33,7 +33,8 @@ from dataclasses import asdict
 
 import torch
 
-from steer_ui.bench.cases import CASES, PROMPT, Result, _load_times, _probe_costs, _timed_round_robin
+from steer_ui.bench.cases import (CASES, PROMPT, Result, _answer_probe_costs, _load_times, _probe_costs,
+                                  _timed_round_robin)
 from steer_ui.bench.cases import case_functions, fast_shapes, wanted_cases
 from steer_ui.bench.memory import PeakMemory, peak_tensor_mb
 from steer_ui.bench.report import markdown
@@ -121,7 +122,8 @@ def run_benchmark(lm: LoadedModel, n: int, repeats: int, contexts: list[int], sp
         "few_row_linears": cpu_matmul.summary(lm.model), "new_tokens": n, "repeats": repeats,
         "prompt_tokens": prompt_tokens, "torch": torch.__version__,
         "cases": [{**asdict(r), "median_s": r.median_s, "tok_s_per_stream": r.tok_s} for r in results.values()],
-        "probe_cost": _probe_costs(lm, contexts, repeats, args.cache), **extra,
+        "probe_cost": _probe_costs(lm, contexts, repeats, args.cache),
+        "answer_probe_cost": _answer_probe_costs(lm, contexts, repeats, args.cache), **extra,
     }
 
 

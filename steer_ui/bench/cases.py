@@ -19,6 +19,7 @@ from steer_ui.engine.forward import Forward
 from steer_ui.engine.hooks import Steerer
 from steer_ui.engine.kv_cache import crop
 from steer_ui.engine.plan import plan_run
+from steer_ui.engine.probe import read, tree_parents
 from steer_ui.engine.run_settings import RunSettings, steered
 from steer_ui.model.loading import LoadedModel, load_model
 from steer_ui.vectors.vector import SteeringVector
@@ -140,6 +141,44 @@ def _probe_costs(lm: LoadedModel, contexts: list[int], repeats: int, cache: str 
             row[name] = 1000 * r.median_s
         rows.append(row)
     return rows
+
+
+ANSWERS = ("391", "392")  # 3 tokens each in SmolLM2 ('3' '9' '1'; ' 391' is 4), sharing their first two
+
+
+def _answer_probe_costs(lm: LoadedModel, contexts: list[int], repeats: int, cache: str = "dynamic") -> list[dict]:
+    """ms per fused probe step (the decode token, the suffix, and for multi-token answers their tree, in one
+    forward, read and cropped) with Yes/No and with two multi-token answers, at the same context."""
+    specs = {"yesno": plan_run(lm, RunSettings(PROMPT)).probe,
+             "answers": plan_run(lm, RunSettings(PROMPT, probe_choices=ANSWERS)).probe}
+    filler = list(plan_run(lm, RunSettings(PROMPT)).prompt_ids)
+    rows = []
+    for length in contexts:
+        ctx = (filler * (length // len(filler) + 1))[:length]
+        width = 1 + len(specs["answers"].suffix_ids) + specs["answers"].tree.size
+        fw = Forward(lm, None, torch.zeros(1, device=lm.input_device), cache, length + width)
+        fw([ctx], [[0.0] * length], 1, 0)
+        fns = {name: _probe_step(fw, ctx[-1], spec) for name, spec in specs.items()}
+        timed = {n: Result(n, n, 1) for n in fns}
+        _timed_round_robin(lm, fns, max(3, repeats * 3), timed)
+        row = {"context": length, "forms": [len(v) for c in specs["answers"].choices for v in c.variants],
+               "tree_nodes": specs["answers"].tree.size}
+        row.update({f"{name}_probe_step_ms": 1000 * r.median_s for name, r in timed.items()})
+        row["ratio"] = row["answers_probe_step_ms"] / row["yesno_probe_step_ms"]
+        rows.append(row)
+    return rows
+
+
+def _probe_step(fw: Forward, token: int, spec) -> Callable[[], object]:
+    suffix, tree = list(spec.suffix_ids), spec.tree
+    ids = [token, *suffix, *tree.tokens]
+    keep = [[0, len(suffix), *range(1 + len(suffix), len(ids))]]
+    parents = [tree_parents(1 + len(suffix), tree, len(ids))] if tree.size else None
+
+    def step() -> None:
+        logits = fw([ids], [[0.0] * len(ids)], keep, len(ids), parents)  # crop it all: the context stays put
+        read(logits[:, 1:], spec)
+    return step
 
 
 def _first_token_s(lm: LoadedModel, settings: RunSettings) -> float:
