@@ -297,3 +297,33 @@ def test_train_a_vector_in_the_browser_then_generate_with_it(page: Page, shots: 
     page.get_by_label("Coefficients").fill("1")
     page.get_by_role("button", name="Generate", exact=True).click()
     expect(page.get_by_text(re.compile(r"^finished:"))).to_be_visible(timeout=120_000)
+
+
+def test_a_gold_answer_and_multi_token_choices_with_final_readings(page: Page, shots: Path):
+    fill_form(page, "What is 17 times 23? Think step by step.", "reconsideration", "4", 10)
+    page.get_by_text("Probe", exact=True).click()
+    # The accordion mounts its fields as it opens: wait for them before typing, or a keystroke can be lost.
+    gold, choices = page.get_by_label("Gold answer"), page.get_by_label("Probe choices (first is positive)")
+    expect(gold).to_be_editable(timeout=10_000)
+    page.wait_for_timeout(500)
+    for box, text in ((gold, "391"), (choices, "392,17")):
+        box.fill(text)
+        box.press("Tab")
+        expect(box).to_have_value(text)
+    page.get_by_role("button", name="Generate", exact=True).click()
+    expect(page.get_by_text(re.compile(r"^finished:"))).to_be_visible(timeout=120_000)
+    page.wait_for_function("() => document.querySelector('.su-chart').data?.length >= 4", timeout=15_000)
+    chart = page.locator(".su-chart").evaluate(
+        "d => ({title: d.layout.yaxis.title.text, symbols: d.data.filter(t => !t.yaxis).map(t => t.marker.symbol),"
+        "       xs: d.data.filter(t => !t.yaxis).map(t => t.x)})")
+    assert chart["title"] == "log-odds of the gold answer 391"
+    # Each row's series ends with a diamond: its reading where the row ended (10 tokens, the length limit).
+    for symbols, xs in zip(chart["symbols"], chart["xs"]):
+        assert symbols[-1].startswith("diamond") and xs[-1] == 10
+        assert not any(s.startswith("diamond") for s in symbols[:-2])
+    page.screenshot(path=str(shots / "10-gold.png"), full_page=True)
+    # Nine choices: one clear message, and nothing runs.
+    choices.fill("1,2,3,4,5,6,7,8,9")
+    choices.press("Tab")
+    page.get_by_role("button", name="Generate", exact=True).click()
+    expect(page.get_by_text(re.compile("at most 8 choices")).first).to_be_visible(timeout=15_000)

@@ -204,6 +204,18 @@ def test_a_sweep_resumes_where_it_stopped(bundled, sweep_setup, tmp_path):
     assert resumed.ran == 2
     strip = lambda rows: sorted((r["question_id"], r["coef"], r["text"], r["correct"]) for r in rows)  # noqa: E731
     assert strip(csv.DictReader((partial / "results.csv").open())) == strip(body)
+    # A folder begun before final_p_gold existed resumes under its own header: no shifted columns.
+    older = tmp_path / "older"
+    older.mkdir()
+    (older / "sweep.json").write_text((out / "sweep.json").read_text())
+    old_fields = [f for f in body[0] if f != "final_p_gold"]
+    with (older / "results.csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=old_fields, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(body[i] for i in keep)
+    run_sweep(bundled, cfg, older, None)
+    assert strip(csv.DictReader((older / "results.csv").open())) == strip(body)
+    assert next(csv.reader((older / "results.csv").open())) == old_fields
     # A different sweep into the same folder is refused, and nothing is written.
     other = SweepConfig(questions=cfg.questions, coefs=(0.0, 8.0), template=cfg.template, vector=cfg.vector,
                         layers=cfg.layers)

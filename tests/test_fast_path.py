@@ -13,7 +13,7 @@ import torch
 from conftest import random_vector
 from helpers import collect
 
-from steer_ui.engine.decode import run
+from steer_ui.engine.decode import fast_shape, run
 from steer_ui.engine.events import TokenEvent
 from steer_ui.engine.fast_path import (LENGTH_BUCKETS, FastPath, Shape, attach, common_shapes, length_bucket,
                                        row_bucket, shared_clone)
@@ -55,7 +55,7 @@ def settings(lm, rows, prompt="Is nine a prime number?", n=16, **kw):
 
 def shape_of(lm, s):
     plan = plan_run(lm, s)
-    return lm.fast.shape(len(plan.rows), plan.max_len, plan.probe_width)
+    return fast_shape(lm.fast, plan)
 
 
 def test_buckets():
@@ -94,6 +94,27 @@ def test_compiled_steps_give_the_eager_run_and_are_reused(lm, fast):
     # Another vector, other coefficients, another prompt length: new data, the same graphs.
     collect(lm, settings(lm, steered(vectors[2], (5.0,)), "Yes or no: is the sky green today?"))
     assert fast.backend.graphs == compiled_after_warm
+
+
+def test_compiled_steps_read_multi_token_answers_as_the_eager_run_does(lm, fast):
+    """Multi-token probe answers on the compiled path: their tree's mask and positions are inputs of the
+    probe step's graph; tokens and every choice's reading match the eager run, and new answers of the
+    same tree size compile nothing new."""
+    vec = random_vector(lm, [1, 2], scale=4.0, seed=11)
+    s = settings(lm, steered(vec, (3.0,)), probe_choices=("quickly", "seventeen", "seven"))
+    shape = shape_of(lm, s)
+    assert shape.tree == plan_run(lm, s).probe.tree.size > 0
+    fast.warm([shape])
+    graphs = fast.backend.graphs
+    _, _, probes_c, done_c = collect(lm, s)
+    _, _, probes_e, done_e = collect(lm, replace(s, eager=True))
+    assert done_c.timing.compiled and not done_e.timing.compiled
+    assert [r.token_ids for r in done_c.rows] == [r.token_ids for r in done_e.rows]
+    assert [(p.row, p.step, p.final) for p in probes_c] == [(p.row, p.step, p.final) for p in probes_e]
+    for a, b in zip(probes_c, probes_e):
+        assert a.logprobs == pytest.approx(b.logprobs, abs=1e-3)
+    collect(lm, settings(lm, steered(vec, (-2.0,)), "Is ten even?", probe_choices=("quickly", "seventeen", "seven")))
+    assert fast.backend.graphs == graphs
 
 
 def test_rows_padded_to_a_bucket_leave_the_baseline_alone(lm, fast):

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from steer_ui.engine.decode import run
+from steer_ui.engine.decode import fast_shape, run
 from steer_ui.engine.events import TokenEvent
 from steer_ui.engine.forward import Forward
 from steer_ui.engine.hooks import Steerer
@@ -256,5 +256,5 @@ def fast_shapes(lm: LoadedModel, n: int, cache: str = "dynamic") -> list:
     shapes = []
     for s in (settings((), 0), settings((1.0,), 1)):
         plan = plan_run(lm, s)
-        shapes.append(lm.fast.shape(len(plan.rows), plan.max_len, plan.probe_width))
+        shapes.append(fast_shape(lm.fast, plan))
     return [s for s in dict.fromkeys(shapes) if s is not None]

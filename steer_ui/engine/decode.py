@@ -215,9 +215,12 @@ def _fast_session(lm: LoadedModel, plan: RunPlan):
     fast = getattr(lm, "fast", None)
     if fast is None or plan.settings.eager:
         return None
-    if plan.probe is not None and plan.probe.tree.size:
-        return None  # multi-token choices need a tree-shaped mask, which the compiled steps do not take (yet)
-    return fast.open(fast.shape(len(plan.rows), plan.max_len, plan.probe_width))
+    return fast.open(fast_shape(fast, plan))
+
+
+def fast_shape(fast, plan: RunPlan):
+    """The compiled steps' shape ``plan`` decodes on (its rows, length and probe, bucketed)."""
+    return fast.shape(len(plan.rows), plan.max_len, plan.probe_width, plan.probe.tree.size if plan.probe else 0)
 
 
 @contextmanager

@@ -41,6 +41,7 @@ from typing import Any
 import torch
 from transformers import StaticCache
 
+from steer_ui.engine.forward import tree_inputs
 from steer_ui.model.loading import LoadedModel, find_layers
 
 ROW_BUCKETS = (1, 4, 8, 16)
@@ -58,14 +59,17 @@ def length_bucket(positions: int) -> int | None:
 
 @dataclass(frozen=True)
 class Shape:
-    """What a compiled step is specialised on: rows (a bucket), cache length (a bucket), probe width."""
+    """What a compiled step is specialised on: rows (a bucket), cache length (a bucket), probe width, and
+    the positions multi-token probe answers add after it (their tree: a mask and positions as inputs)."""
 
     rows: int
     length: int
     probe_width: int
+    tree: int = 0
 
     def __str__(self) -> str:
-        return f"{self.rows} rows x {self.length} positions"
+        answers = f" (+{self.tree} answer positions)" if self.tree else ""
+        return f"{self.rows} rows x {self.length} positions{answers}"
 
 
 def shared_clone(model: torch.nn.Module) -> torch.nn.Module:
@@ -180,10 +184,10 @@ class FastPath:
         self._warmer: threading.Thread | None = None
 
     # --- shapes ---------------------------------------------------------------------------------
-    def shape(self, rows: int, positions: int, probe_width: int) -> Shape | None:
+    def shape(self, rows: int, positions: int, probe_width: int, tree: int = 0) -> Shape | None:
         """The bucketed shape a run of ``rows`` rows and up to ``positions`` positions uses (None: too big)."""
         r, n = row_bucket(rows), length_bucket(positions)
-        return Shape(r, n, probe_width) if r is not None and n is not None else None
+        return Shape(r, n, probe_width, tree) if r is not None and n is not None else None
 
     @torch.inference_mode()  # the cache's tensors are inference tensors (made in the first, warm-up forward)
     def cache(self, shape: Shape) -> StaticCache:
@@ -246,11 +250,16 @@ class FastPath:
             self.slots.scale = torch.zeros(shape.rows, 4, device=device, dtype=self.lm.dtype)
             self.model(input_ids=torch.zeros(shape.rows, 4, dtype=torch.long, device=device), past_key_values=cache,
                        use_cache=True, logits_to_keep=1)
-            for width, keep in ((1, 1), (1 + shape.probe_width, None)) * 2:
+            probe = 1 + shape.probe_width + shape.tree
+            for width, keep in ((1, 1), (probe, None)) * 2:
                 self.slots.scale = torch.zeros(shape.rows, width, device=device, dtype=self.lm.dtype)
-                keep_arg = keep if keep is not None else torch.tensor([[0, width - 1]] * shape.rows, device=device)
+                # A probe step keeps the token, the suffix's end and each answer position (see decode).
+                keep_arg = keep if keep is not None else torch.tensor(
+                    [[0, shape.probe_width, *range(shape.probe_width + 1, width)]] * shape.rows, device=device)
+                tree = tree_inputs(self.lm, cache, [[i - 1 for i in range(width)]] * shape.rows) \
+                    if width > 1 and shape.tree else {}
                 self.step(input_ids=torch.zeros(shape.rows, width, dtype=torch.long, device=device),
-                          past_key_values=cache, use_cache=True, logits_to_keep=keep_arg)
+                          past_key_values=cache, use_cache=True, logits_to_keep=keep_arg, **tree)
                 if width > 1:
                     for layer in cache.layers:
                         layer.cumulative_length.sub_(width - 1)

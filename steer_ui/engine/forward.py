@@ -50,7 +50,8 @@ class Forward:
                   "use_cache": True, "logits_to_keep": keep if isinstance(keep, int) else
                   torch.tensor(keep, device=self.device)}
         if parents is not None:
-            inputs.update(self._tree(parents))
+            parents = parents + [parents[0]] * (len(ids) - len(parents))  # the session's padding rows
+            inputs.update(tree_inputs(self.lm, self.cache, parents))
         if self.session is not None:
             out = self._compiled(inputs)
         else:
@@ -62,21 +63,6 @@ class Forward:
         if crop:
             crop_cache(self.cache, crop)
         return out.logits[:rows]
-
-    def _tree(self, parents: list[list[int]]) -> dict[str, torch.Tensor]:
-        """The attention mask (rows x 1 x new x cache length) and position ids of a tree of new tokens."""
-        q = len(parents[0])
-        past = int(self.cache.get_seq_length())
-        kv_length, _ = self.cache.get_mask_sizes(q, 0)
-        built = {layout: _tree_layout(layout, past, kv_length) for layout in {tuple(p) for p in parents}}
-        # A prefill lays every row out alike: one mask, broadcast over the rows.
-        keys = [tuple(p) for p in parents] if len(built) > 1 else [tuple(parents[0])]
-        mask = torch.from_numpy(np.stack([built[k][0] for k in keys]))[:, None].to(self.device)
-        if self.lm.model.config._attn_implementation == "eager":  # eager attention adds the mask to the scores
-            mask = torch.zeros(mask.shape, dtype=self.lm.dtype, device=self.device).masked_fill_(
-                ~mask, torch.finfo(self.lm.dtype).min)
-        depth = np.stack([built[tuple(p)][1] for p in parents])
-        return {"attention_mask": mask, "position_ids": torch.from_numpy(depth + past).to(self.device)}
 
     def _compiled(self, inputs: dict):
         try:
@@ -99,6 +85,23 @@ class Forward:
 
 def _pad_to(coefs: torch.Tensor, rows: int) -> torch.Tensor:
     return torch.cat([coefs, coefs.new_zeros(rows - coefs.shape[0])]) if rows > coefs.shape[0] else coefs
+
+
+def tree_inputs(lm: LoadedModel, cache, parents: list[list[int]]) -> dict[str, torch.Tensor]:
+    """The attention mask (rows x 1 x new x cache length) and position ids of a tree of new tokens on
+    ``cache``: each token sees the whole past, its ancestors and itself, at the past's length + its depth."""
+    q = len(parents[0])
+    past = int(cache.get_seq_length())
+    kv_length, _ = cache.get_mask_sizes(q, 0)
+    built = {layout: _tree_layout(layout, past, kv_length) for layout in {tuple(p) for p in parents}}
+    # A prefill lays every row out alike: one mask, broadcast over the rows.
+    keys = [tuple(p) for p in parents] if len(built) > 1 else [tuple(parents[0])]
+    mask = torch.from_numpy(np.stack([built[k][0] for k in keys]))[:, None].to(lm.input_device)
+    if lm.model.config._attn_implementation == "eager":  # eager attention adds the mask to the scores
+        mask = torch.zeros(mask.shape, dtype=lm.dtype, device=lm.input_device).masked_fill_(
+            ~mask, torch.finfo(lm.dtype).min)
+    depth = np.stack([built[tuple(p)][1] for p in parents])
+    return {"attention_mask": mask, "position_ids": torch.from_numpy(depth + past).to(lm.input_device)}
 
 
 def _tree_layout(parents: tuple[int, ...], past: int, kv_length: int) -> tuple[np.ndarray, np.ndarray]:

@@ -262,14 +262,22 @@ def _read(path: Path) -> list[dict]:
 
 
 def _append(path: Path, rows: list[dict]) -> None:
+    """Rows under the file's own header: a folder a sweep began before a column existed (final_p_gold)
+    resumes without it, never with shifted columns."""
     new = not path.exists()
+    fields = FIELDS if new else _header(path)
     with path.open("a", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=FIELDS)
+        writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         if new:
             writer.writeheader()
         writer.writerows(rows)
         f.flush()
         os.fsync(f.fileno())  # a finished question survives a crash right after
+
+
+def _header(path: Path) -> list[str]:
+    with path.open(newline="", encoding="utf-8") as f:
+        return next(csv.reader(f), None) or FIELDS
 
 
 def summarise(rows: list[dict], cfg: SweepConfig) -> list[CoefSummary]:

@@ -15,7 +15,7 @@ import pytest
 import torch
 from helpers import collect, full_forward_reading
 
-from steer_ui.engine.decode import run
+from steer_ui.engine.decode import fast_shape, run
 from steer_ui.engine.events import TokenEvent
 from steer_ui.engine.fast_path import attach
 from steer_ui.engine.plan import plan_run
@@ -52,7 +52,7 @@ def warmed(lm, settings):
     fast = attach(lm)
     assert fast is not None, "a single CUDA GPU gets the fast path"
     plan = plan_run(lm, settings)
-    fast.warm([fast.shape(len(plan.rows), plan.max_len, plan.probe_width)])
+    fast.warm([fast_shape(fast, plan)])
     return fast
 
 
