@@ -54,7 +54,7 @@ def main() -> None:
               flush=True)
     merged = Analysis([s for a in pooled for s in a.steps], None, None, 0, 0)
     agree = agreement(merged)
-    r = f"{agree.pearson:+.2f}" if agree.pearson is not None else "- (constant)"
+    r = f"{agree.pearson:+.2f}" if agree.pearson is not None else "- (needs 3 steps and neither constant)"
     print(f"pooled over {agree.n} steps of {len(pooled)} questions: Pearson r {r}, mean |P(gold) - value| "
           f"{agree.mean_abs_diff:.2f}; mean P(gold) {sum(s.p_gold for s in merged.steps) / agree.n:.3f}, "
           f"mean rollout value {sum(s.value for s in merged.steps) / agree.n:.3f} "

@@ -129,7 +129,7 @@ class SideBySidePrinter:
         for r in ev.rows:
             p = finals.get(r.row)
             if p is not None:
-                cells = "  ".join(f"{label} {math.exp(v):.3f}" for label, v in p.logprobs.items())
+                cells = "  ".join(f"{label} {math.exp(v):.3g}" for label, v in p.logprobs.items())
                 w(f"  {r.label:<14} step {p.step:>4}  {cells}\n")
 
 

@@ -2,10 +2,13 @@
 
 Row 0 is the baseline (nothing added), row i the i-th steered row, each with its own vector, layers and
 scope (``plan.RunPlan``). The prompt is prefilled once for all rows; each step feeds every row's last
-token. On probe steps the suffix rides along in the same forward (token, then suffix tokens); the
-suffix's logits give the reading, the token's logits give the next token (causal attention: the suffix
-cannot change them), and the suffix positions are cropped off the cache. So a probe never copies or
-re-runs the context, whatever its length.
+token. On probe steps the suffix rides along in the same forward (token, then suffix tokens, then the
+multi-token answers' trie under a tree-shaped mask: ``engine.probe``); the suffix's and the trie's
+logits give the reading, the token's logits give the next token (causal attention: nothing after it
+can change them), and everything after the token is cropped off the cache. So a probe never copies or
+re-runs the context, whatever its length. A row that ends (end-of-sequence, length, Stop) is read once
+more at its last token, marked final; one that ended at end-of-sequence already fed its last token, so
+its suffix takes the token's place in that forward.
 
 The engine knows nothing of the CLI, the dashboard or the database: it yields events.
 """
@@ -115,14 +118,8 @@ def decode(lm: LoadedModel, plan: RunPlan, cancel: threading.Event | None = None
                     if row.finish is None:
                         row.finish = "cancelled"
                         ended.append(row)
-            readers = list(probed) if spec is not None and (s + 1) % spec.every == 0 else []
-            if spec:
-                # A row already read at its last token (the cadence got there first) keeps that reading.
-                for row in ended:
-                    if row.last_read is not None and row.last_read[0] == len(row.token_ids):
-                        yield _final_again(row)
-                    elif row not in readers:
-                        readers.append(row)
+            readers, repeated = _readers(spec, s, probed, ended) if spec else ([], [])
+            yield from repeated
             if all(r.finish for r in rows) and not readers:
                 break
             feed = [r.token_ids[-1] if r.token_ids and r.finish != "eos" else pad for r in rows]
@@ -252,6 +249,20 @@ def _probe_events(readings: list[Reading], rows: list[_Row], step: int | None, s
         at = len(row.token_ids) if step is None else step
         row.last_read = (at, r, closed)
         yield ProbeEvent(row.info.row, at, r.logodds, r.mass, r.logprobs, r.reliable, closed, final=row in ended)
+
+
+def _readers(spec: ProbeSpec, s: int, probed: list[_Row], ended: list[_Row]
+             ) -> tuple[list[_Row], list[ProbeEvent]]:
+    """The rows this step's forward reads: on the cadence every row that made a token, and every row that
+    ended, at its last token. A row the cadence already read there gets that reading again, final."""
+    readers = list(probed) if (s + 1) % spec.every == 0 else []
+    repeated = []
+    for row in ended:
+        if row.last_read is not None and row.last_read[0] == len(row.token_ids):
+            repeated.append(_final_again(row))
+        elif row not in readers:
+            readers.append(row)
+    return readers, repeated
 
 
 def _final_again(row: _Row) -> ProbeEvent:

@@ -172,7 +172,7 @@ def report(analysis: Analysis, label: str) -> str:
                      f"{value:>5}  {text[:64]}{'...' if len(text) > 64 else ''}")
     agree = agreement(analysis)
     if agree is not None:
-        r = f"{agree.pearson:+.2f}" if agree.pearson is not None else "- (one of them is constant)"
+        r = f"{agree.pearson:+.2f}" if agree.pearson is not None else "- (needs 3 steps and neither constant)"
         lines.append(f"P(gold) vs rollout value over {agree.n} steps: Pearson r {r}, mean |difference| "
                      f"{agree.mean_abs_diff:.2f}")
     return "\n".join(lines)
