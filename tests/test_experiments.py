@@ -376,6 +376,21 @@ def test_a_math_sweep_reads_p_gold_and_grades_with_math_verify(bundled, tmp_path
     assert "final P(gold)" in (tmp_path / "out" / "summary.txt").read_text()
 
 
+def test_which_gold_answers_a_sweep_probes(bundled):
+    from steer_ui.experiments.sweep import gold_readable
+
+    assert gold_readable(bundled, "\\frac{3}{4}") and gold_readable(bundled, "\\frac{3}{4}", 32)
+    # 30 digits: 59 positions at every reading; fine for the probe, over a server's cap of 32.
+    assert gold_readable(bundled, "1" * 30) and not gold_readable(bundled, "1" * 30, 32)
+    assert not gold_readable(bundled, "1" * 40)  # 40 tokens: over the probe's 32 per form
+    assert not gold_readable(bundled, "x" * 65)  # over 64 characters
+    # A yes/no question is read as Yes against No whatever the template's choices (its forced answer).
+    cfg = SweepConfig(questions=yesno_questions(1), coefs=(0.0,),
+                      template=RunSettings("", probe_choices=("391", "392"), probe_gold="7"))
+    s = cfg.run_settings(cfg.questions[0], 0, (0.0,))
+    assert (s.probe_choices, s.probe_gold) == (("Yes", "No"), None)
+
+
 def test_p_gold_collapse_and_agreement_with_rollouts():
     from steer_ui.experiments.analysis import agreement
 

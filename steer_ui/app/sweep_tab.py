@@ -73,7 +73,8 @@ class SweepTab:
             self.ctx.sweeps[getattr(request, "session_hash", None) or sid] = cancel
             try:
                 with self.ctx.model_lock:
-                    result = run_sweep(self.ctx.lm, cfg, out, self.ctx.store, report, session_id=sid, cancel=cancel)
+                    result = run_sweep(self.ctx.lm, cfg, out, self.ctx.store, report, session_id=sid, cancel=cancel,
+                                       probe_positions=self.ctx.limits.probe_positions if self.ctx.limits else None)
             finally:
                 self.ctx.sweeps.pop(getattr(request, "session_hash", None) or sid, None)
         except UserError as err:

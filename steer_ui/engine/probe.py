@@ -19,6 +19,7 @@ arithmetic, so it can be checked against a plain full forward.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -185,15 +186,10 @@ def read(logits: torch.Tensor, spec: ProbeSpec) -> list[Reading]:
     if logits.dim() == 2:
         logits = logits[:, None]
     logp = torch.log_softmax(logits.float(), dim=-1)
-    tree = spec.tree
-    rows = logp.shape[0]
-    source = torch.tensor([s + 1 for s, _, _ in tree.reads], device=logp.device)
-    token = torch.tensor([t for _, t, _ in tree.reads], device=logp.device)
-    form = torch.tensor([f for _, _, f in tree.reads], device=logp.device)
+    source, token, form, owned = _indices(spec.tree, len(spec.choices), logp.device)
     terms = logp[:, source, token]  # rows x reads
-    per_form = terms.new_zeros(rows, len(tree.form_choice)).index_add_(1, form, terms)
-    owner = torch.tensor(tree.form_choice, device=logp.device)
-    per_choice = torch.stack([per_form[:, owner == ci].logsumexp(dim=-1) for ci in range(len(spec.choices))])
+    per_form = terms.new_zeros(logp.shape[0], len(spec.tree.form_choice)).index_add_(1, form, terms)
+    per_choice = torch.stack([per_form.index_select(1, forms).logsumexp(dim=-1) for forms in owned])
     mass = per_choice.logsumexp(dim=0).exp()
     # One host transfer for all rows and choices.
     values, masses = per_choice.T.tolist(), mass.tolist()
@@ -201,6 +197,19 @@ def read(logits: torch.Tensor, spec: ProbeSpec) -> list[Reading]:
                     logprobs={c.label: v for c, v in zip(spec.choices, row_vals)},
                     reliable=spec.gold or m >= spec.min_mass)
             for row_vals, m in zip(values, masses)]
+
+
+@functools.lru_cache(maxsize=64)
+def _indices(tree: Tree, n_choices: int, device: torch.device
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, tuple[torch.Tensor, ...]]:
+    """The reads' positions, tokens and forms, and each choice's forms, as index tensors on ``device``:
+    made once per probe, not at every reading (on a GPU each would be a copy from the host)."""
+    source = torch.tensor([s + 1 for s, _, _ in tree.reads], device=device)
+    token = torch.tensor([t for _, t, _ in tree.reads], device=device)
+    form = torch.tensor([f for _, _, f in tree.reads], device=device)
+    owned = tuple(torch.tensor([f for f, c in enumerate(tree.form_choice) if c == ci], device=device)
+                  for ci in range(n_choices))
+    return source, token, form, owned
 
 
 def _logodds(values: list[float], gold: bool) -> float:

@@ -21,7 +21,7 @@ from pathlib import Path
 from steer_ui.engine import worker
 from steer_ui.engine.events import DoneEvent, ProbeEvent
 from steer_ui.engine.knobs import default
-from steer_ui.engine.probe import choice_of
+from steer_ui.engine.probe import build_tree, choice_of
 from steer_ui.engine.run_settings import MAX_CHOICE_CHARS, RunSettings, steered
 from steer_ui.engine.scope import Scope
 from steer_ui.errors import UserError
@@ -78,8 +78,9 @@ class SweepConfig:
         steered_coefs = [c for c in coefs if c != 0]
         t = self.template
         rows = steered(self.vector if steered_coefs else None, steered_coefs, self.layers, self.scope)
-        if question.kind == "yesno":
-            return replace(t, prompt=question.prompt(), rows=rows, seed=t.seed + sample, probe_gold=None)
+        if question.kind == "yesno":  # the forced answer is read as Yes against No, whatever the template's
+            return replace(t, prompt=question.prompt(), rows=rows, seed=t.seed + sample, probe_gold=None,
+                           probe_choices=default("probe_choices"))
         return replace(t, prompt=question.prompt(), rows=rows, seed=t.seed + sample,
                        probe_gold=question.answer if read_gold else None, probe_choices=default("probe_choices"),
                        probe_every=t.probe_every if read_gold else 0)
@@ -130,8 +131,12 @@ class SweepResult:
 
 
 def run_sweep(lm: LoadedModel, cfg: SweepConfig, out: str | Path, store: Store | None = None,
-              progress: Progress | None = None, session_id: str | None = None, cancel=None) -> SweepResult:
+              progress: Progress | None = None, session_id: str | None = None, cancel=None,
+              probe_positions: int | None = None) -> SweepResult:
     """Run what ``out/results.csv`` does not have yet, then write the summary and the figure.
+
+    ``probe_positions`` (a server's cap): a gold answer whose forms would add more positions to every
+    reading than that is not probed.
 
     Setting ``cancel`` (a threading.Event) stops the running question within a step; its partial run is
     logged as cancelled and not counted, and the questions done so far are summarised (a later call on
@@ -151,7 +156,7 @@ def run_sweep(lm: LoadedModel, cfg: SweepConfig, out: str | Path, store: Store |
         if cancel is not None and cancel.is_set():
             break
         pending = [c for c in cfg.coefs if (q.id, c, sample) not in done]
-        rows = _one_run(lm, cfg, q, sample, pending, store, session, cancel)
+        rows = _one_run(lm, cfg, q, sample, pending, store, session, cancel, probe_positions)
         if rows is None:  # stopped in the middle of this question
             break
         _append(results, rows)
@@ -189,18 +194,23 @@ def _prepare(out: Path, cfg: SweepConfig) -> Path:
     return out
 
 
-def gold_readable(lm: LoadedModel, answer: str) -> bool:
-    """Whether the probe can read ``answer`` as its gold answer in this model (length and tokens)."""
+def gold_readable(lm: LoadedModel, answer: str, max_positions: int | None = None) -> bool:
+    """Whether the probe can read ``answer`` as its gold answer in this model (length and tokens), adding
+    at most ``max_positions`` positions to a reading (a server's cap; None: the probe's own)."""
+    if len(answer) > MAX_CHOICE_CHARS:
+        return False
     try:
-        choice_of(lm.tokenizer, answer, "gold answer")
+        tree = build_tree((choice_of(lm.tokenizer, answer, "gold answer"),))
     except UserError:
         return False
-    return len(answer) <= MAX_CHOICE_CHARS
+    return max_positions is None or tree.size <= max_positions
 
 
 def _one_run(lm: LoadedModel, cfg: SweepConfig, q: Question, sample: int, pending: list[float],
-             store: Store | None, session: str | None, cancel=None) -> list[dict] | None:
-    settings = cfg.run_settings(q, sample, pending, q.kind == "yesno" or gold_readable(lm, q.answer))
+             store: Store | None, session: str | None, cancel=None,
+             probe_positions: int | None = None) -> list[dict] | None:
+    readable = q.kind == "yesno" or gold_readable(lm, q.answer, probe_positions)
+    settings = cfg.run_settings(q, sample, pending, readable)
     recorder = RunRecorder(store, session, lm, settings) if store is not None else None
     last: dict[int, ProbeEvent] = {}
     done: DoneEvent | None = None
