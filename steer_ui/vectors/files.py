@@ -109,8 +109,8 @@ def _check_gguf_counts(path: Path, where: str) -> None:
             for _ in range(keys):
                 f.seek(number(8), os.SEEK_CUR)  # the key's name
                 skip_value(number(4))
-        except (EOFError, RecursionError):
-            return
+        except (EOFError, RecursionError, ValueError, OverflowError, OSError):
+            return  # a length past what a file offset holds, a seek the OS refuses: the reader reports it
 
 
 def read_repeng_gguf(path: Path, where: str, max_values: int | None) -> SteeringVector:
