@@ -144,14 +144,14 @@ def test_a_two_row_step_agrees_with_the_plain_model(bundled, decisions, counted)
     ids = torch.tensor([bundled.tokenizer.encode("Is 7 prime? Answer yes or no.")] * 2)
     with torch.inference_mode():
         prefix = bundled.model(input_ids=ids[:, :-1], use_cache=True)
-        few = bundled.model(input_ids=ids[:, -1:], past_key_values=prefix.past_key_values).logits
+        few = bundled.model(input_ids=ids[:, -1:], **{bundled.cache_arg: getattr(prefix, bundled.cache_arg)}).logits
         assert counted["weight @ x.T"] == bundled.n_layers * 7 + 1  # q k v o gate up down per layer, lm_head
         for m in bundled.model.modules():
             if type(m) is FewRowLinear:
                 m.__class__ = torch.nn.Linear
         try:
             prefix = bundled.model(input_ids=ids[:, :-1], use_cache=True)
-            plain = bundled.model(input_ids=ids[:, -1:], past_key_values=prefix.past_key_values).logits
+            plain = bundled.model(input_ids=ids[:, -1:], **{bundled.cache_arg: getattr(prefix, bundled.cache_arg)}).logits
         finally:
             use_few_row_linears(bundled.model)
     assert (few.argmax(-1) == plain.argmax(-1)).all()

@@ -5,13 +5,14 @@ the same bucket compile nothing new. The CUDA-graph replay itself is tested on a
 
 from __future__ import annotations
 
+import os
 import threading
 from dataclasses import replace
 
 import pytest
 import torch
 from conftest import random_vector
-from helpers import collect
+from helpers import Counting, collect
 
 from steer_ui.engine.decode import fast_shape, run
 from steer_ui.engine.events import TokenEvent
@@ -21,17 +22,6 @@ from steer_ui.engine.plan import plan_run
 from steer_ui.engine.run_settings import RunSettings, SteeredRow, steered
 from steer_ui.errors import UserError
 from steer_ui.model.loading import load_model
-
-
-class Counting:
-    """A dynamo backend that runs the captured graph as is and counts how many it was given."""
-
-    def __init__(self) -> None:
-        self.graphs = 0
-
-    def __call__(self, gm, example_inputs):
-        self.graphs += 1
-        return gm.forward
 
 
 @pytest.fixture(scope="module")
@@ -263,3 +253,36 @@ def test_the_dashboard_warms_in_the_background_and_says_which_path_ran(lm, tmp_p
         assert "finished" in eager and "compiled steps" not in eager
     finally:
         lm.fast = None
+
+
+@pytest.mark.parametrize("kernels", ["installed", "hidden"])
+def test_a_shape_compiles_while_eager_runs_go_on(tiny_dirs, kernels):
+    """The dashboard's case: a shape warms on the fast path's thread while visitors' runs decode eagerly.
+    With transformers 5.25's ``kernels`` wrapper each eager call wrote a process-wide value dynamo guards
+    on (torch 2.13 says ``is_compiling()`` to every thread during a compile), and the warm-up failed;
+    without ``kernels`` there is no wrapper. Fresh interpreters: whether transformers wraps its modules
+    is decided when it is imported."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    here = Path(__file__).parent
+    args = [sys.executable, str(here / "compile_beside_eager.py"), str(tiny_dirs["llama"])]
+    out = subprocess.run(args + (["--hide-kernels"] if kernels == "hidden" else []), capture_output=True,
+                         text=True, timeout=900, cwd=here.parent, env={**os.environ, "PYTHONPATH": str(here)})
+    assert out.returncode == 0, out.stderr[-3000:]
+    seen = json.loads(out.stdout.strip().splitlines()[-1])
+    assert seen["kernels"] is (kernels == "installed")
+    assert seen["overlapped"] >= 1  # eager runs really went on during the compile
+    assert seen["ready"] and seen["failed"] is None
+    assert seen["compiled"] and seen["same_tokens"]
+
+
+def test_the_cache_goes_by_the_name_transformers_asks_for(lm):
+    """transformers 5.25 renamed forward's ``past_key_values`` to ``cache`` and warns on the old name
+    (gone in 5.40); the suite turns that warning into an error (pyproject), and this run would raise."""
+    import inspect
+
+    assert lm.cache_arg in inspect.signature(lm.model.forward).parameters
+    collect(lm, settings(lm, steered(random_vector(lm, [1, 2], seed=13), (2.0,)), n=4, eager=True))

@@ -44,6 +44,6 @@ def test_new_cache_uses_growing_layers_and_crop_rewinds(bundled):
     assert cache.layers and all(type(layer) is GrowingLayer for layer in cache.layers)
     ids = torch.tensor([bundled.tokenizer.encode("Is 9 prime?")])
     with torch.inference_mode():
-        bundled.model(input_ids=ids, past_key_values=cache, use_cache=True)
+        bundled.model(input_ids=ids, **{bundled.cache_arg: cache}, use_cache=True)
         crop(cache, 2)
     assert cache.get_seq_length() == ids.shape[1] - 2

@@ -15,8 +15,7 @@ import time
 import torch
 
 from steer_ui.errors import UserError
-from steer_ui.model import cpu_matmul
-from steer_ui.model.loading import LoadedModel, find_layers, load_model, resolve_device_dtype
+from steer_ui.model.loading import LoadedModel, find_layers, load_model, ready_for_steering, resolve_device_dtype
 
 # name: (config class, architecture, known-model key, config values)
 SHAPES = {
@@ -45,9 +44,8 @@ def random_shape(name: str, device: str = "auto", dtype: str = "auto", tokenizer
     start = time.perf_counter()
     torch.manual_seed(0)
     with torch.device(dev):
-        model = getattr(transformers, model_name)(cfg).to(dt).eval()
-    model.requires_grad_(False)
-    cpu_matmul.use_where_wanted(model, dev, dt)
+        model = getattr(transformers, model_name)(cfg).to(dt)
+    ready_for_steering(model, dev, dt)
     tok = AutoTokenizer.from_pretrained(tokenizer) if tokenizer else load_model().tokenizer
     if len(tok) > cfg.vocab_size:
         raise UserError(f"the tokenizer has {len(tok)} ids, more than {name}'s vocabulary of {cfg.vocab_size}")

@@ -248,8 +248,8 @@ class FastPath:
         self.slots.load({})
         try:
             self.slots.scale = torch.zeros(shape.rows, 4, device=device, dtype=self.lm.dtype)
-            self.model(input_ids=torch.zeros(shape.rows, 4, dtype=torch.long, device=device), past_key_values=cache,
-                       use_cache=True, logits_to_keep=1)
+            self.model(input_ids=torch.zeros(shape.rows, 4, dtype=torch.long, device=device),
+                       **{self.lm.cache_arg: cache}, use_cache=True, logits_to_keep=1)
             probe = 1 + shape.probe_width + shape.tree
             for width, keep in ((1, 1), (probe, None)) * 2:
                 self.slots.scale = torch.zeros(shape.rows, width, device=device, dtype=self.lm.dtype)
@@ -259,7 +259,7 @@ class FastPath:
                 tree = tree_inputs(self.lm, cache, [[i - 1 for i in range(width)]] * shape.rows) \
                     if width > 1 and shape.tree else {}
                 self.step(input_ids=torch.zeros(shape.rows, width, dtype=torch.long, device=device),
-                          past_key_values=cache, use_cache=True, logits_to_keep=keep_arg, **tree)
+                          **{self.lm.cache_arg: cache}, use_cache=True, logits_to_keep=keep_arg, **tree)
                 if width > 1:
                     for layer in cache.layers:
                         layer.cumulative_length.sub_(width - 1)

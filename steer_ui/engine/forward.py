@@ -46,7 +46,7 @@ class Forward:
             any_steered = self.session is not None or any(any(m) for m in mask)
             self.steerer.scale = ((coefs[:, None] * torch.tensor(mask, device=self.device)).to(self.lm.dtype)
                                   if any_steered else None)
-        inputs = {"input_ids": torch.tensor(ids, device=self.device), "past_key_values": self.cache,
+        inputs = {"input_ids": torch.tensor(ids, device=self.device), self.lm.cache_arg: self.cache,
                   "use_cache": True, "logits_to_keep": keep if isinstance(keep, int) else
                   torch.tensor(keep, device=self.device)}
         if parents is not None:

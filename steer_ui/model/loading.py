@@ -16,6 +16,7 @@ import socket
 import tempfile
 import time
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 from pathlib import Path
 from urllib.parse import urlparse
@@ -23,7 +24,7 @@ from urllib.parse import urlparse
 import torch
 
 from steer_ui.errors import UserError
-from steer_ui.model import cpu_matmul
+from steer_ui.model import compat, cpu_matmul
 from steer_ui.model.known import BUNDLED_ALIAS, ModelProfile, profile_for
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,11 @@ class LoadedModel:
     @property
     def hidden_size(self) -> int:
         return int(self.model.config.get_text_config().hidden_size)
+
+    @cached_property
+    def cache_arg(self) -> str:
+        """The keyword ``forward`` takes the KV cache under (``compat.cache_arg``)."""
+        return compat.cache_arg(self.model)
 
     @property
     def input_device(self) -> torch.device:
@@ -160,7 +166,7 @@ def _convert_gguf(path: Path, cache_dir: Path) -> Path:
         try:
             tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
             model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
-                                                         dtype=torch.float32)
+                                                         dtype=torch.float32, **compat.LOAD_KWARGS)
         except ImportError as err:
             raise UserError(f"loading GGUF files needs the gguf package: pip install gguf ({err})") from None
         except Exception as err:  # the GGUF parser raises struct.error, KeyError, ... on malformed files
@@ -231,6 +237,16 @@ def _locate(spec: str, cache_dir: Path) -> tuple[str, str]:
     return spec, f"hub:{spec}"
 
 
+def ready_for_steering(model: torch.nn.Module, dev: torch.device, dt: torch.dtype,
+                       cache_dir: Path | None = None) -> None:
+    """What every model the engine runs gets after loading: inference only, no kernels routing
+    (``compat.drop_kernel_routing``), the CPU linears chosen by measurement."""
+    model.eval()
+    model.requires_grad_(False)
+    compat.drop_kernel_routing(model)
+    cpu_matmul.use_where_wanted(model, dev, dt, cache_dir or default_cache_dir())
+
+
 def load_model(spec: str = BUNDLED_ALIAS, device: str = "auto", dtype: str = "auto",
                cache_dir: Path | None = None) -> LoadedModel:
     """Load ``spec`` (alias, .gguf, directory or hub id) for steering; raise UserError on user mistakes."""
@@ -252,7 +268,8 @@ def load_model(spec: str = BUNDLED_ALIAS, device: str = "auto", dtype: str = "au
     local_only = from_hub and not hub_reachable()
     try:
         tokenizer = AutoTokenizer.from_pretrained(where, local_files_only=local_only)
-        model = AutoModelForCausalLM.from_pretrained(where, dtype=dt, local_files_only=local_only, **placement)
+        model = AutoModelForCausalLM.from_pretrained(where, dtype=dt, local_files_only=local_only, **placement,
+                                                     **compat.LOAD_KWARGS)
     except (OSError, ValueError, KeyError) as err:
         if local_only:
             raise UserError(f"cannot load model {spec!r}: the Hugging Face hub is unreachable and the model is "
@@ -261,9 +278,7 @@ def load_model(spec: str = BUNDLED_ALIAS, device: str = "auto", dtype: str = "au
         raise UserError(f"cannot load model {spec!r}{hint}: {_first_line(err)}") from None
     if not placement:
         model.to(dev)
-    model.eval()
-    model.requires_grad_(False)
-    cpu_matmul.use_where_wanted(model, dev, dt, cache_dir or default_cache_dir())
+    ready_for_steering(model, dev, dt, cache_dir)
     layers = find_layers(model)
     cfg = model.config.get_text_config()
     profile = profile_for(spec, len(layers), int(cfg.hidden_size), set(tokenizer.get_vocab()))
