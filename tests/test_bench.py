@@ -47,7 +47,7 @@ def test_benchmark_with_compiled_steps_reports_their_warm_up(tiny_dirs, tmp_path
     report = json.loads(out.read_text())
     assert report["compiled"] is True
     assert [c["case"] for c in report["cases"]] == ["1", "2", "3", "4", "4e", "5", "6"]
-    assert set(report["fast_path_warm_s"]) == {"1 rows x 1024 positions", "4 rows x 1024 positions"}
+    assert set(report["fast_path_warm_s"]) == {"1 row x 1024 positions", "4 rows x 1024 positions"}
     assert report["restart_first_token_s"] > 0
     assert "| 4e | as 4, eager |" in r.stdout and "4 >= 5x as 4, eager" in r.stdout
     assert "warm-up of the engine's compiled steps, 4 rows x 1024 positions" in r.stdout

@@ -137,7 +137,7 @@ def test_a_cold_shape_runs_eagerly_and_warms_in_the_background(lm, fast):
         if shape_of(lm, s) in fast.ready:
             break
         threading.Event().wait(0.1)
-    assert shape_of(lm, s) in fast.ready and "ready for: 4 rows x 1024 positions" in fast.status()
+    assert shape_of(lm, s) in fast.ready and "ready for: 4 rows x 1024 positions" in fast.status()[0]
     assert collect(lm, s)[3].timing.compiled
 
 
@@ -163,20 +163,58 @@ def test_one_run_at_a_time_and_an_abandoned_run_gives_it_back(lm, fast):
         assert torch.equal(fast.model(input_ids=ids).logits, lm.model(input_ids=ids).logits)
 
 
-def test_the_eager_knob_and_a_failing_compiler(lm, fast, tiny_dirs):
+def test_the_eager_knob(lm, fast):
     s = settings(lm, steered(random_vector(lm, [1, 2], seed=10), (2.0,)))
     fast.warm([shape_of(lm, s)])
-    assert not collect(lm, settings(lm, s.rows, eager=True))[3].timing.compiled
+    done = collect(lm, settings(lm, s.rows, eager=True))[3]
+    assert not done.timing.compiled and done.timing.path == ""  # asked for: nothing to explain
 
-    def broken(gm, example_inputs):
-        raise RuntimeError("no C compiler found")
 
-    other = load_model(str(tiny_dirs["llama"]), device="cpu", dtype="float32")
+def broken(gm, example_inputs):
+    raise RuntimeError("no C compiler found")
+
+
+def test_a_failed_compile_is_said_once_in_each_place_and_runs_go_on_eagerly(lm, tiny_dirs, tmp_path, monkeypatch,
+                                                                            capsys):
+    """The dashboard's model panel and a run's status, the CLI's warm-up line and its timing line: each says
+    which shape failed and why, in one line; the runs themselves finish eagerly."""
+    import steer_ui.engine.fast_path as fast_path
+    from steer_ui.app.context import AppContext
+    from steer_ui.app.dashboard import Dashboard
+    from steer_ui.cli import main
+    from steer_ui.log.store import Store
+    from steer_ui.vectors.files import save_vector
+
+    said = "compiling 4 rows x 1024 positions failed (RuntimeError: no C compiler found)"
     torch._dynamo.reset()
-    other.fast = FastPath(other, backend=broken)
-    other.fast.warm([shape_of(other, s)])
-    assert shape_of(other, s) in other.fast.failed and "no C compiler" in other.fast.failed[shape_of(other, s)]
-    assert not collect(other, s)[3].timing.compiled  # that shape stays eager; the run works
+    monkeypatch.setattr(fast_path, "FastPath", lambda lm, **kw: FastPath(lm, backend=broken))
+    other = load_model(str(tiny_dirs["llama"]), device="cpu", dtype="float32")
+    ctx = AppContext(lm=other, store=Store(str(tmp_path / "log.sqlite")), files=tmp_path, compile_on_cpu=True)
+    ctx.prepare(other)
+    for _ in range(600):
+        if not other.fast.warming_soon():
+            break
+        threading.Event().wait(0.1)
+    dash = Dashboard(ctx)
+    panel = dash.model.markdown()
+    assert panel.count(said) == 1 and "its runs decode eagerly" in panel
+    assert dash.model.tick()["fast_timer"].active is False  # nothing left to poll for
+    save_vector(random_vector(other, [1, 2], seed=14), tmp_path / "random.safetensors")
+    form = {"prompt": "Is nine a prime number?", "max_new_tokens": 6, "probe_every": 2, "vector": "file",
+            "coefs": "2", "layers": "1-2"}
+    status = list(dash.generate.generate(vector_file=str(tmp_path / "random.safetensors"), **form))[-1]["status"]
+    assert "**finished**" in status and status.count(f"eager: {said}") == 1
+
+    capsys.readouterr()
+    code = main(["generate", "--model", str(tiny_dirs["llama"]), "--device", "cpu", "--compile", "--prompt",
+                 "Is nine a prime number?", "--max-new-tokens", "6", "--probe-every", "2", "--db",
+                 str(tmp_path / "cli.sqlite")])
+    err = capsys.readouterr().err
+    said = said.replace("4 rows", "1 row")  # the baseline alone
+    assert code == 0
+    assert err.count(said) == 2  # the warm-up's line, then the run's timing line
+    assert f"{said} after " in err and "its runs decode eagerly" in err
+    assert [line for line in err.splitlines() if line.startswith("load ")][0].endswith(f"eager: {said})")
 
 
 def test_attach_only_where_there_is_a_fast_path(lm, tmp_path, monkeypatch):

@@ -256,7 +256,7 @@ def status_text(view: RunView, notes: list[str], started: float) -> str:
         t = view.done.timing
         rate = t.steps / t.decode_s if t.decode_s > 0 else 0.0
         lines.append(f"**{state}**: {tokens} tokens per row in {elapsed:.1f} s ({rate:.1f} steps/s, prefill "
-                     f"{t.prefill_s * 1000:.0f} ms{', compiled steps' if t.compiled else ''})")
+                     f"{t.prefill_s * 1000:.0f} ms{', ' + t.path if t.path else ''})")
     elif not view.error:
         lines.append(f"**streaming**: {tokens} tokens per row, {elapsed:.1f} s")
     lines += [escape(w) for w in view.warnings + notes]

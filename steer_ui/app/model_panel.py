@@ -34,7 +34,7 @@ class ModelPanel:
         fast = self.ctx.lm.fast
         if fast is None:
             return "  \ndecoding eagerly" + ("" if self.ctx.lm.device.type == "cpu" else " (no compiled steps)")
-        return f"  \n{escape(fast.status())}"
+        return "".join(f"  \n{escape(line)}" for line in fast.status())
 
     def tick(self) -> dict:
         """The model line again while compiled steps warm (the timer stops once they are ready)."""

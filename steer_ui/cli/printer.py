@@ -93,8 +93,8 @@ class SideBySidePrinter:
         t = ev.timing
         rate = t.steps / t.decode_s if t.decode_s > 0 else float("nan")
         self.err.write(f"load {t.load_s:.1f} s | prefill {t.prefill_s:.2f} s | decode {t.steps} steps in "
-                       f"{t.decode_s:.1f} s ({rate:.1f} steps/s, {len(ev.rows)} rows"
-                       f"{', compiled steps' if t.compiled else ''})\n")
+                       f"{t.decode_s:.1f} s ({rate:.1f} steps/s, {len(ev.rows)} row{'s' if len(ev.rows) > 1 else ''}"
+                       f"{', ' + t.path if t.path else ''})\n")
         self.out.flush()
 
     def _probe_table(self, ev: DoneEvent) -> None:

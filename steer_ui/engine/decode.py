@@ -84,6 +84,8 @@ def decode(lm: LoadedModel, plan: RunPlan, cancel: threading.Event | None = None
     sampler = Sampler(settings, lm.input_device)
     pad = _pad(plan)
     session = _fast_session(lm, plan)
+    eager_because = session if isinstance(session, str) else ""
+    session = None if isinstance(session, str) else session
     if session is not None:
         steerer = session.steering(plan.directions)
     else:
@@ -144,7 +146,7 @@ def decode(lm: LoadedModel, plan: RunPlan, cancel: threading.Event | None = None
         rows=[RowResult(r.info.row, r.info.label, r.info.coef, r.token_ids, "".join(r.text), r.finish)
               for r in rows],
         timing=Timing(load_s=lm.load_s, prefill_s=prefill_s, decode_s=time.perf_counter() - start - prefill_s,
-                      steps=steps, compiled=session is not None),
+                      steps=steps, compiled=session is not None, eager_because=eager_because),
     )
 
 
@@ -208,10 +210,11 @@ def _pad(plan: RunPlan) -> int:
 
 
 def _fast_session(lm: LoadedModel, plan: RunPlan):
-    """A session on the model's fast path when one is attached, the run may use it, and its shape is warm."""
+    """A session on the model's fast path when one is attached, the run may use it, and its shape is warm;
+    else why not in one line (empty where nothing was expected: no fast path, or ``eager`` asked for)."""
     fast = getattr(lm, "fast", None)
     if fast is None or plan.settings.eager:
-        return None
+        return ""
     return fast.open(fast_shape(fast, plan))
 
 

@@ -113,6 +113,12 @@ class Timing:
     decode_s: float
     steps: int
     compiled: bool = False  # the steps ran on the fast path (compiled; CUDA graphs on a GPU)
+    eager_because: str = ""  # why a run with compiled steps attached decoded eagerly (a compile failed, ...)
+
+    @property
+    def path(self) -> str:
+        """Which steps ran, for the timing line: "compiled steps", "eager: <why>", or nothing (eager as usual)."""
+        return "compiled steps" if self.compiled else f"eager: {self.eager_because}" if self.eager_because else ""
 
 
 @dataclass(frozen=True)

@@ -69,7 +69,7 @@ class Shape:
 
     def __str__(self) -> str:
         answers = f" (+{self.tree} answer positions)" if self.tree else ""
-        return f"{self.rows} rows x {self.length} positions{answers}"
+        return f"{self.rows} row{'s' if self.rows > 1 else ''} x {self.length} positions{answers}"
 
 
 def shared_clone(model: torch.nn.Module) -> torch.nn.Module:
@@ -221,8 +221,8 @@ class FastPath:
                     self.warming = None
             self.warm_s[shape] = time.perf_counter() - started
             if report is not None:
-                report(f"{shape}: {'ready' if shape in self.ready else 'failed, runs stay eager'} "
-                       f"in {self.warm_s[shape]:.0f} s")
+                report(f"{shape}: ready in {self.warm_s[shape]:.0f} s" if shape in self.ready else
+                       f"{self.failure(shape)} after {self.warm_s[shape]:.0f} s; its runs decode eagerly")
 
     def warm_in_background(self, shapes: Iterable[Shape], report: Report | None = None) -> None:
         """Queue ``shapes`` for one background thread to warm, one at a time; runs meanwhile stay eager."""
@@ -270,28 +270,37 @@ class FastPath:
         """A shape is compiling now or queued to."""
         return self.warming is not None or bool(self._queued)
 
-    def status(self) -> str:
+    def failure(self, shape: Shape) -> str:
+        """One line on why ``shape`` has no compiled steps (it failed to compile)."""
+        return f"compiling {shape} failed ({self.failed[shape]})"
+
+    def status(self) -> list[str]:
+        """What is compiling, ready and failed: a line each."""
         if self.warming is not None:
-            return f"compiling decode steps for {self.warming}; runs decode eagerly until it is ready"
-        ready = ", ".join(map(str, sorted(self.ready, key=lambda s: (s.rows, s.length)))) or "none yet"
-        return f"fast path ready for: {ready}"
+            lines = [f"compiling decode steps for {self.warming}; runs decode eagerly until it is ready"]
+        else:
+            ready = ", ".join(map(str, sorted(self.ready, key=lambda s: (s.rows, s.length)))) or "none yet"
+            lines = [f"fast path ready for: {ready}"]
+        return lines + [f"{self.failure(shape)}; its runs decode eagerly" for shape in self.failed]
 
     # --- runs -----------------------------------------------------------------------------------
-    def open(self, shape: Shape | None) -> FastSession | None:
-        """A session on the fast path for one run of ``shape``, or None: the run decodes eagerly.
+    def open(self, shape: Shape | None) -> FastSession | str:
+        """A session on the fast path for one run of ``shape``, or why the run decodes eagerly (one line).
 
         A cold shape is warmed now when ``on_demand`` is set (the CLI: a long job waits once, with a
         message), else queued to warm in the background (the dashboard: the next run of it is fast).
         """
-        if shape is None or shape in self.failed:
-            return None
-        if shape not in self.ready:
+        if shape is None:
+            return "no compiled steps for this many rows or positions"
+        if shape not in self.ready and shape not in self.failed:
             if self.on_demand is None:
                 self.warm_in_background([shape])
-                return None
+                return f"{shape} is compiling in the background"
             self.warm([shape], self.on_demand)
-        if shape not in self.ready or not self.busy.acquire(blocking=False):
-            return None
+        if shape in self.failed:
+            return self.failure(shape)
+        if not self.busy.acquire(blocking=False):
+            return "another run is using the compiled steps"
         return FastSession(self, shape)
 
 
