@@ -103,9 +103,11 @@ class GenerateTab:
         notes = dose_lines(settings.rows)
         started = time.monotonic()
         try:
+            # Read to the end of the engine thread, not to the done event: the log's failure to save the
+            # run comes after it, and the final frame must say so.
             for view in live.frames(1 / UPDATES_PER_S):
                 if view.finished:
-                    break
+                    continue  # the final frame below carries every output
                 streams, chart = window(view)
                 yield {"streams": streams, "chart": chart, "status": status_text(view, notes, started),
                        "browser_id": token}
