@@ -40,7 +40,8 @@ def test_benchmark_with_compiled_steps_reports_their_warm_up(tiny_dirs, tmp_path
     out = tmp_path / "bench.json"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "STEER_UI_CACHE": str(tmp_path / "cache")}
     r = subprocess.run([sys.executable, "-m", "steer_ui.bench", "--quick", "--model", str(tiny_dirs["llama"]),
-                        "--compile", "--compile-backend", "aot_eager", "--no-memory", "--json", str(out)],
+                        "--compile", "--compile-backend", "aot_eager", "--no-memory", "--contended", "--json",
+                        str(out)],
                        capture_output=True,
                        text=True, timeout=900, env=env, cwd=ROOT, check=False)
     assert r.returncode == 0, r.stderr
@@ -51,6 +52,8 @@ def test_benchmark_with_compiled_steps_reports_their_warm_up(tiny_dirs, tmp_path
     assert report["restart_first_token_s"] > 0
     assert "| 4e | as 4, eager |" in r.stdout and "4 >= 5x as 4, eager" in r.stdout
     assert "warm-up of the engine's compiled steps, 4 rows x 1024 positions" in r.stdout
+    assert set(report["contended_tok_s"]) == {"alone", "beside", "beside_fixed"}
+    assert "case 3 beside one other CPU-bound process:" in r.stdout
 
 
 def test_peak_tensor_memory_counts_what_was_live_at_once():

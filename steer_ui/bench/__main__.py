@@ -13,6 +13,7 @@ Same model, prompt and number of new tokens (greedy, end-of-sequence ignored) in
   7   probe cost alone at several context lengths (cached probe vs re-running the text)
   8   time to first token; model load cold (GGUF conversion) and from the conversion cache; with compiled
       steps, their warm-up per shape and a warm restart (a new process, compiled code from the disk cache)
+  --contended  CPU: case 3 alone and beside one other CPU-bound process (``bench.contention``)
 Speeds are tokens per second per stream (a run of 2 rows x N tokens in T s is N / T), medians of
 ``--repeats`` rounds, each timing every case once (round-robin, so a slow stretch of a shared machine
 hits all cases alike). Peak memory is the peak growth over the memory held once the model is loaded,
@@ -36,6 +37,7 @@ import torch
 from steer_ui.bench.cases import (CASES, PROMPT, Result, _answer_probe_costs, _load_times, _probe_costs,
                                   _timed_round_robin)
 from steer_ui.bench.cases import case_functions, fast_shapes, wanted_cases
+from steer_ui.bench.contention import contended
 from steer_ui.bench.memory import PeakMemory, peak_tensor_mb
 from steer_ui.bench.report import markdown
 from steer_ui.bench.shapes import SHAPES, random_shape
@@ -115,6 +117,8 @@ def run_benchmark(lm: LoadedModel, n: int, repeats: int, contexts: list[int], sp
         extra["restart_first_token_s"] = _restart_first_token_s(args)
     if spec is not None:
         extra.update(_load_times(spec, args.device, args.dtype))
+    if args.contended:
+        extra["contended_tok_s"] = contended(lm, fns["3"], n, repeats)
     gpu = torch.cuda.get_device_name(lm.device) if lm.device.type == "cuda" else None
     return {
         "model": lm.model_id, "device": str(lm.device), "gpu": gpu, "dtype": str(lm.dtype).removeprefix("torch."),
@@ -174,6 +178,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eager", action="store_true", help="no compiled engine steps, even on a GPU")
     p.add_argument("--no-memory", dest="memory", action="store_false",
                    help="skip the peak-memory measurements (a fresh process per case)")
+    p.add_argument("--contended", action="store_true",
+                   help="CPU: also time case 3 beside one other CPU-bound process (a busy Python loop), with the "
+                        "thread count following the load and fixed")
     p.add_argument("--json", default=None, help="also write the full report here")
     p.add_argument("--memory-case", default=None, help=argparse.SUPPRESS)  # internal: one case, print its peaks
     p.add_argument("--restart-probe", action="store_true", help=argparse.SUPPRESS)  # internal: a warm restart
@@ -196,6 +203,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.new_tokens < 1 or args.repeats < 1 or min(contexts) < 1:
             raise UserError("--new-tokens, --repeats and every --contexts value must be >= 1")
         lm = load(args)
+        if args.contended and lm.device.type != "cpu":
+            raise UserError("--contended measures CPU decoding beside another CPU-bound process; use it on CPU")
         spec = None if args.random_shape or args.quick or not (args.model.endswith(".gguf")
                                                                 or args.model == "smollm2-135m") else args.model
         print(f"benchmarking {lm.describe()} ...", file=sys.stderr, flush=True)

@@ -24,7 +24,7 @@ from urllib.parse import urlparse
 import torch
 
 from steer_ui.errors import UserError
-from steer_ui.model import compat, cpu_matmul
+from steer_ui.model import compat, cpu_matmul, cpu_threads
 from steer_ui.model.known import BUNDLED_ALIAS, ModelProfile, profile_for
 
 log = logging.getLogger(__name__)
@@ -255,6 +255,7 @@ def load_model(spec: str = BUNDLED_ALIAS, device: str = "auto", dtype: str = "au
     start = time.perf_counter()
     dev, dt = resolve_device_dtype(device, dtype)
     if dev.type == "cpu":
+        cpu_threads.shared()  # starts reading the machine's load now: the first run's prefill knows it
         # The fused probe feeds several tokens onto the cache, so attention gets a mask, and with a mask
         # transformers expands grouped KV heads by copying the whole cache in every layer. torch's CPU
         # kernel handles masked GQA natively (bit-identical, ~40% faster probes at 2k tokens). Not on
