@@ -87,3 +87,18 @@ class Counting:
     def __call__(self, gm, example_inputs):
         self.graphs += 1
         return gm.forward
+
+
+def wait_until(condition, bound_s: float = 300.0, every_s: float = 0.1):
+    """Poll ``condition`` until it is true and return its value; fail after ``bound_s``. The bound is for a
+    hung test on a busy machine, not a timing: nothing waits a fixed time and then asserts."""
+    import time
+
+    deadline = time.monotonic() + bound_s
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"still not true after {bound_s:.0f} s: {getattr(condition, '__name__', condition)}")
+        time.sleep(every_s)

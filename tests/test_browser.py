@@ -19,6 +19,7 @@ if os.environ.get("STEER_UI_SKIP_BROWSER") == "1":
     pytest.skip("STEER_UI_SKIP_BROWSER=1", allow_module_level=True)
 
 from playwright.sync_api import Page, expect, sync_playwright  # noqa: E402
+from helpers import wait_until  # noqa: E402
 
 XSS = '<img src=x onerror="window.__pwned=1"><script>window.__pwned=2</script>'
 LONG = "Write a long story about a dragon who learns arithmetic."
@@ -47,7 +48,7 @@ def page(browser, app_server) -> Page:
     context = browser.new_context(viewport={"width": 1440, "height": 1000}, accept_downloads=True)
     pg = context.new_page()
     pg.goto(app_server[0])
-    expect(pg.get_by_label("Prompt")).to_be_visible(timeout=30_000)
+    expect(pg.get_by_label("Prompt")).to_be_visible(timeout=60_000)
     yield pg
     context.close()
 
@@ -56,7 +57,7 @@ def fill_form(page: Page, prompt: str, vector: str, coefs: str, max_new_tokens: 
     page.get_by_label("Prompt").fill(prompt)
     page.get_by_label("Steering vector").click()
     page.get_by_role("option", name=vector).click()
-    expect(page.get_by_label("Layers", exact=True)).not_to_have_value("", timeout=10_000)  # the suggested band arrives
+    expect(page.get_by_label("Layers", exact=True)).not_to_have_value("", timeout=60_000)  # the suggested band arrives
     page.get_by_label("Coefficients").fill(coefs)
     tokens = page.get_by_label("Max new tokens").and_(page.locator("input[type=number]"))
     tokens.fill(str(max_new_tokens))
@@ -74,9 +75,9 @@ def status(page: Page):
 def test_generate_streams_both_panes_and_the_chart_then_downloads(page: Page, shots: Path):
     fill_form(page, f"{XSS} Is 91 a prime number? Answer Yes or No.", "reconsideration", "4, 8", 48)
     page.get_by_role("button", name="Generate", exact=True).click()
-    expect(page.locator(".su-pane")).to_have_count(3, timeout=30_000)
+    expect(page.locator(".su-pane")).to_have_count(3, timeout=60_000)
     page.wait_for_function("() => [...document.querySelectorAll('.su-body')].every(e => e.textContent.length > 0)",
-                           timeout=30_000)
+                           timeout=60_000)
     page.screenshot(path=str(shots / "1-streaming.png"), full_page=True)
     expect(page.get_by_text(re.compile(r"^finished:"))).to_be_visible(timeout=120_000)
     page.screenshot(path=str(shots / "2-finished.png"), full_page=True)
@@ -97,7 +98,7 @@ def test_generate_streams_both_panes_and_the_chart_then_downloads(page: Page, sh
 
     # The HTML in the prompt stayed text everywhere: nothing ran, and History shows it literally.
     page.get_by_role("tab", name="History").click()
-    expect(page.get_by_text("<img src=x", exact=False).filter(visible=True).first).to_be_visible(timeout=10_000)
+    expect(page.get_by_text("<img src=x", exact=False).filter(visible=True).first).to_be_visible(timeout=60_000)
     page.screenshot(path=str(shots / "3-history.png"), full_page=True)
     assert page.evaluate("() => window.__pwned") is None
     assert page.locator("img[src='x']").count() == 0
@@ -106,11 +107,11 @@ def test_generate_streams_both_panes_and_the_chart_then_downloads(page: Page, sh
     live = page.locator(".su-body").evaluate_all("els => els.map(e => e.textContent)")
     page.reload()
     page.get_by_role("tab", name="History").click()
-    expect(page.get_by_text(run_id).filter(visible=True).first).to_be_visible(timeout=15_000)
+    expect(page.get_by_text(run_id).filter(visible=True).first).to_be_visible(timeout=60_000)
 
     # Clicking the run in the table opens it on the Generate tab, exactly as it streamed.
     page.get_by_text(run_id).filter(visible=True).first.click()
-    expect(page.get_by_text(re.compile(rf"Run {run_id} from"))).to_be_visible(timeout=15_000)
+    expect(page.get_by_text(re.compile(rf"Run {run_id} from"))).to_be_visible(timeout=60_000)
     assert page.locator(".su-body").evaluate_all("els => els.map(e => e.textContent)") == live
     with page.expect_download() as dl:
         page.get_by_role("tab", name="History").click()
@@ -138,13 +139,12 @@ def test_stop_ends_the_run_and_the_chart_keeps_its_zoom(page: Page, shots: Path,
     tab.snapshot = lambda key: calls.append(key) or original(key)
     page.evaluate("() => { window.__suSkipUpdates = 25; }")
     page.wait_for_function("() => window.__suSkipUpdates === 0", timeout=60_000)
-    page.wait_for_timeout(1500)
+    wait_until(lambda: calls)  # the gap was seen and filled from the server
     del tab.snapshot
-    assert calls  # the gap was seen and filled from the server
 
     page.get_by_role("button", name="Stop", exact=True).click()
-    expect(page.get_by_text(re.compile(r"^stopped:"))).to_be_visible(timeout=10_000)
-    page.wait_for_timeout(500)
+    expect(page.get_by_text(re.compile(r"^stopped:"))).to_be_visible(timeout=60_000)
+    wait_until(lambda: not app_server[1].ctx.active and not app_server[1].ctx.model_lock.locked())
     lengths = pane_lengths(page)
     page.wait_for_timeout(1000)
     assert pane_lengths(page) == lengths  # nothing arrives after Stop
@@ -178,7 +178,7 @@ def test_a_run_link_reopens_it_and_model_html_is_shown_as_text(page: Page, app_s
 
     page.goto(app_server[0] + "?run=htmlrun0001")
     body = page.locator(".su-body").first
-    expect(body).to_contain_text("<script>window.__pwned=2</script>", timeout=30_000)
+    expect(body).to_contain_text("<script>window.__pwned=2</script>", timeout=60_000)
     assert page.locator(".su-body img, .su-body b, .su-body script").count() == 0
     assert page.evaluate("() => window.__pwned") is None
     expect(page.get_by_text("htmlrun0001").filter(visible=True).first).to_be_visible()
@@ -206,7 +206,7 @@ def test_a_2000_token_run_streams_every_token_at_a_bounded_update_rate(browser, 
         page.get_by_label("Prompt").fill("Count to a thousand.")
         page.get_by_text("Upload a vector file").click()
         page.locator("input[type=file]").first.set_input_files(str(vec))
-        expect(page.get_by_label("Steering vector")).to_have_value("uploaded or computed file", timeout=15_000)
+        expect(page.get_by_label("Steering vector")).to_have_value("uploaded or computed file", timeout=60_000)
         page.get_by_label("Layers", exact=True).fill("1-2")
         page.get_by_label("Coefficients").fill("8")
         tokens = page.get_by_label("Max new tokens").and_(page.locator("input[type=number]"))
@@ -218,7 +218,8 @@ def test_a_2000_token_run_streams_every_token_at_a_bounded_update_rate(browser, 
         page.get_by_role("button", name="Generate", exact=True).click()
         expect(page.get_by_text(re.compile(r"^finished:"))).to_be_visible(timeout=300_000)
         elapsed = time.monotonic() - started
-        page.wait_for_timeout(500)
+        page.wait_for_function("() => [...document.querySelectorAll('.su-body')].every(e => e.children.length >= 2000)",
+                               timeout=60_000)
         spans = page.locator(".su-body").evaluate_all("els => els.map(e => e.children.length)")
         assert spans == [2000, 2000]
         updates = int(page.locator(".su-streams").locator("xpath=..").get_attribute("data-updates"))
@@ -251,7 +252,7 @@ def test_the_sweep_tab_shows_its_table_and_figure(page: Page, shots: Path):
     expect(page.get_by_text(re.compile(r"^finished: 2 questions x 2 coefficients"))).to_be_visible(timeout=120_000)
     table = page.get_by_label("Summary")
     expect(table.get_by_text("+4", exact=True).filter(visible=True).first).to_be_visible()
-    expect(page.locator(".js-plotly-plot").filter(visible=True).first).to_be_visible(timeout=15_000)
+    expect(page.locator(".js-plotly-plot").filter(visible=True).first).to_be_visible(timeout=60_000)
     page.screenshot(path=str(shots / "7-sweep.png"), full_page=True)
 
 
@@ -270,10 +271,7 @@ def test_closing_the_tab_stops_the_run_and_frees_the_model(browser, app_server):
     page.wait_for_function("() => (document.querySelector('.su-body') || {textContent: ''}).textContent.length > 10",
                            timeout=60_000)
     context.close()
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and (dash.ctx.model_lock.locked() or dash.ctx.active):
-        time.sleep(0.2)
-    assert not dash.ctx.model_lock.locked() and not dash.ctx.active
+    wait_until(lambda: not dash.ctx.model_lock.locked() and not dash.ctx.active)
     latest = dash.ctx.store.list_runs(limit=1)[0]
     assert latest.status == "cancelled" and 0 < latest.tokens < 1500
 
@@ -304,7 +302,7 @@ def test_a_gold_answer_and_multi_token_choices_with_final_readings(page: Page, s
     page.get_by_text("Probe", exact=True).click()
     # The accordion mounts its fields as it opens: wait for them before typing, or a keystroke can be lost.
     gold, choices = page.get_by_label("Gold answer"), page.get_by_label("Probe choices (first is positive)")
-    expect(gold).to_be_editable(timeout=10_000)
+    expect(gold).to_be_editable(timeout=60_000)
     page.wait_for_timeout(500)
     for box, text in ((gold, "391"), (choices, "392,17")):
         box.fill(text)
@@ -312,7 +310,7 @@ def test_a_gold_answer_and_multi_token_choices_with_final_readings(page: Page, s
         expect(box).to_have_value(text)
     page.get_by_role("button", name="Generate", exact=True).click()
     expect(page.get_by_text(re.compile(r"^finished:"))).to_be_visible(timeout=120_000)
-    page.wait_for_function("() => document.querySelector('.su-chart').data?.length >= 4", timeout=15_000)
+    page.wait_for_function("() => document.querySelector('.su-chart').data?.length >= 4", timeout=60_000)
     chart = page.locator(".su-chart").evaluate(
         "d => ({title: d.layout.yaxis.title.text, symbols: d.data.filter(t => !t.yaxis).map(t => t.marker.symbol),"
         "       xs: d.data.filter(t => !t.yaxis).map(t => t.x)})")
@@ -326,4 +324,4 @@ def test_a_gold_answer_and_multi_token_choices_with_final_readings(page: Page, s
     choices.fill("1,2,3,4,5,6,7,8,9")
     choices.press("Tab")
     page.get_by_role("button", name="Generate", exact=True).click()
-    expect(page.get_by_text(re.compile("at most 8 choices")).first).to_be_visible(timeout=15_000)
+    expect(page.get_by_text(re.compile("at most 8 choices")).first).to_be_visible(timeout=60_000)

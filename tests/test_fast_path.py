@@ -12,7 +12,7 @@ from dataclasses import replace
 import pytest
 import torch
 from conftest import random_vector
-from helpers import Counting, collect
+from helpers import Counting, collect, wait_until
 
 from steer_ui.engine.decode import fast_shape, run
 from steer_ui.engine.events import TokenEvent
@@ -133,10 +133,7 @@ def test_rows_padded_to_a_bucket_leave_the_baseline_alone(lm, fast):
 def test_a_cold_shape_runs_eagerly_and_warms_in_the_background(lm, fast):
     s = settings(lm, steered(random_vector(lm, [1, 2], seed=7), (2.0,)))
     assert not collect(lm, s)[3].timing.compiled  # eager now, its shape queued
-    for _ in range(600):
-        if shape_of(lm, s) in fast.ready:
-            break
-        threading.Event().wait(0.1)
+    wait_until(lambda: shape_of(lm, s) in fast.ready)
     assert shape_of(lm, s) in fast.ready and "ready for: 4 rows x 1024 positions" in fast.status()[0]
     assert collect(lm, s)[3].timing.compiled
 
@@ -191,10 +188,7 @@ def test_a_failed_compile_is_said_once_in_each_place_and_runs_go_on_eagerly(lm, 
     other = load_model(str(tiny_dirs["llama"]), device="cpu", dtype="float32")
     ctx = AppContext(lm=other, store=Store(str(tmp_path / "log.sqlite")), files=tmp_path, compile_on_cpu=True)
     ctx.prepare(other)
-    for _ in range(600):
-        if not other.fast.warming_soon():
-            break
-        threading.Event().wait(0.1)
+    wait_until(lambda: not other.fast.warming_soon())
     dash = Dashboard(ctx)
     panel = dash.model.markdown()
     assert panel.count(said) == 1 and "its runs decode eagerly" in panel
@@ -272,20 +266,14 @@ def test_the_dashboard_warms_in_the_background_and_says_which_path_ran(lm, tmp_p
         dash = Dashboard(ctx)
         assert lm.fast is not None and ("compiling decode steps" in dash.model.markdown()
                                         or "ready for" in dash.model.markdown())
-        for _ in range(600):
-            if not lm.fast.warming_soon():
-                break
-            threading.Event().wait(0.1)
+        wait_until(lambda: not lm.fast.warming_soon())
         assert "ready for: 4 rows x 1024 positions, 4 rows x 4096 positions" in dash.model.markdown()
         assert dash.model.tick()["fast_timer"].active is False  # the panel stops polling once ready
         form = {"prompt": "Is nine a prime number?", "max_new_tokens": 6, "probe_every": 2}
         status = list(dash.generate.generate(**form))[-1]["status"]
         assert "compiled steps" not in status  # baseline alone: the 1-row bucket was not warmed, so eager
         status = list(dash.generate.generate(**form))[-1]["status"]  # ...and it was queued: warm now
-        for _ in range(600):
-            if not lm.fast.warming_soon():
-                break
-            threading.Event().wait(0.1)
+        wait_until(lambda: not lm.fast.warming_soon())
         assert "compiled steps" in list(dash.generate.generate(**form))[-1]["status"]
         eager = list(dash.generate.generate(**form, eager=True))[-1]["status"]
         assert "finished" in eager and "compiled steps" not in eager

@@ -145,8 +145,11 @@ def test_sigkill_mid_run_leaves_a_clean_database(bundled, tmp_path):
             line = proc.stdout.readline().decode()
             if '"step": 70' in line:
                 break
-        time.sleep(1.5)
-        running = [r for r in store.list_runs() if r.status == "running"]
+        deadline = time.monotonic() + 120  # a bound for a busy machine, not a timing
+        running = []
+        while time.monotonic() < deadline and not (running and running[0].tokens > 0):
+            time.sleep(0.1)
+            running = [r for r in store.list_runs() if r.status == "running"]
         assert len(running) == 1 and running[0].tokens > 0
     finally:
         proc.send_signal(signal.SIGKILL)
