@@ -190,6 +190,7 @@ def test_a_sweep_resumes_where_it_stopped(bundled, sweep_setup, tmp_path):
     before = (out / "results.csv").read_text()
     again = run_sweep(bundled, cfg, out, store)
     assert again.ran == 0 and (out / "results.csv").read_text() == before
+    assert any(n.startswith("every result was already in") and "ran nothing" in n for n in again.notes)
     # An interruption after the first question: only the rest is run, and the results are the same.
     body = list(csv.DictReader(io.StringIO(before, newline="")))
     keep = [i for i, r in enumerate(body) if r["question_id"] == cfg.questions[0].id]
@@ -202,6 +203,7 @@ def test_a_sweep_resumes_where_it_stopped(bundled, sweep_setup, tmp_path):
         w.writerows(body[i] for i in keep)
     resumed = run_sweep(bundled, cfg, partial, None)
     assert resumed.ran == 2
+    assert "resumed: 1 of 3 question runs were already in results.csv; ran the other 2" in resumed.notes
     strip = lambda rows: sorted((r["question_id"], r["coef"], r["text"], r["correct"]) for r in rows)  # noqa: E731
     assert strip(csv.DictReader((partial / "results.csv").open())) == strip(body)
     # A folder begun before final_p_gold existed resumes under its own header: no shifted columns.
@@ -289,6 +291,13 @@ def test_sweep_and_analyze_from_the_command_line(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "accuracy" in proc.stdout and "forced acc" in proc.stdout
     assert len(list(csv.DictReader((out / "results.csv").open()))) == 4
+    # stderr is a pipe here, not a terminal: progress comes as plain lines, not a hidden bar.
+    progress = [line for line in proc.stderr.splitlines() if line.startswith("2 questions x 2 coefs: ")]
+    assert [line.split(": ")[1].split(",")[0] for line in progress] == ["0/2 runs", "1/2 runs", "2/2 runs"]
+    again = cli("sweep", "--questions", "yesno:2", "--vector", "reconsideration", "--layers", "15-18",
+                "--coefs", "-4,0", "--max-new-tokens", "10", "--out", str(out), env_db=db)
+    assert again.returncode == 0 and "note: every result was already in" in again.stderr
+    assert "ran nothing" in again.stderr and "accuracy" in again.stdout
     # The run knobs go into the sweep's template: the given ones, and the sweep's own probe default (every token).
     template = json.loads((out / "sweep.json").read_text())["settings"]["template"]
     assert template["max_new_tokens"] == 10 and template["probe_every"] == 1

@@ -9,8 +9,10 @@ script against: they come from the knob names, so keep those stable.
 from __future__ import annotations
 
 import argparse
+import math
 import re
 import sys
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -93,9 +95,14 @@ def join_negative_lists(argv: list[str], options: tuple[str, ...] = ("--coefs", 
 
 @contextmanager
 def progress_bar(desc: str, unit: str = "text") -> Iterator[Callable[[int, int], None]]:
+    """``update(done, total)``: a tqdm bar on a terminal; otherwise (a log file, CI, nohup) a plain line
+    every twentieth of the total, so a long job's progress is visible where a bar would be hidden."""
+    if not sys.stderr.isatty():
+        yield _progress_lines(desc, unit)
+        return
     from tqdm import tqdm
 
-    bar = tqdm(total=0, desc=desc, unit=unit, file=sys.stderr, disable=None)
+    bar = tqdm(total=0, desc=desc, unit=unit, file=sys.stderr)
 
     def update(done: int, total: int) -> None:
         bar.total = total
@@ -105,6 +112,24 @@ def progress_bar(desc: str, unit: str = "text") -> Iterator[Callable[[int, int],
         yield update
     finally:
         bar.close()
+
+
+def _progress_lines(desc: str, unit: str) -> Callable[[int, int], None]:
+    started, first, shown = time.monotonic(), [None], [-1]
+
+    def update(done: int, total: int) -> None:
+        first[0] = done if first[0] is None else first[0]  # a resumed job starts part-way
+        every = max(1, math.ceil(total / 20))
+        if shown[0] >= 0 and done < total and done - shown[0] < every:
+            return
+        shown[0] = done
+        elapsed, here = time.monotonic() - started, done - first[0]
+        line = f"{desc}: {done}/{total} {unit}s"
+        if here > 0 and done < total:
+            line += f", {elapsed:.0f} s so far, about {elapsed / here * (total - done):.0f} s to go"
+        print(line, file=sys.stderr, flush=True)
+
+    return update
 
 
 def attach_fast_path(lm, compile_on_cpu: bool, eager: bool) -> None:

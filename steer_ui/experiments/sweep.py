@@ -168,6 +168,12 @@ def run_sweep(lm: LoadedModel, cfg: SweepConfig, out: str | Path, store: Store |
     notes = write_figure(summary, out, title=cfg.label.get("title", ""))
     files = [out / n for n in ("results.csv", "summary.csv", "summary.txt", "figure.html", "figure.png", "sweep.json")
              if (out / n).exists()]
+    if not todo:
+        notes.append(f"every result was already in {results} ({total} question runs): ran nothing, and wrote "
+                     "the summary and figure again")
+    elif len(todo) < total and ran == len(todo):
+        notes.append(f"resumed: {total - len(todo)} of {total} question runs were already in {results.name}; "
+                     f"ran the other {ran}")
     if ran < len(todo):
         notes.append(f"stopped: {total - len(todo) + ran} of {total} question runs done; run the same sweep "
                      "into the same folder to resume")
