@@ -257,8 +257,6 @@ def test_the_sweep_tab_shows_its_table_and_figure(page: Page, shots: Path):
 
 
 def test_closing_the_tab_stops_the_run_and_frees_the_model(browser, app_server):
-    import time
-
     url, dash = app_server
     context = browser.new_context()
     page = context.new_page()

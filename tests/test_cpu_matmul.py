@@ -151,7 +151,8 @@ def test_a_two_row_step_agrees_with_the_plain_model(bundled, decisions, counted)
                 m.__class__ = torch.nn.Linear
         try:
             prefix = bundled.model(input_ids=ids[:, :-1], use_cache=True)
-            plain = bundled.model(input_ids=ids[:, -1:], **{bundled.cache_arg: getattr(prefix, bundled.cache_arg)}).logits
+            cache = {bundled.cache_arg: getattr(prefix, bundled.cache_arg)}
+            plain = bundled.model(input_ids=ids[:, -1:], **cache).logits
         finally:
             use_few_row_linears(bundled.model)
     assert (few.argmax(-1) == plain.argmax(-1)).all()

@@ -6,7 +6,6 @@ the same bucket compile nothing new. The CUDA-graph replay itself is tested on a
 from __future__ import annotations
 
 import os
-import threading
 from dataclasses import replace
 
 import pytest

@@ -265,7 +265,8 @@ def test_oversized_fields_are_refused_before_work(hosted, over, message, forward
     assert cpu_s < 1.0 and peak < 100 * MB and not forwards
 
 
-def test_compute_vector_refuses_long_texts_and_huge_layers_before_reading_states(hosted, tmp_path, monkeypatch, forwards):
+def test_compute_vector_refuses_long_texts_and_huge_layers_before_reading_states(hosted, tmp_path, monkeypatch,
+                                                                                 forwards):
     from steer_ui.vectors import contrastive
 
     def forbidden(*args, **kwargs):
