@@ -62,7 +62,7 @@ def test_jsonl_contract(vector_file):
     p = probes[0]
     assert set(p) >= {"logodds", "mass", "logprobs", "reliable"}
     assert p["logodds"] == pytest.approx(p["logprobs"]["Yes"] - p["logprobs"]["No"])
-    assert set(done["timing"]) == {"load_s", "prefill_s", "decode_s", "steps", "compiled"}
+    assert set(done["timing"]) == {"load_s", "prefill_s", "decode_s", "steps", "compiled", "eager_because"}
 
 
 def test_readable_side_by_side(vector_file):
