@@ -99,6 +99,7 @@ def warm(lm: LoadedModel, args: argparse.Namespace) -> dict[str, float]:
 
 def run_benchmark(lm: LoadedModel, n: int, repeats: int, contexts: list[int], spec: str | None,
                   args: argparse.Namespace) -> dict:
+    threads = torch.get_num_threads()  # as set: the contended case moves this thread's count
     warm_s = warm(lm, args)
     fns = case_functions(lm, n, args.cache)
     keys = wanted_cases(lm)
@@ -122,7 +123,7 @@ def run_benchmark(lm: LoadedModel, n: int, repeats: int, contexts: list[int], sp
     gpu = torch.cuda.get_device_name(lm.device) if lm.device.type == "cuda" else None
     return {
         "model": lm.model_id, "device": str(lm.device), "gpu": gpu, "dtype": str(lm.dtype).removeprefix("torch."),
-        "threads": torch.get_num_threads(), "cache": args.cache, "compiled": lm.fast is not None,
+        "threads": threads, "cache": args.cache, "compiled": lm.fast is not None,
         "few_row_linears": cpu_matmul.summary(lm.model), "new_tokens": n, "repeats": repeats,
         "prompt_tokens": prompt_tokens, "torch": torch.__version__,
         "cases": [{**asdict(r), "median_s": r.median_s, "tok_s_per_stream": r.tok_s} for r in results.values()],
