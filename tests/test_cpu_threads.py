@@ -11,6 +11,7 @@ import torch
 from helpers import collect
 
 from steer_ui.engine.run_settings import RunSettings
+from steer_ui.model import cpu_threads
 from steer_ui.model.cpu_threads import CpuThreads
 
 
@@ -44,10 +45,14 @@ def test_runs_give_the_same_tokens_beside_a_busy_process(bundled):
     s = RunSettings("Is 7 a prime number? Answer yes or no.", max_new_tokens=16, ignore_eos=True, probe_every=4)
     alone = collect(bundled, s)[3]
     busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    most = cpu_threads.shared().most
     try:
         threading.Event().wait(1.0)  # a load reading that sees it
         beside = collect(bundled, s)[3]
+        fewer = torch.get_num_threads()  # set by the model's forward pre-hook in this (the running) thread
     finally:
         busy.kill()
         busy.wait()
+        torch.set_num_threads(most)
+    assert fewer < most or most == 1
     assert [r.token_ids for r in beside.rows] == [r.token_ids for r in alone.rows]

@@ -42,6 +42,7 @@ import torch
 from transformers import StaticCache
 
 from steer_ui.engine.forward import tree_inputs
+from steer_ui.model import cpu_threads
 from steer_ui.model.loading import LoadedModel, find_layers
 
 ROW_BUCKETS = (1, 4, 8, 16)
@@ -75,7 +76,9 @@ class Shape:
 def shared_clone(model: torch.nn.Module) -> torch.nn.Module:
     """A copy of ``model``'s module tree that shares every parameter and buffer (no memory is copied)."""
     memo: dict[int, Any] = {id(t): t for t in [*model.parameters(), *model.buffers()]}
-    return copy.deepcopy(model, memo)
+    clone = copy.deepcopy(model, memo)
+    cpu_threads.unfollow(clone)
+    return clone
 
 
 class SteeringSlots:

@@ -18,7 +18,6 @@ import torch
 from steer_ui.engine.kv_cache import crop as crop_cache
 from steer_ui.engine.kv_cache import new_cache
 from steer_ui.errors import UserError
-from steer_ui.model import cpu_threads
 from steer_ui.model.loading import LoadedModel
 
 
@@ -32,8 +31,6 @@ class Forward:
         self.session, self.pad = session, pad
         self.cache = session.cache if session is not None else new_cache(lm.model.config, cache, max_len)
         self.device = lm.input_device
-        # Eager CPU calls run on this thread: its thread count follows the machine's load (cpu_threads).
-        self.threads = cpu_threads.shared() if session is None and lm.device.type == "cpu" else None
 
     @torch.inference_mode()  # here, not around the loop: the loop yields, and grad mode is thread state
     def __call__(self, ids: list[list[int]], mask: list[list[float]], keep: list[list[int]] | int,
@@ -42,8 +39,6 @@ class Forward:
         positions of the cache. ``parents[r][i]``: the new token that token i of row r follows (-1: the
         cache); without it, each follows the one before."""
         rows = len(ids)
-        if self.threads is not None:
-            self.threads.tick()
         if self.session is not None:
             ids, mask, keep = self._padded(ids, mask, keep)
         if self.steerer is not None:

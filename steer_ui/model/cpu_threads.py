@@ -16,9 +16,9 @@ Measured with the README's CLI example (bundled model, 4 rows, 48 tokens) on the
 
 So the count follows the machine: every ``INTERVAL_S`` the CPU time other processes took is read from
 ``/proc/stat`` minus our own (psutil, ~0.1 ms), and the next steps use the cores that are free (at
-least one, never more than the count set at start). It is set in the thread that runs the model,
-before its next call: under OpenMP torch's count is per thread (a thread that has not run anything yet
-starts from the count last set anywhere). Results stay within float32
+least one, never more than the count set at start). A forward pre-hook on the model (``follow_load``)
+sets it in the thread that runs the model, before each call: under OpenMP torch's count is per thread
+(a thread that has not run anything yet starts from the count last set anywhere). Results stay within float32
 rounding of each other: 1 and 2 threads gave logits within 3.4e-5 on the bundled model (2 and 2:
 identical), the same order as the CPU kernels chosen per machine (``cpu_matmul``).
 ``STEER_UI_FIXED_THREADS=1`` keeps the count fixed.
@@ -29,6 +29,8 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import psutil
 import torch
@@ -46,6 +48,7 @@ class CpuThreads:
         self.cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
         self.cores = len(self.cpus) if self.cpus else psutil.cpu_count() or self.most
         self.wanted = self.most
+        self.follow = True  # False: the count as set at start (``fixed``)
         self._lock = threading.Lock()
         self._me = psutil.Process()
         self._last = self._sample()
@@ -60,10 +63,12 @@ class CpuThreads:
 
     def others(self) -> float | None:
         """Cores other processes kept busy since the last reading, or None within ``INTERVAL_S`` of it."""
+        if time.monotonic() - self._last[0] < INTERVAL_S:  # the usual case: no reading due (~0.2 us)
+            return None
         with self._lock:
             now = self._sample()
             elapsed = now[0] - self._last[0]
-            if elapsed < INTERVAL_S:
+            if elapsed < INTERVAL_S:  # another thread took the reading meanwhile
                 return None
             others = max(0.0, (now[1] - self._last[1]) - (now[2] - self._last[2])) / elapsed
             self._last = now
@@ -74,8 +79,46 @@ class CpuThreads:
         others = self.others()
         if others is not None:
             self.wanted = max(1, min(self.most, int(self.cores - others + FREE_ENOUGH)))
-        if torch.get_num_threads() != self.wanted:
-            torch.set_num_threads(self.wanted)
+        count = self.wanted if self.follow else self.most
+        if torch.get_num_threads() != count:
+            torch.set_num_threads(count)
+
+
+@contextmanager
+def fixed() -> Iterator[None]:
+    """Inside, every model keeps the count set at start whatever the load (the bench compares the two)."""
+    threads = shared()
+    if threads is None:
+        yield
+        return
+    threads.follow = False
+    try:
+        yield
+    finally:
+        threads.follow = True
+
+
+def follow_load(model: torch.nn.Module) -> None:
+    """Before every forward of ``model`` on CPU, whoever calls it (the engine, training, extraction,
+    ``generate``, a notebook) and on whatever thread, that thread's count follows the load."""
+    threads = shared()
+    if threads is not None:
+        model.register_forward_pre_hook(_ticker(threads))
+
+
+def unfollow(model: torch.nn.Module) -> None:
+    """Take ``follow_load``'s hook off (a compiled copy: the graph is not the place to read /proc)."""
+    for key, hook in list(model._forward_pre_hooks.items()):
+        if getattr(hook, "follows_load", False):
+            del model._forward_pre_hooks[key]
+
+
+def _ticker(threads: CpuThreads):
+    def tick(module: torch.nn.Module, args: tuple) -> None:
+        threads.tick()
+
+    tick.follows_load = True
+    return tick
 
 
 _shared: CpuThreads | None = None

@@ -240,11 +240,14 @@ def _locate(spec: str, cache_dir: Path) -> tuple[str, str]:
 def ready_for_steering(model: torch.nn.Module, dev: torch.device, dt: torch.dtype,
                        cache_dir: Path | None = None) -> None:
     """What every model the engine runs gets after loading: inference only, no kernels routing
-    (``compat.drop_kernel_routing``), the CPU linears chosen by measurement."""
+    (``compat.drop_kernel_routing``), the CPU linears chosen by measurement, and on CPU a thread count
+    that follows the machine's load (``cpu_threads.follow_load``)."""
     model.eval()
     model.requires_grad_(False)
     compat.drop_kernel_routing(model)
     cpu_matmul.use_where_wanted(model, dev, dt, cache_dir or default_cache_dir())
+    if dev.type == "cpu":
+        cpu_threads.follow_load(model)
 
 
 def load_model(spec: str = BUNDLED_ALIAS, device: str = "auto", dtype: str = "auto",
