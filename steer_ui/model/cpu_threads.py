@@ -99,18 +99,20 @@ def fixed() -> Iterator[None]:
 
 
 def follow_load(model: torch.nn.Module) -> None:
-    """Before every forward of ``model`` on CPU, whoever calls it (the engine, training, extraction,
-    ``generate``, a notebook) and on whatever thread, that thread's count follows the load."""
+    """Before every forward of ``model`` on CPU, whoever calls it (the engine, training and extraction,
+    which call the inner model, ``generate``, a notebook) and on whatever thread, that thread's count
+    follows the load: the hook sits on the input embeddings, which every forward starts with."""
     threads = shared()
     if threads is not None:
-        model.register_forward_pre_hook(_ticker(threads))
+        model.get_input_embeddings().register_forward_pre_hook(_ticker(threads))
 
 
 def unfollow(model: torch.nn.Module) -> None:
     """Take ``follow_load``'s hook off (a compiled copy: the graph is not the place to read /proc)."""
-    for key, hook in list(model._forward_pre_hooks.items()):
+    hooks = model.get_input_embeddings()._forward_pre_hooks
+    for key, hook in list(hooks.items()):
         if getattr(hook, "follows_load", False):
-            del model._forward_pre_hooks[key]
+            del hooks[key]
 
 
 def _ticker(threads: CpuThreads):
