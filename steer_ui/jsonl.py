@@ -9,17 +9,21 @@ from pathlib import Path
 from steer_ui.errors import UserError
 
 
+def loads(line: str, place: str) -> object:
+    """One line's JSON object, or one UserError naming ``place``: malformed JSON, and JSON nested so
+    deeply that the parser gives up (``[[[[...`` raises RecursionError, not a JSONDecodeError)."""
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as err:
+        raise UserError(f"{place}: not valid JSON ({err.msg})") from None
+    except RecursionError:
+        raise UserError(f"{place}: not valid JSON (nested too deeply)") from None
+
+
 def parse_lines(text: str, where: str) -> list[tuple[str, object]]:
     """``(where:line, object)`` for every non-blank line of ``text``."""
-    out = []
-    for number, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            out.append((f"{where}:{number}", json.loads(line)))
-        except json.JSONDecodeError as err:
-            raise UserError(f"{where}:{number}: not valid JSON ({err.msg})") from None
-    return out
+    return [(f"{where}:{number}", loads(line, f"{where}:{number}"))
+            for number, line in enumerate(text.splitlines(), 1) if line.strip()]
 
 
 def iter_jsonl(path: str | Path, what: str, max_bytes: int, missing_hint: str = "",
@@ -39,10 +43,7 @@ def iter_jsonl(path: str | Path, what: str, max_bytes: int, missing_hint: str = 
             for number, line in enumerate(f, 1):
                 if not line.strip():
                     continue
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise UserError(f"{where}:{number}: not valid JSON ({err.msg})") from None
+                obj = loads(line, f"{where}:{number}")
                 found = True
                 yield f"{where}:{number}", obj
     except UnicodeDecodeError:

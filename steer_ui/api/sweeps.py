@@ -10,6 +10,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from steer_ui import csv_cells
 from steer_ui.engine.knobs import BY_NAME
 from steer_ui.errors import UserError
 from steer_ui.experiments.questions import Question, load_questions, question_from, unique_ids
@@ -83,6 +84,8 @@ def sweep(model: Model, questions: str | Sequence[Mapping | Question], coefs: Se
     import pandas as pd
 
     frame = pd.read_csv(result.out / "results.csv") if (result.out / "results.csv").exists() else pd.DataFrame()
+    for column in frame.select_dtypes(include="object"):  # texts as they were, without csv_cells' quote
+        frame[column] = frame[column].map(lambda v: csv_cells.read(v) if isinstance(v, str) else v)
     summary = pd.DataFrame([vars(s) for s in result.summary])
     return SweepRun(result.out, frame, summary, list(result.notes), list(result.summary), cfg.label["title"])
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import os
 import shutil
 import tempfile
 import threading
@@ -97,11 +98,38 @@ class AppContext:
             raise UserError(f"no run {run_id[:40]!r}" + ("" if self.any_run_link else " in this session")) from None
 
 
+TEMP_PREFIX = "steer-ui-app-"
+
+
 def temp_folder() -> Path:
-    """The app's folder for downloads, removed when the process exits."""
-    folder = Path(tempfile.mkdtemp(prefix="steer-ui-"))
+    """The app's folder for downloads, removed when the process exits (``atexit``; ``launch`` turns SIGTERM
+    into an exit). Folders of earlier processes that were killed outright (SIGKILL, a crash) are removed
+    here: the folder's name carries its process id and start time, so a live server's is left alone."""
+    _remove_orphans()
+    folder = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{_me()}-"))
     atexit.register(shutil.rmtree, folder, ignore_errors=True)
     return folder
+
+
+def _me(pid: int | None = None) -> str:
+    import psutil
+
+    process = psutil.Process(pid)
+    return f"{process.pid}.{int(process.create_time())}"
+
+
+def _remove_orphans() -> None:
+    import psutil
+
+    for folder in Path(tempfile.gettempdir()).glob(f"{TEMP_PREFIX}*"):
+        owner = folder.name[len(TEMP_PREFIX):].split("-", 1)[0]
+        pid, _, started = owner.partition(".")
+        try:
+            alive = _me(int(pid)) == owner
+        except (ValueError, psutil.Error):
+            alive = False
+        if not alive and folder.is_dir() and folder.stat().st_uid == os.getuid():
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def shown(err: UserError) -> gr.Error:

@@ -44,6 +44,9 @@ class Limits:
     pair_chars: int = 4000  # per pair text (and training example text); a long text is also cut when read
     train_examples: int = 200
     train_steps: int = 200
+    # token positions one training may put through the model (training.planned_positions: steps x batch x
+    # tokens with the backward pass, held-out evaluations, the reference pass), counted before it starts
+    train_positions: int = 400_000
     upload_mb: int = 16
     sweep_questions: int = 20
     probe_positions: int = 32  # extra positions multi-token probe choices add to every reading (a Yes/No probe: 0)
@@ -121,6 +124,20 @@ class Limits:
                 raise UserError(f"{len(value)} {knob.what} given; this server's limit is {cap}")
         elif value is not None and value > cap:
             raise UserError(f"{knob.what} {value} is above this server's limit of {cap}")
+
+    def check_questions(self, questions) -> None:
+        """Each question becomes a run's prompt: the prompt cap applies to it as to a typed prompt."""
+        cap = self.cap(BY_NAME["prompt"].hosted_cap[0])
+        for q in questions:
+            if len(q.question) > cap:
+                raise UserError(f"question {q.id[:40]!r} is {len(q.question):,} characters; this server's limit "
+                                f"for a prompt is {cap:,}")
+
+    def check_training(self, positions: int) -> None:
+        if positions > self.train_positions:
+            raise UserError(f"this training would put {positions:,} token positions through the model (steps x "
+                            f"batch x tokens, with held-out evaluations); this server's limit is "
+                            f"{self.train_positions:,}: use fewer steps, or fewer or shorter examples")
 
     def check_file(self, path: str | None, what: str) -> None:
         if path and os.path.getsize(path) > self.upload_mb * 2**20:

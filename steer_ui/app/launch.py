@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -139,6 +140,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    # SIGTERM (docker stop, systemd, a Space restarting) ends the process without atexit, which removes
+    # the temp folder: make it an ordinary exit.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     print(dash.ctx.lm.describe(), file=sys.stderr)
     if limits is not None:
         print(f"hosted mode: {limits}", file=sys.stderr)

@@ -16,8 +16,10 @@ import hmac
 import os
 import re
 import secrets
+import tempfile
 from pathlib import Path
 
+from steer_ui.errors import UserError
 from steer_ui.log.store import new_id
 
 SECRET_ENV = "STEER_UI_SESSION_SECRET"
@@ -29,24 +31,62 @@ def server_secret(cache_dir: Path) -> bytes:
     return kept_secret(SECRET_ENV, cache_dir / "session-secret").encode()
 
 
+SECRET_HEX = 64  # a kept secret is 32 random bytes as hex; anything else in the file is not one
+MIN_ENV_SECRET = 16  # characters of a secret given in the environment
+
+
 def kept_secret(env: str, path: Path) -> str:
     """``$env`` if set, else a random key made once and kept at ``path`` (0600), so it survives restarts;
-    two processes starting at once agree on the first one written. An unwritable cache gives a key for
-    this process only."""
+    two processes starting at once agree on the first one written. The file is written whole under a
+    temporary name and linked into place (a full disk leaves no file, never an empty one), and a file
+    that does not hold a whole key is replaced: an empty key would sign sessions anyone can forge. An
+    unwritable cache gives a key for this process only."""
     if os.environ.get(env):
+        if len(os.environ[env]) < MIN_ENV_SECRET:
+            raise UserError(f"${env} is {len(os.environ[env])} characters; a secret needs at least "
+                            f"{MIN_ENV_SECRET} (leave it unset for a random one kept in the cache folder)")
         return os.environ[env]
     try:
-        if not path.exists():
+        kept = _read_key(path)
+        if kept is None:
             path.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-                with os.fdopen(fd, "w") as f:
-                    f.write(secrets.token_hex(32))
-            except FileExistsError:  # another process made it first: use theirs
-                pass
-        return path.read_text().strip()
+            _write_key(path, secrets.token_hex(SECRET_HEX // 2), replace=path.exists())
+            kept = _read_key(path)
+        if kept is not None:
+            return kept
     except OSError:
-        return secrets.token_hex(32)
+        pass
+    return secrets.token_hex(SECRET_HEX // 2)
+
+
+def _read_key(path: Path) -> str | None:
+    try:
+        text = path.read_text().strip()
+    except FileNotFoundError:
+        return None
+    return text if re.fullmatch(rf"[0-9a-f]{{{SECRET_HEX}}}", text) else None
+
+
+def _write_key(path: Path, key: str, replace: bool) -> None:
+    """The key in a temporary file, flushed to disk, then linked to ``path`` (first writer wins) or, for a
+    damaged file, renamed over it."""
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(key)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o600)
+        if replace:
+            os.replace(tmp, path)
+        else:
+            try:
+                os.link(tmp, path)  # atomic, and fails if another process made the file first
+            except FileExistsError:
+                pass
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 class SessionTokens:

@@ -39,7 +39,9 @@ class SweepTab:
 
         form = {**form, "vector_file": vector_file}
         try:
-            if self.ctx.limits is not None:
+            if self.ctx.limits is not None:  # sizes first: nothing below is parsed or read past a cap
+                self.ctx.limits.check_text(questions, "questions")
+                self.ctx.limits.check_text(sweep_coefs, "coefficients")
                 self.ctx.limits.check_file(questions_file, "questions file")
             most = self.ctx.limits.sweep_questions if self.ctx.limits is not None else MAX_SWEEP_QUESTIONS
             # Sizes are checked before a set is generated or a file read past the cap; a hosted visitor may
@@ -50,6 +52,8 @@ class SweepTab:
             else:
                 qs = load_questions((questions or "").strip() or "yesno:8", max_count=most,
                                     allow_files=not self.ctx.hosted)
+            if self.ctx.limits is not None:
+                self.ctx.limits.check_questions(qs)
             coefs = parse_coefs(sweep_coefs)
             steered_rows = sum(1 for c in coefs if c != 0)
             if self.ctx.limits is not None and steered_rows > self.ctx.limits.steered_rows:

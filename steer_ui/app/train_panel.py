@@ -42,7 +42,7 @@ class TrainPanel:
               train_steps: int | None = None, train_lr: float | None = None, browser_id: str | None = None,
               request: gr.Request = None) -> Iterator[dict[str, Any]]:
         """Train, yielding the loss chart as it grows; the last update selects the trained vector."""
-        from steer_ui.vectors.training import TrainConfig
+        from steer_ui.vectors.training import TrainConfig, planned_positions
 
         try:
             lm = self.ctx.lm
@@ -55,6 +55,8 @@ class TrainPanel:
                 raise UserError(f"{config.steps} steps; this server's limit is {self.ctx.limits.train_steps}")
             examples = self._examples(examples_text, examples_file)
             config.validate(lm, len(examples))
+            if self.ctx.limits is not None:
+                self.ctx.limits.check_training(planned_positions(lm, examples, config))
         except UserError as err:
             raise shown(err) from None
         page = getattr(request, "session_hash", None) or "local"
@@ -64,6 +66,9 @@ class TrainPanel:
             for update in self._run(examples, config, stop, points):
                 yield update
         finally:
+            # Stop, a cancelled API job or a closed tab (Gradio closes this generator): the training
+            # thread ends within a step and gives the model back, whoever is waiting for it.
+            stop.set()
             self.stops.pop(page, None)
 
     def _run(self, examples, config, stop: threading.Event, points: list) -> Iterator[dict[str, Any]]:

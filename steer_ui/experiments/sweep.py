@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from steer_ui import csv_cells
 from steer_ui.engine import worker
 from steer_ui.engine.events import DoneEvent, ProbeEvent
 from steer_ui.engine.knobs import default
@@ -274,7 +275,7 @@ def _read(path: Path) -> list[dict]:
     if not path.exists():
         return []
     with path.open(newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f))
+        return [csv_cells.read_row(r) for r in csv.DictReader(f)]
 
 
 def _append(path: Path, rows: list[dict]) -> None:
@@ -286,7 +287,7 @@ def _append(path: Path, rows: list[dict]) -> None:
         writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         if new:
             writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows(csv_cells.row(r) for r in rows)
         f.flush()
         os.fsync(f.fileno())  # a finished question survives a crash right after
 

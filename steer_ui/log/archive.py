@@ -11,11 +11,13 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from steer_ui import csv_cells
 from steer_ui.engine.detokenize import Detokenizer
 from steer_ui.engine.events import (ChoiceInfo, DoneEvent, Event, ProbeEvent, RowInfo, RowResult, StartEvent, Timing,
                                     TokenEvent)
 from steer_ui.engine.run_settings import RunSettings
 from steer_ui.errors import UserError
+from steer_ui.jsonl import loads
 from steer_ui.log.store import Store
 
 FORMATS = ("jsonl", "csv")
@@ -159,7 +161,7 @@ def _export_csv(records: list[dict], out: Path) -> list[Path]:
         with _atomic(path) as f:
             writer = csv.DictWriter(f, fieldnames=fields)
             writer.writeheader()
-            writer.writerows(rows)
+            writer.writerows(csv_cells.row(r) for r in rows)
         paths.append(path)
     return paths
 
@@ -197,10 +199,7 @@ def import_jsonl(store: Store, path: str | Path) -> tuple[int, int]:
     records = []
     for number, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
         if line.strip():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as err:
-                raise UserError(f"{p}:{number}: not valid JSON ({err.msg})") from None
+            records.append(loads(line, f"{p}:{number}"))
     imported = skipped = 0
     for number, r in enumerate(records, 1):
         try:

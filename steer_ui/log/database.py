@@ -89,8 +89,25 @@ def migrate(engine: Engine) -> None:
             conn.exec_driver_sql("PRAGMA foreign_keys=OFF")
             conn.commit()
         cfg.attributes["connection"] = conn
+        _refuse_newer(cfg, conn)
         command.upgrade(cfg, "head")
         conn.commit()
         if sqlite:
             conn.exec_driver_sql("PRAGMA foreign_keys=ON")
             conn.commit()
+
+
+def _refuse_newer(cfg, conn) -> None:
+    """A log a newer steer-ui wrote (a revision this one does not know) is one message, not alembic's
+    traceback: nothing is changed in it."""
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
+    known = {rev.revision for rev in ScriptDirectory.from_config(cfg).walk_revisions()}
+    current = MigrationContext.configure(conn).get_current_heads()
+    unknown = [rev for rev in current if rev not in known]
+    if unknown:
+        newest = ScriptDirectory.from_config(cfg).get_current_head()
+        raise UserError(f"the session log {display_url(str(conn.engine.url))} was written by a newer steer-ui "
+                        f"(schema revision {', '.join(unknown)}; this version knows up to {newest}): upgrade "
+                        "steer-ui, or use another --db")

@@ -218,6 +218,11 @@ def _first_line(err: BaseException) -> str:
     return text[0] if text else type(err).__name__
 
 
+def _is_conversion(where: str, cache_dir: Path) -> bool:
+    """``where`` is an entry of the GGUF conversion cache (ours to delete and make again)."""
+    return Path(where).resolve().parent == (cache_dir / "converted").resolve()
+
+
 def _locate(spec: str, cache_dir: Path) -> tuple[str, str]:
     """Turn the user's --model into (directory or hub id to load, human-readable source)."""
     if spec.strip().lower() == BUNDLED_ALIAS:
@@ -271,9 +276,18 @@ def load_model(spec: str = BUNDLED_ALIAS, device: str = "auto", dtype: str = "au
     # Offline, the hub client retries for ~25 s per file: look in the local HF cache only, and say so.
     local_only = from_hub and not hub_reachable()
     try:
-        tokenizer = AutoTokenizer.from_pretrained(where, local_files_only=local_only)
-        model = AutoModelForCausalLM.from_pretrained(where, dtype=dt, local_files_only=local_only, **placement,
-                                                     **compat.LOAD_KWARGS)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(where, local_files_only=local_only)
+            model = AutoModelForCausalLM.from_pretrained(where, dtype=dt, local_files_only=local_only, **placement,
+                                                         **compat.LOAD_KWARGS)
+        except Exception as err:  # noqa: BLE001 - a damaged conversion cache fails in many ways: rebuild it
+            if not _is_conversion(where, cache_dir or default_cache_dir()):
+                raise
+            log.warning("the converted copy of %s is damaged (%s); converting it again", spec, _first_line(err))
+            shutil.rmtree(where, ignore_errors=True)
+            where, source = _locate(spec, cache_dir or default_cache_dir())
+            tokenizer = AutoTokenizer.from_pretrained(where)
+            model = AutoModelForCausalLM.from_pretrained(where, dtype=dt, **placement, **compat.LOAD_KWARGS)
     except (OSError, ValueError, KeyError) as err:
         if local_only:
             raise UserError(f"cannot load model {spec!r}: the Hugging Face hub is unreachable and the model is "

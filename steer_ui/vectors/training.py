@@ -226,19 +226,51 @@ def frozen(model: torch.nn.Module) -> Iterator[None]:
 
 
 # --- training ----------------------------------------------------------------------------------------------
-class _Task:
-    """The examples encoded once, with the objective's loss on a batch of them."""
+class _Stopped(Exception):
+    """``cancel`` was set inside a pass over the examples (the reference, an evaluation)."""
 
-    def __init__(self, lm: LoadedModel, examples: Sequence[Example], beta: float, max_tokens: int):
-        self.lm, self.beta = lm, beta
+
+def _encoded(lm: LoadedModel, examples: Sequence[Example], max_tokens: int) -> list[tuple[_Encoded, ...]]:
+    """Each example as the token sequences its objective scores: the completion, or chosen and rejected."""
+    if examples[0].objective == "likelihood":
+        return [(_encode(lm, e.prompt, e.completion, max_tokens),) for e in examples]
+    return [(_encode(lm, e.prompt, e.chosen, max_tokens), _encode(lm, e.prompt, e.rejected, max_tokens))
+            for e in examples]
+
+
+def planned_positions(lm: LoadedModel, examples: Sequence[Example], config: TrainConfig) -> int:
+    """How many token positions a training of ``examples`` goes through the model at most, counted with the
+    tokenizer before any forward: every step's batch (its backward pass as two more), every held-out
+    evaluation, and the preference objective's reference pass. A server caps this (``Limits``)."""
+    items = _encoded(lm, examples, config.max_tokens)
+    sizes = [sum(len(e.ids) for e in item) for item in items]
+    _, held = split(len(items), config.holdout, config.seed)
+    mean = sum(sizes) / len(sizes)
+    steps = 3 * config.steps * min(config.batch_size, len(items) - len(held)) * mean
+    evaluations = (config.steps // config.eval_every + 2) * sum(sizes[i] for i in held)
+    reference = sum(sizes) if examples[0].objective == "preference" else 0
+    return int(steps + evaluations + reference)
+
+
+class _Task:
+    """The examples encoded once, with the objective's loss on a batch of them. ``cancel`` ends the passes
+    over all examples (the reference, evaluations) between batches."""
+
+    def __init__(self, lm: LoadedModel, examples: Sequence[Example], beta: float, max_tokens: int,
+                 cancel: threading.Event | None = None):
+        self.lm, self.beta, self.cancel = lm, beta, cancel
         self.objective = examples[0].objective
-        if self.objective == "likelihood":
-            self.items = [(_encode(lm, e.prompt, e.completion, max_tokens),) for e in examples]
-        else:
-            self.items = [(_encode(lm, e.prompt, e.chosen, max_tokens), _encode(lm, e.prompt, e.rejected, max_tokens))
-                          for e in examples]
+        self.items = _encoded(lm, examples, max_tokens)
+        if self.objective == "preference":
             with torch.no_grad():  # the reference: the unsteered model's preference, fixed
-                self.reference = [self._margin([i]).item() for i in range(len(self.items))]
+                self.reference = []
+                for i in range(len(self.items)):
+                    self._check()
+                    self.reference.append(self._margin([i]).item())
+
+    def _check(self) -> None:
+        if self.cancel is not None and self.cancel.is_set():
+            raise _Stopped
 
     def _margin(self, idx: Sequence[int]) -> torch.Tensor:
         chosen, _ = _token_logprobs(self.lm, [self.items[i][0] for i in idx])
@@ -253,9 +285,11 @@ class _Task:
         return -F.logsigmoid(self.beta * (self._margin(idx) - ref)).mean()
 
     def mean_loss(self, idx: Sequence[int], batch_size: int) -> float:
+        parts = []
         with torch.no_grad():
-            parts = [(self.loss(idx[i:i + batch_size]).item(), len(idx[i:i + batch_size]))
-                     for i in range(0, len(idx), batch_size)]
+            for i in range(0, len(idx), batch_size):
+                self._check()
+                parts.append((self.loss(idx[i:i + batch_size]).item(), len(idx[i:i + batch_size])))
         return sum(v * n for v, n in parts) / max(1, sum(n for _, n in parts))
 
 
@@ -280,12 +314,18 @@ def train_vector(lm: LoadedModel, examples: Sequence[Example], config: TrainConf
     torch.manual_seed(config.seed)
     train_idx, held_idx = split(len(examples), config.holdout, config.seed)
     with frozen(lm.model):
-        task = _Task(lm, examples, config.beta, config.max_tokens)
-        act_norms = _activation_norms(lm, task, config.layers)
         biases = {layer: torch.zeros(lm.hidden_size, device=lm.layers[layer].parameters().__next__().device,
                                      dtype=torch.float32, requires_grad=True) for layer in config.layers}
+        try:
+            task = _Task(lm, examples, config.beta, config.max_tokens, cancel)
+            act_norms = _activation_norms(lm, task, config.layers)
+            baseline = task.mean_loss(held_idx, config.batch_size) if held_idx else None
+        except _Stopped:  # before the first step (the reference pass, the unsteered held-out loss)
+            result = TrainResult(vector=None, stopped="cancelled")  # type: ignore[arg-type]
+            result.vector = _vector(lm, examples, config, name, {k: v.detach().clone() for k, v in biases.items()},
+                                    result, {})
+            return result
         optimizer = torch.optim.Adam(list(biases.values()), lr=config.lr)
-        baseline = task.mean_loss(held_idx, config.batch_size) if held_idx else None
         result = TrainResult(vector=None, baseline_heldout=baseline)  # type: ignore[arg-type]
         best = {k: v.detach().clone() for k, v in biases.items()}
         best_loss, waited = math.inf, 0
@@ -324,6 +364,8 @@ def train_vector(lm: LoadedModel, examples: Sequence[Example], config: TrainConf
                     break
         except KeyboardInterrupt:
             result.stopped = "interrupted"
+        except _Stopped:  # during a held-out evaluation: that step's point is not kept
+            result.stopped = "cancelled"
     if not held_idx:  # without a held-out split the last biases are the result
         best = {k: v.detach().clone() for k, v in biases.items()}
         result.best_step = len(result.curve)

