@@ -13,11 +13,18 @@ def loads(line: str, place: str) -> object:
     """One line's JSON object, or one UserError naming ``place``: malformed JSON, and JSON nested so
     deeply that the parser gives up (``[[[[...`` raises RecursionError, not a JSONDecodeError)."""
     try:
-        return json.loads(line)
+        obj = json.loads(line)
     except json.JSONDecodeError as err:
         raise UserError(f"{place}: not valid JSON ({err.msg})") from None
     except RecursionError:
         raise UserError(f"{place}: not valid JSON (nested too deeply)") from None
+    try:
+        line.encode("utf-8")  # a lone surrogate in the text itself (a form field decoded from JSON)
+        if "\\u" in line:  # or made by an escape such as \ud800
+            json.dumps(obj, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise UserError(f"{place}: not valid text (a lone surrogate)") from None
+    return obj
 
 
 def parse_lines(text: str, where: str) -> list[tuple[str, object]]:

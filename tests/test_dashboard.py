@@ -412,5 +412,5 @@ def test_the_browser_session_key_survives_a_restart(tmp_path, monkeypatch):
     first = browser_secret()
     assert len(first) == 64 and browser_secret() == first
     assert oct((tmp_path / "cache" / "browser-secret").stat().st_mode & 0o777) == "0o600"
-    monkeypatch.setenv("STEER_UI_SECRET", "from-env")
-    assert browser_secret() == "from-env"
+    monkeypatch.setenv("STEER_UI_SECRET", "from-the-environment")
+    assert browser_secret() == "from-the-environment"

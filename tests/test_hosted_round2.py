@@ -282,3 +282,149 @@ def test_deeply_nested_json_is_not_valid_json(hosted, tmp_path, line):
         with pytest.raises(gr.Error) as err:
             hosted.vectors.compute(line, None, "mean_diff", "all", progress=None)
         assert said(err.value).startswith("pairs:1: not valid JSON (nested too deeply)")
+
+
+# --- 8. Stop waited for the save --------------------------------------------------------------------------
+def test_stop_returns_at_once_while_the_run_saves(hosted, tmp_path):
+    """The attack: Stop waited in its request for the run to be saved (up to 60 s); 45 Stop calls during a
+    slow run made another visitor's GET / take 22 s. Here the save is held up by a lock on the database."""
+    import sqlite3
+
+    page = SimpleNamespace(session_hash="tab-stop")
+    frames = hosted.generate.generate(prompt="Write a long story about a prime number.", max_new_tokens=16,
+                                      probe_every=0, browser_id=hosted.ctx.session_for(None)[1], request=page)
+    next(frames)
+    live = hosted.ctx.active["tab-stop"]
+    blocker = sqlite3.connect(tmp_path / "log.sqlite", timeout=60)
+    blocker.execute("BEGIN EXCLUSIVE")  # the run cannot write its end until this lets go
+    try:
+        for _ in range(45):
+            hosted.generate.stop(page)
+        assert live._thread.is_alive()  # every Stop returned while the run was still saving
+    finally:
+        blocker.rollback()
+        blocker.close()
+    final = list(frames)[-1]
+    assert "stopped" in final["status"] and final["result"]["status"] == "cancelled"
+
+
+# --- 7 and 15. page loads ----------------------------------------------------------------------------------
+def test_page_loads_write_nothing_are_rate_limited_and_run_links_count_as_opening_a_run(hosted, bundled):
+    """The attack: a flood of page loads filled the queue and wrote a session row each, never removed; and
+    ``?run=ID`` opened runs past Open run's rate limit."""
+    from steer_ui.log.schema import SessionRow
+
+    def sessions() -> int:
+        with hosted.ctx.store.Session() as s:
+            return s.query(SessionRow).count()
+
+    request = SimpleNamespace(client=SimpleNamespace(host="203.0.113.7"), query_params={})
+    loads = [hosted.history.on_page_load(None, request) for _ in range(hosted.ctx.limits.page_loads_per_minute)]
+    assert all("browser_id" in out for out in loads) and sessions() == 0  # no rows for visits without runs
+    refused = hosted.history.on_page_load(None, request)
+    assert "rate limit: 60 page loads a minute per session" in refused["status"] and "browser_id" not in refused
+    other = SimpleNamespace(client=SimpleNamespace(host="203.0.113.8"), query_params={})
+    token = hosted.history.on_page_load(None, other)["browser_id"]
+    run_id = list(hosted.generate.generate(prompt="Is 7 prime?", max_new_tokens=2, probe_every=0,
+                                           browser_id=token))[-1]["result"]["run_id"]
+    assert sessions() == 1  # the session's row came with its first run
+    linked = SimpleNamespace(client=SimpleNamespace(host="203.0.113.8"), query_params={"run": run_id})
+    opened = [hosted.history.on_page_load(token, linked) for _ in range(7)]  # (the run itself was called
+    assert all(f"Run `{run_id}`" in out["status"] for out in opened[:6])  # directly, past Gradio's validator)
+    assert "rate limit: 6 runs a minute per session" in opened[6]["status"]
+
+
+def test_empty_sessions_left_by_an_older_version_are_dropped(tmp_path):
+    from datetime import timedelta
+
+    from steer_ui.log.schema import SessionRow
+    from steer_ui.log.store import utcnow
+
+    store = Store(str(tmp_path / "log.sqlite"))
+    for i in range(3):
+        store.new_session("browser", session_id=f"old{i:09d}")
+    with store.Session.begin() as s:
+        s.query(SessionRow).update({"last_seen": utcnow() - timedelta(days=2)})
+    store.new_session("browser", session_id="recent000000")
+    assert Store(str(tmp_path / "log.sqlite")).drop_empty_sessions() == 0  # the reopening dropped the old ones
+    with store.Session() as s:
+        assert [r.id for r in s.query(SessionRow)] == ["recent000000"]
+
+
+# --- 1. the probe suffix in tokens ----------------------------------------------------------------------------
+@pytest.mark.parametrize("suffix, tokens", [("答" * 1300, 1300), (" So the final answer is" * 8, 48)])
+def test_a_probe_suffix_over_the_token_cap_is_refused_before_any_forward(hosted, bundled, suffix, tokens):
+    """The attack: 4,096 characters of CJK were 12,288 tokens riding in every row's forward at every probe
+    step (one step 181 s instead of 0.13 s); the cap counted characters."""
+    forwards = []
+    handle = bundled.layers[0].register_forward_pre_hook(lambda *a: forwards.append(1))
+    try:
+        raised, cpu_s, peak = refused(lambda: next(hosted.generate.generate(
+            prompt="Is 7 prime?", probe_suffix=suffix, probe_every=1, max_new_tokens=4,
+            browser_id=hosted.ctx.session_for(None)[1])))
+    finally:
+        handle.remove()
+    assert isinstance(raised, gr.Error), raised
+    assert said(raised).startswith("the probe suffix is ") and "tokens; this server's limit is 32" in said(raised)
+    assert int(said(raised).split()[4]) >= tokens // 3  # counted in tokens, whatever the characters
+    assert not forwards and cpu_s < 1.0 and peak < 100 * MB and hosted.ctx.store.list_runs() == []
+
+
+# --- 5. a vector file's model hint --------------------------------------------------------------------------
+def test_a_gguf_with_a_huge_model_hint_is_refused_from_its_header(hosted, tmp_path):
+    """The attack: a 2.1 MB controlvector.model_hint was stored twice per run and repeated in every status
+    update (132 MiB sent for a 64-token run)."""
+    import gguf
+    import numpy as np
+
+    path = tmp_path / "upload" / "hint.gguf"
+    path.parent.mkdir()
+    writer = gguf.GGUFWriter(str(path), "controlvector")
+    writer.add_string("controlvector.model_hint", "llama" * 420_000)
+    writer.add_uint32("controlvector.layer_count", 1)
+    writer.add_tensor("direction.16", np.ones(bundled_hidden(hosted), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    raised, cpu_s, peak = refused(lambda: list(hosted.generate.generate(
+        prompt="Is 7 prime?", vector="uploaded or computed file", vector_file=str(path), coefs="1",
+        layers="16", max_new_tokens=2)))
+    assert isinstance(raised, gr.Error)
+    assert said(raised) == ("hint.gguf: its metadata holds more than 65,536 bytes of text; a control vector's "
+                            "is a few bytes (its model hint)")
+    assert cpu_s < 1.0 and peak < 100 * MB and hosted.ctx.store.list_runs() == []
+
+
+def test_a_model_hint_longer_than_a_model_family_is_refused(tmp_path):
+    import torch
+
+    from steer_ui.vectors.files import load_vector, save_vector
+    from steer_ui.vectors.vector import SteeringVector
+
+    path = save_vector(SteeringVector({3: torch.ones(8)}, model_hint="x" * 65), tmp_path / "v.safetensors")
+    with pytest.raises(UserError, match="its model hint is 65 characters; a model hint names a model family in at "
+                                        "most 64"):
+        load_vector(path)
+
+
+def bundled_hidden(dash: Dashboard) -> int:
+    return dash.ctx.lm.hidden_size
+
+
+# --- 12. text that is not valid Unicode -------------------------------------------------------------------
+def test_a_lone_surrogate_is_refused_where_it_comes_in_and_the_log_still_exports(hosted, tmp_path):
+    """The attack: a lone surrogate in the probe suffix with the probe off broke the run's last update and
+    then the operator's whole-log export (JSONL and CSV)."""
+    from steer_ui.log.archive import export
+
+    with pytest.raises(gr.Error) as err:
+        list(hosted.generate.generate(prompt="Is 7 prime?", probe_suffix="answer \ud800", probe_every=0,
+                                      max_new_tokens=2))
+    assert said(err.value) == "the probe suffix is not valid text (a lone surrogate at character 8)"
+    with pytest.raises(gr.Error) as err:
+        hosted.vectors.compute('{"positive": "\\ud800", "negative": "b"}', None, "mean_diff", "all", progress=None)
+    assert said(err.value).startswith("pairs:1: not valid text (a lone surrogate)")
+    list(hosted.generate.generate(prompt="Is 7 prime?", max_new_tokens=2, probe_every=0))
+    for fmt in ("jsonl", "csv"):
+        assert export(hosted.ctx.store, tmp_path / f"all.{fmt}", fmt)

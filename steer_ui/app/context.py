@@ -39,6 +39,7 @@ class AppContext:
     limits: Limits | None = None  # hosted mode: caps, rate limit, model allow-list (None: a local install)
     startup_model: str = ""
     rate: RateLimiter | None = None
+    page_rate: RateLimiter | None = None  # page loads per client address (hosted)
     compile_on_cpu: bool = False  # --compile: compiled steps on CPU too (a CUDA GPU has them unless eager)
     eager: bool = False  # --eager: no compiled steps at all
     tokens: SessionTokens | None = None  # signs browser sessions (default: the secret in the cache dir)
@@ -47,6 +48,8 @@ class AppContext:
         if self.limits is not None:
             self.any_run_link = False  # hosted: a browser opens only its own runs
             self.rate = self.rate or RateLimiter(self.limits.runs_per_minute)
+            self.page_rate = RateLimiter(self.limits.page_loads_per_minute, self.limits.page_loads_per_minute,
+                                         unit="page loads")
         self.startup_model = self.startup_model or self.lm.model_id
         if self.tokens is None:
             from steer_ui.model.loading import default_cache_dir
@@ -74,15 +77,21 @@ class AppContext:
         while len(self.views) > KEEP_VIEWS:
             self.views.popitem(last=False)
 
-    def session_for(self, token: object, kind: str = "browser") -> tuple[str, str]:
+    def session_for(self, token: object) -> tuple[str, str]:
         """(session id, token) for a request: the session its token names if this server issued it, else a
-        new one (a first visit, an API caller, or a token that does not verify)."""
+        new one (a first visit, an API caller, or a token that does not verify). Nothing is written: a
+        session gets its row in the log with its first run (``logged_session``), so a flood of tokenless
+        calls leaves no rows behind."""
         sid = self.tokens.verify(token)
         if sid is None:
             sid, token = self.tokens.issue()
+        return sid, str(token)
+
+    def logged_session(self, sid: str, kind: str = "browser") -> str:
+        """``sid``'s row in the log, made now if this is its first run (called once a run's input is checked)."""
         self.store.new_session(kind, session_id=sid)
         self.store.touch_session(sid)
-        return sid, str(token)
+        return sid
 
     def session_of(self, token: object) -> str | None:
         """The session a token proves, without creating one (None: not a token of this server)."""

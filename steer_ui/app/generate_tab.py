@@ -70,7 +70,7 @@ class GenerateTab:
         settings = settings_from_form(form, self.vectors.resolver(form.get("vector_file")))
         if self.ctx.limits is not None:
             self.ctx.limits.check_settings(settings)
-            self.ctx.limits.check_probe(settings, self.ctx.lm.tokenizer)
+            self.ctx.limits.check_probe(settings, self.ctx.lm)
         return settings
 
     def shared_steering(self, form: dict[str, Any]) -> tuple[SteeringVector | None, tuple[int, ...] | None, Scope]:
@@ -89,7 +89,8 @@ class GenerateTab:
         ``form``: the knobs by name; ``vector_file``: an uploaded vector ('file' in the form names it)."""
         try:
             settings = self.settings({**form, "vector_file": vector_file})
-            sid, token = self.ctx.session_for(browser_id, "browser" if browser_id else "api")
+            sid, token = self.ctx.session_for(browser_id)
+            self.ctx.logged_session(sid, "browser" if browser_id else "api")
             recorder = RunRecorder(self.ctx.store, sid, self.ctx.lm, settings)
             # The view's key is what a browser quotes to fetch the whole run (snapshot): a fresh random
             # token, not the run id, so only the page that streamed or opened the run knows it.
@@ -154,9 +155,11 @@ class GenerateTab:
         return {"downloads": [chart_page(self.ctx.files, run.id, view), *files]}
 
     def stop(self, request: gr.Request = None) -> None:
+        """End this page's run at its next step and return at once: the run's own request waits for it to be
+        saved (a Stop that waited held a server thread up to 60 s, and 45 of them slowed every page)."""
         live = self.ctx.active.get(getattr(request, "session_hash", None) or "")
         if live is not None:
-            live.stop()
+            live.stop(timeout=0)
 
     def snapshot(self, key: str) -> dict:
         """A run's whole streams and chart values, for a browser that missed live updates."""

@@ -81,13 +81,24 @@ class HistoryTab:
         return {**form, "vector": FILE_VECTOR, "vector_file": vector}
 
     def on_page_load(self, browser_id: str | None, request: gr.Request = None) -> dict[str, Any]:
-        """Give a new browser its session; with ``?run=ID`` in the address, open that run."""
-        try:
-            _, token = self.ctx.session_for(browser_id)
-            out: dict[str, Any] = {"browser_id": token, "history": self.history(token)}
-        except UserError as err:  # the log cannot be read or written: the page works, runs are not saved
-            return {"history": [], "status": f"**The session log is not available:** {escape(str(err))}"}
+        """Give a new browser its session; with ``?run=ID`` in the address, open that run. On a server, page
+        loads are rate-limited per address and ``?run=`` as Open run is (it reads a whole run)."""
+        address = getattr(getattr(request, "client", None), "host", None)
         run = (getattr(request, "query_params", None) or {}).get("run") if request is not None else None
+        try:
+            if self.ctx.page_rate is not None:
+                self.ctx.page_rate.admit(None, address)
+            sid, token = self.ctx.session_for(browser_id)
+            if run and self.ctx.rate is not None:
+                self.ctx.rate.admit(self.ctx.session_of(browser_id), address)
+        except UserError as err:
+            return {"status": f"**{escape(str(err))}**"}
+        try:
+            out: dict[str, Any] = {"browser_id": token, "history": self.history(token)}
+        except UserError as err:  # the log cannot be read: the page works, runs are not saved
+            return {"history": [], "status": f"**The session log is not available:** {escape(str(err))}"}
+        if self.ctx.store.write_error:  # the last write failed (nothing is written to find out: see session_for)
+            out["status"] = f"**The session log is not available:** {escape(self.ctx.store.write_error)}"
         if run:
             try:
                 out.update(self.open_run(str(run), token))
@@ -139,8 +150,10 @@ class HistoryTab:
             ui[f"export_{fmt}"].click(lambda browser_id, fmt=fmt: self.export_session(browser_id, fmt),
                                       inputs_kwargs=ui.inputs(["browser_id"]), outputs=ui["exported"],
                                       api_visibility="private")
+        # Not queued: a page load is a log read, and a flood of them must not fill the queue visitors'
+        # runs wait in (rate-limited per address in hosted mode, see on_page_load).
         demo.load(by_name(self.on_page_load, PAGE_LOAD), inputs_kwargs=ui.inputs(["browser_id"]),
-                  outputs=ui.outputs(PAGE_LOAD), api_visibility="private")
+                  outputs=ui.outputs(PAGE_LOAD), api_visibility="private", queue=False)
 
     def refresh_after(self, event: gr.events.Dependency, ui: Components) -> None:
         """Refresh the history table after ``event`` (a run or a sweep) finishes."""

@@ -21,8 +21,8 @@ from dataclasses import dataclass, field, fields
 import gradio as gr
 
 from steer_ui.engine.knobs import BY_NAME, KNOBS, Knob
-from steer_ui.engine.probe import build_choices, build_tree
-from steer_ui.engine.run_settings import RunSettings, probe_labels
+from steer_ui.engine.probe import build_probe
+from steer_ui.engine.run_settings import RunSettings
 from steer_ui.errors import UserError
 
 FIELD_CHARS = 4096  # any uncapped text field (layers, coefficients, rows, choices, ...): far above real use
@@ -50,8 +50,10 @@ class Limits:
     upload_mb: int = 16
     sweep_questions: int = 20
     probe_positions: int = 32  # extra positions multi-token probe choices add to every reading (a Yes/No probe: 0)
+    probe_suffix_tokens: int = 32  # the probe suffix in tokens (with a closing think tag where there is one)
     queue_size: int = 16
     runs_per_minute: int = 6  # per browser session: generations, vector computations and sweeps
+    page_loads_per_minute: int = 60  # per client address (a page load reads the log; with ?run= it opens a run)
     allowed_models: tuple[str, ...] = ()  # besides the model loaded at start; () = that one only
 
     def cap(self, name: str) -> int:
@@ -81,14 +83,20 @@ class Limits:
         if len(settings.rows) > self.steered_rows:
             raise UserError(f"{len(settings.rows)} steered rows asked; this server's limit is {self.steered_rows}")
 
-    def check_probe(self, settings: RunSettings, tokenizer) -> None:
-        """Multi-token choices ride along with every probe step: their tree's size, before any forward."""
+    def check_probe(self, settings: RunSettings, lm) -> None:
+        """The suffix (or its closing-think form) and the choices' tree ride in every row's forward at every
+        probe step: both counted in tokens, before any forward (a character cap let 4,096 characters be
+        12,288 tokens, and one step take 181 s)."""
         if settings.probe_every <= 0:
             return
-        tree = build_tree(build_choices(tokenizer, probe_labels(settings), settings.probe_gold is not None))
-        if tree.size > self.probe_positions:
-            raise UserError(f"the probe choices add {tree.size} positions to every reading; this server's limit is "
-                            f"{self.probe_positions}: use fewer or shorter choices")
+        spec = build_probe(lm.tokenizer, lm.profile, settings)
+        suffix = max(len(spec.suffix_ids), len(spec.close_think_ids or ()))
+        if suffix > self.probe_suffix_tokens:
+            raise UserError(f"the probe suffix is {suffix} tokens{' with its closing tag' if spec.close_think_ids else ''}"
+                            f"; this server's limit is {self.probe_suffix_tokens}")
+        if spec.tree.size > self.probe_positions:
+            raise UserError(f"the probe choices add {spec.tree.size} positions to every reading; this server's limit "
+                            f"is {self.probe_positions}: use fewer or shorter choices")
 
     def check_form(self, form: Mapping[str, Any]) -> None:
         """The raw form, before any of it is parsed or a vector is read: each text's length (a capped knob's
@@ -173,6 +181,7 @@ class RateLimiter:
 
     per_minute: int
     per_address: int | None = None  # default: 3x per_minute (a lab behind one address is several people)
+    unit: str = "runs"  # what is counted, as the refusal says it
     _seen: dict[str, deque] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _last_sweep: float = 0.0
@@ -191,7 +200,7 @@ class RateLimiter:
             for key, limit, what in checks:
                 times = self._window(key, now)
                 if len(times) >= limit:
-                    raise UserError(f"rate limit: {limit} runs a minute {what} on this server; "
+                    raise UserError(f"rate limit: {limit} {self.unit} a minute {what} on this server; "
                                     f"try again in {60 - (now - times[0]):.0f} s")
             for key, _, _ in checks:
                 self._seen.setdefault(key, deque()).append(now)

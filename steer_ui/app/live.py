@@ -122,6 +122,8 @@ class LiveRun:
                 return False
 
     def stop(self, timeout: float | None = 60.0) -> None:
-        """End the run at its next decode step and wait until it is saved and the model is free."""
+        """End the run at its next decode step and wait (up to ``timeout``; 0: not at all) until it is saved
+        and the model is free."""
         self.cancel.set()
-        self._thread.join(timeout)
+        if timeout != 0:
+            self._thread.join(timeout)

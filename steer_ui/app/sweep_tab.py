@@ -66,7 +66,7 @@ class SweepTab:
                               scope=scope, label={"title": f"{self.ctx.lm.model_id} | "
                                                            f"{vector.name if vector else 'no vector'}"})
             cfg.validate()
-            sid, _ = self.ctx.session_for(browser_id)
+            sid = self.ctx.logged_session(self.ctx.session_for(browser_id)[0])
             out = sweep_folder(self.ctx.files, secrets.token_hex(8))
 
             def report(done: int, total: int) -> None:

@@ -151,6 +151,8 @@ class Knob:
         """``value`` as this knob's type: text parsed, whole numbers checked, None for the default."""
         if value is None:
             return self.default
+        if isinstance(value, str):
+            valid_text(value, self.what)
         if self.parse is not None:
             return self.parse(value)
         if self.kind == "int":
@@ -191,6 +193,16 @@ class Knob:
         if self.show is not None:
             return self.show(value)
         return value
+
+
+def valid_text(value: str, what: str) -> None:
+    """Text that is not valid Unicode (a lone surrogate: JSON's "\\ud800", or undecodable bytes on a
+    command line) cannot be stored, streamed or exported (it broke a run's last update and the whole
+    log's export), so it is refused where it comes in, even in a field the run never tokenizes."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise UserError(f"the {what} is not valid text (a lone surrogate at character {err.start + 1})") from None
 
 
 def _whole(value: Any, what: str) -> int:

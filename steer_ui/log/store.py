@@ -13,10 +13,10 @@ import functools
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import TypeVar
 
-from sqlalchemy import create_engine, event, select, update
+from sqlalchemy import create_engine, delete, event, select, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
@@ -102,14 +102,20 @@ def _log_errors(doing: str) -> Callable[[F], F]:
     never a raw driver error; the URL (which may carry a password) is not in it."""
     def wrap(method: F) -> F:
         @functools.wraps(method)
-        def checked(*args, **kwargs):
+        def checked(store, *args, **kwargs):
             try:
-                return method(*args, **kwargs)
+                result = method(store, *args, **kwargs)
             except DBAPIError as err:
-                why = args[0].hide_secrets(_first_line(err.orig or err))
-                raise UserError(f"cannot {doing} the session log: {why}") from None
+                failed = UserError(f"cannot {doing} the session log: {store.hide_secrets(_first_line(err.orig or err))}")
             except PoolTimeout:
-                raise UserError(f"cannot {doing} the session log: no database connection came free in time") from None
+                failed = UserError(f"cannot {doing} the session log: no database connection came free in time")
+            else:
+                if doing == "write":
+                    store.write_error = None
+                return result
+            if doing == "write":  # what a page shows until a write succeeds again
+                store.write_error = str(failed)
+            raise failed from None
         return checked  # type: ignore[return-value]
     return wrap
 
@@ -124,6 +130,7 @@ class Store:
     is a ``UserError`` naming what failed and the driver's first line."""
 
     def __init__(self, db: str | None = None):
+        self.write_error: str | None = None  # the last write's failure, until a write succeeds
         self._url = resolve_db_url(db)
         self.url = display_url(self._url)
         try:
@@ -140,6 +147,7 @@ class Store:
                             ) from None
         self.Session = sessionmaker(self.engine, expire_on_commit=False)
         self.mark_interrupted()
+        self.drop_empty_sessions()
 
     def hide_secrets(self, text: str) -> str:
         """``text`` without the database URL as given or its password (a driver's message may quote them)."""
@@ -167,6 +175,18 @@ class Store:
     def touch_session(self, session_id: str) -> None:
         with self.Session.begin() as s:
             s.execute(update(SessionRow).where(SessionRow.id == session_id).values(last_seen=utcnow()))
+
+    @_writes
+    def drop_empty_sessions(self, older_than: timedelta = timedelta(days=1)) -> int:
+        """Sessions with no run, last seen before ``older_than`` ago (versions before 0.1 wrote one for every
+        tokenless call; now a session's row comes with its first run)."""
+        cutoff = utcnow() - older_than
+        with self.Session.begin() as s:
+            stale = (~select(RunRow.id).where(RunRow.session_id == SessionRow.id).exists(),
+                     SessionRow.last_seen < cutoff)
+            if s.scalar(select(SessionRow.id).where(*stale).limit(1)) is None:
+                return 0  # nothing to drop: a read-only log is left alone
+            return s.execute(delete(SessionRow).where(*stale)).rowcount
 
     # --- reading ------------------------------------------------------------------------------
     @_writes

@@ -21,6 +21,7 @@ import torch
 from steer_ui.errors import UserError
 from steer_ui.vectors.vector import (
     LAYER_KEY,
+    MAX_METADATA_CHARS,
     MAX_SAFETENSORS_HEADER_BYTES,
     SteeringVector,
     check_safetensors_header,
@@ -83,14 +84,23 @@ def _check_gguf_counts(path: Path, where: str) -> None:
         if tensors > MAX_GGUF_TENSORS or keys > MAX_GGUF_KEYS:
             raise UserError(f"{where}: declares {tensors:,} tensors and {keys:,} keys; a control vector may have "
                             f"at most {MAX_GGUF_TENSORS:,} tensors and {MAX_GGUF_KEYS} keys")
-        items = 0
+        items = text = 0
+
+        def skip_text() -> None:
+            nonlocal text
+            length = number(8)
+            text += length
+            if text > MAX_METADATA_CHARS:
+                raise UserError(f"{where}: its metadata holds more than {MAX_METADATA_CHARS:,} bytes of text; a "
+                                "control vector's is a few bytes (its model hint)")
+            f.seek(length, os.SEEK_CUR)
 
         def skip_value(kind: int) -> None:
             nonlocal items
             if kind in _GGUF_SCALAR_BYTES:
                 f.seek(_GGUF_SCALAR_BYTES[kind], os.SEEK_CUR)
             elif kind == _GGUF_STRING:
-                f.seek(number(8), os.SEEK_CUR)
+                skip_text()
             elif kind == _GGUF_ARRAY:
                 item_kind, count = number(4), number(8)
                 items += count
@@ -107,7 +117,7 @@ def _check_gguf_counts(path: Path, where: str) -> None:
 
         try:
             for _ in range(keys):
-                f.seek(number(8), os.SEEK_CUR)  # the key's name
+                skip_text()  # the key's name
                 skip_value(number(4))
         except (EOFError, RecursionError, ValueError, OverflowError, OSError):
             return  # a length past what a file offset holds, a seek the OS refuses: the reader reports it

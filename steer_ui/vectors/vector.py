@@ -26,6 +26,7 @@ from steer_ui.vectors.layers import format_layers
 LAYER_KEY = re.compile(r"^(?:direction|layer|layers)?\.?(\d+)$")
 MAX_SAFETENSORS_HEADER_BYTES = 1024 * 1024  # a vector's header is a few KB: tensor entries and its metadata
 MAX_METADATA_CHARS = 64 * 1024  # 30 layers of separation stats take ~6 KB; every run's log keeps a copy
+MAX_MODEL_HINT_CHARS = 64  # the log's column; repeng writes the architecture ("llama", "qwen2")
 
 
 @dataclass(eq=False)  # compared by identity: tensors have no single truth value
@@ -218,6 +219,9 @@ def checked_direction(layer: int, arr: np.ndarray | torch.Tensor, where: str) ->
 
 
 def vector_from(directions: dict[int, torch.Tensor], where: str, hint: str, meta: dict[str, str]) -> SteeringVector:
+    if len(hint) > MAX_MODEL_HINT_CHARS:  # it names an architecture ("llama"); the log keeps 64 characters
+        raise UserError(f"{where}: its model hint is {len(hint):,} characters; a model hint names a model "
+                        f"family in at most {MAX_MODEL_HINT_CHARS}")
     if not directions:
         raise UserError(f"{where}: no steering directions found (expected tensors named direction.N)")
     sizes = {t.numel() for t in directions.values()}
