@@ -327,7 +327,7 @@ def test_open_run_gives_back_rows_with_their_own_vectors(dash, tmp_path):
     opened = dash.history.open_run(live["result"]["run_id"], dash.token_a)
     assert opened["vector"] == "reconsideration" and opened["coefs"] == "4"
     first, second = opened["rows"].splitlines()
-    assert first == "confidence=-6@16-19" and second.endswith(".safetensors=1@12-15")
+    assert first == "confidence=-6@16-19" and second.startswith("stored:") and second.endswith("=1@12-15")
     again = run_to_end(dash, **{**{k: opened[k] for k in form()}, "rows": opened["rows"]})[-1]
     assert [r["text"] for r in again["result"]["rows"]] == [r["text"] for r in live["result"]["rows"]]
 

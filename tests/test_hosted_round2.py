@@ -428,3 +428,40 @@ def test_a_lone_surrogate_is_refused_where_it_comes_in_and_the_log_still_exports
     list(hosted.generate.generate(prompt="Is 7 prime?", max_new_tokens=2, probe_every=0))
     for fmt in ("jsonl", "csv"):
         assert export(hosted.ctx.store, tmp_path / f"all.{fmt}", fmt)
+
+
+# --- 13 and 14. vector copies: named by handle, never by path, and pruned -----------------------------------
+def test_a_reopened_run_names_its_vectors_by_handle_and_server_paths_are_refused(hosted, bundled, tmp_path):
+    """The attack: reopening a run wrote the server's temp-folder path into the rows field, and a path typed
+    into that folder was read."""
+    from conftest import random_vector
+
+    from steer_ui.app.downloads import KEEP_FOLDERS
+    from steer_ui.vectors.files import save_vector
+
+    upload = save_vector(random_vector(bundled, range(12, 16), scale=4.0, seed=3), tmp_path / "mine.safetensors")
+    token = hosted.ctx.session_for(None)[1]
+    final = list(hosted.generate.generate(prompt="Is 7 prime?", vector="uploaded or computed file",
+                                          vector_file=str(upload), coefs="4", layers="12-15", max_new_tokens=2,
+                                          probe_every=0, browser_id=token))[-1]
+    reopened = hosted.history.open_run(final["result"]["run_id"], token)
+    assert reopened["vector"] == "uploaded or computed file"  # the first row's: its stored copy in the file box
+    assert str(hosted.ctx.files) in reopened["vector_file"]  # (a File output: Gradio serves it from its cache)
+    reopened = hosted.history.open_run(list(hosted.generate.generate(
+        prompt="Is 7 prime?", vector="confidence", coefs="2", rows="file=4@12-15", vector_file=str(upload),
+        layers="16-19", max_new_tokens=2, probe_every=0, browser_id=token))[-1]["result"]["run_id"], token)
+    named = reopened["rows"].split("=")[0]
+    assert named.startswith("stored:") and str(hosted.ctx.files) not in reopened["rows"]
+    again = list(hosted.generate.generate(prompt="Is 7 prime?", vector=named, coefs="4", layers="12-15",
+                                          max_new_tokens=2, probe_every=0, browser_id=token))[-1]
+    assert again["result"]["rows"][1]["text"] == final["result"]["rows"][1]["text"]  # the same vector
+    copy = next(hosted.ctx.files.glob("vector-*/*.safetensors"))
+    for typed in (str(copy), str(upload)):
+        with pytest.raises(gr.Error) as err:
+            list(hosted.generate.generate(prompt="Is 7 prime?", rows=f"{typed}=4@12-15", max_new_tokens=2,
+                                          browser_id=token))
+        assert said(err.value).startswith("no preset vector") and str(tmp_path) not in said(err.value)
+    # Copies are kept in folders like the downloads, the newest KEEP_FOLDERS of them.
+    for seed in range(KEEP_FOLDERS + 3):
+        hosted.vectors.form_name(random_vector(bundled, [12], seed=100 + seed))
+    assert len(list(hosted.ctx.files.glob("vector-*"))) == KEEP_FOLDERS

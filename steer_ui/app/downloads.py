@@ -1,5 +1,5 @@
 """Files the dashboard offers for download: a run as JSONL and CSV, its chart as a standalone page (on demand),
-a session's export, a sweep's files.
+a session's export, a sweep's files, the vectors the server made (computed, trained, a reopened run's).
 
 Every file lives in a folder keyed by what it is (a run's id, a session's pseudonym), written once and
 reused however many times the run is opened; only the newest folders of each kind stay, so a
@@ -15,10 +15,12 @@ from pathlib import Path
 
 from steer_ui.log.archive import export, pseudonym
 from steer_ui.log.store import Store
+from steer_ui.vectors.files import save_vector
+from steer_ui.vectors.vector import SteeringVector
 from steer_ui.views.chart import figure, figure_html
 from steer_ui.views.run_view import RunView
 
-KEEP_FOLDERS = 32  # of each kind: run folders, session exports, sweeps
+KEEP_FOLDERS = 32  # of each kind: run folders, session exports, sweeps, vectors
 RUN_FORMATS = ((".jsonl", "jsonl"), (".csv", "csv"))
 
 
@@ -41,6 +43,24 @@ def chart_page(files: Path, run_id: str, view: RunView) -> str:
     if not path.is_file():
         path.write_text(figure_html(figure(view)), encoding="utf-8")
     return str(path)
+
+
+def vector_copy(files: Path, vector: SteeringVector) -> Path:
+    """A vector the server made or brought back (computed, trained, a reopened run's) as a file, in a folder
+    named by its content hash: written once, and pruned with the other folders of its kind."""
+    handle = vector_handle(vector)
+    path = _folder(files, "vector", handle) / f"vector-{handle}.safetensors"
+    return path if path.is_file() else save_vector(vector, path)
+
+
+def stored_copy(files: Path, handle: str) -> Path | None:
+    """The file of a ``vector_copy`` by its handle (None: no such copy, or pruned since)."""
+    path = files / f"vector-{handle}" / f"vector-{handle}.safetensors"
+    return path if len(handle) == 12 and all(c in "0123456789abcdef" for c in handle) and path.is_file() else None
+
+
+def vector_handle(vector: SteeringVector) -> str:
+    return vector.content_hash()[:12]
 
 
 def session_folder(files: Path, session_id: str) -> Path:

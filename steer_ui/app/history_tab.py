@@ -10,11 +10,11 @@ from typing import Any
 import gradio as gr
 
 from steer_ui.app.context import AppContext, shown
-from steer_ui.app.downloads import run_downloads, session_folder
+from steer_ui.app.downloads import run_downloads, session_folder, stored_copy
 from steer_ui.app.hosted import rate_validator
 from steer_ui.app.generate_tab import FORM, RUN_OUTPUTS, run_link
 from steer_ui.app.stream_values import chart_value, streams_value
-from steer_ui.app.vector_panel import FILE_VECTOR, NO_VECTOR, VectorPanel
+from steer_ui.app.vector_panel import FILE_VECTOR, NO_VECTOR, STORED, VectorPanel
 from steer_ui.app.wiring import Components, by_name
 from steer_ui.engine.run_settings import RunSettings, form_from_settings
 from steer_ui.errors import UserError
@@ -78,7 +78,8 @@ class HistoryTab:
             return {**form, "vector": NO_VECTOR, "vector_file": None}
         if vector in self.vectors.presets():
             return {**form, "vector_file": None}
-        return {**form, "vector": FILE_VECTOR, "vector_file": vector}
+        # The file box gets the stored copy itself (Gradio serves it from its own cache, not from our folder).
+        return {**form, "vector": FILE_VECTOR, "vector_file": str(stored_copy(self.ctx.files, vector[len(STORED):]))}
 
     def on_page_load(self, browser_id: str | None, request: gr.Request = None) -> dict[str, Any]:
         """Give a new browser its session; with ``?run=ID`` in the address, open that run. On a server, page

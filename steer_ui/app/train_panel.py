@@ -17,12 +17,12 @@ from typing import Any
 import gradio as gr
 
 from steer_ui.app.context import AppContext, shown
+from steer_ui.app.downloads import vector_copy
 from steer_ui.app.hosted import rate_validator
 from steer_ui.app.vector_panel import FILE_VECTOR, VectorPanel
 from steer_ui.app.wiring import Components, by_name
 from steer_ui.errors import UserError
 from steer_ui.jsonl import parse_lines
-from steer_ui.vectors.files import save_vector
 from steer_ui.vectors.layers import parse_layers
 from steer_ui.vectors.training import DEFAULT_LR, DEFAULT_STEPS
 
@@ -98,8 +98,7 @@ class TrainPanel:
                 continue
             points.append(item)
             yield {"train_chart": loss_figure(points), "train_status": progress_text(item)}
-        out = self.ctx.files / f"vector-{result.vector.content_hash()[:12]}.safetensors"
-        save_vector(result.vector, out)
+        out = vector_copy(self.ctx.files, result.vector)
         yield {"vector": gr.update(value=FILE_VECTOR), "vector_file": str(out),
                "layer_info": self.vectors.layer_table(result.vector),
                "layers": result.vector.metadata["suggested_band"], "train_chart": loss_figure(points),

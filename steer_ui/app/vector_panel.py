@@ -12,18 +12,20 @@ from pathlib import Path
 import gradio as gr
 
 from steer_ui.app.context import AppContext, shown
+from steer_ui.app.downloads import stored_copy, vector_copy, vector_handle
 from steer_ui.app.hosted import rate_validator
 from steer_ui.app.wiring import Components, by_name
 from steer_ui.engine import worker
 from steer_ui.errors import UserError
 from steer_ui.jsonl import parse_lines
 from steer_ui.vectors.contrastive import METHODS, parse_pair, read_pairs_jsonl
-from steer_ui.vectors.files import load_vector, max_values_for, save_vector
+from steer_ui.vectors.files import load_vector, max_values_for
 from steer_ui.vectors.layers import parse_layers
 from steer_ui.vectors.presets import preset_vector_path, preset_vectors
 from steer_ui.vectors.vector import SteeringVector
 
 NO_VECTOR = "(none)"
+STORED = "stored:"  # how the form names a vector copy the server keeps (see form_name)
 FILE_VECTOR = "uploaded or computed file"
 FILE_NAMES = (FILE_VECTOR, "file")  # what names the uploaded file in the form (in rows: 'file=-6')
 PAIRS_PLACEHOLDER = ('{"positive": "Wait, let me double-check that step.", '
@@ -54,8 +56,14 @@ class VectorPanel:
                 return self.uploaded(vector_file)
             if name in self.presets():
                 return self.preset(name)
+            if name.startswith(STORED):  # a copy this server made: named by its handle, never by a path
+                path = stored_copy(self.ctx.files, name[len(STORED):])
+                if path is None:
+                    raise UserError(f"no stored vector {name[:40]!r} on this server (it is kept a while after "
+                                    "its run is reopened or its vector made; reopen the run again)")
+                return load_vector(path)
             path = Path(name).expanduser()
-            if path.suffix and (not self.ctx.hosted or path.resolve().parent == self.ctx.files.resolve()):
+            if path.suffix and not self.ctx.hosted:  # a local install reads any vector file; a server none
                 return load_vector(path)
             raise UserError(f"no preset vector {name[:60]!r} for {self.ctx.lm.model_id}; choose one of "
                             f"{', '.join(self.presets()) or '(none ship for this model)'}, 'file' (the uploaded "
@@ -80,13 +88,13 @@ class VectorPanel:
 
     def form_name(self, vector: SteeringVector) -> str:
         """How the form names ``vector`` when a logged run is reopened: its preset name if it is that
-        preset exactly (metadata included: a forged copy is not the preset), else the path of its stored
-        copy, written here."""
+        preset exactly (metadata included: a forged copy is not the preset), else ``stored:<handle>`` for
+        its copy written here (a server's paths never reach the page)."""
         if vector.name in self.presets():
             if self.preset(vector.name).content_hash() == vector.content_hash():
                 return vector.name
-        path = self.ctx.files / f"vector-{vector.content_hash()[:12]}.safetensors"
-        return str(save_vector(vector, path))
+        vector_copy(self.ctx.files, vector)
+        return f"{STORED}{vector_handle(vector)}"
 
     # --- handlers ---------------------------------------------------------------------------------
     def info(self, vector: str | None, vector_file: str | None) -> dict:
@@ -149,8 +157,7 @@ class VectorPanel:
                 computed = worker.compute_vector(lm, pairs, chosen, method, progress=report, source="dashboard")
         except UserError as err:
             raise shown(err) from None
-        out = self.ctx.files / f"vector-{computed.vector.content_hash()[:12]}.safetensors"
-        save_vector(computed.vector, out)
+        out = vector_copy(self.ctx.files, computed.vector)
         return {"vector": gr.update(value=FILE_VECTOR), "vector_file": str(out),
                 "layer_info": self.layer_table(computed.vector), "layers": f"{computed.band[0]}-{computed.band[1]}"}
 
