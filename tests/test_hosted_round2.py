@@ -465,3 +465,49 @@ def test_a_reopened_run_names_its_vectors_by_handle_and_server_paths_are_refused
     for seed in range(KEEP_FOLDERS + 3):
         hosted.vectors.form_name(random_vector(bundled, [12], seed=100 + seed))
     assert len(list(hosted.ctx.files.glob("vector-*"))) == KEEP_FOLDERS
+
+
+# --- 3 and 9. request bodies and uploads --------------------------------------------------------------------
+def test_bodies_and_uploads_are_bounded_before_gradio_reads_them(bundled, tmp_path):
+    """The attacks: 4 concurrent 200 MiB bodies added 1.46 GB RSS; 2 requests x 30 files x 16 MB landed
+    960 MiB of uploads in 3.5 s with no session, count or rate check."""
+    import httpx
+    import psutil
+    from conftest import serve_dashboard
+
+    limits = Limits(upload_mb=1, uploads_per_hour=3, upload_mb_per_hour=2, body_mb=1)
+    demo, url, dash = serve_dashboard(bundled, tmp_path, limits)
+    chunk = b" " * MB  # the client sends the same MiB again and again: it holds no big body itself
+
+    def body(mib: int):
+        for _ in range(mib):
+            yield chunk
+
+    rss = psutil.Process().memory_info().rss
+    try:
+        try:
+            big = httpx.post(f"{url}gradio_api/queue/join", content=body(200), timeout=120,
+                             headers={"content-length": str(200 * MB)})
+            assert big.status_code == 413 and "this server's limit is 1,048,576" in big.json()["detail"]
+        except httpx.HTTPError:  # refused before the client finished sending
+            pass
+        try:  # a body sent in chunks, with no length to refuse up front
+            cut = httpx.post(f"{url}gradio_api/queue/join", content=body(64), timeout=120).status_code
+        except httpx.HTTPError:
+            cut = None  # the server stopped reading
+        assert cut != 200
+        assert psutil.Process().memory_info().rss - rss < 100 * MB  # neither body was held
+
+        def upload(size: int) -> int:
+            files = {"files": ("v.safetensors", b"x" * size, "application/octet-stream")}
+            return httpx.post(f"{url}gradio_api/upload", files=files, timeout=120).status_code
+
+        assert upload(2 * MB) == 413  # more than one file's worth in a request
+        assert [upload(900_000), upload(900_000)] == [200, 200]
+        assert upload(900_000) == 429  # 2 MB an hour from this address
+        assert upload(10) == 429 or upload(10) == 429  # and at most 3 uploads an hour
+        refused = httpx.post(f"{url}gradio_api/upload", files={"files": ("a", b"a")}, timeout=60)
+        assert refused.status_code == 429 and "upload limit" in refused.json()["detail"]
+        assert httpx.get(url, timeout=60).status_code == 200  # the page itself still answers
+    finally:
+        demo.close()

@@ -47,7 +47,10 @@ class Limits:
     # token positions one training may put through the model (training.planned_positions: steps x batch x
     # tokens with the backward pass, held-out evaluations, the reference pass), counted before it starts
     train_positions: int = 400_000
-    upload_mb: int = 16
+    upload_mb: int = 16  # one uploaded file
+    uploads_per_hour: int = 60  # per client address (request_limits)
+    upload_mb_per_hour: int = 128  # per client address
+    body_mb: int = 4  # any other request's body (the largest form: 200 training examples of 3 x 4,000 characters)
     sweep_questions: int = 20
     probe_positions: int = 32  # extra positions multi-token probe choices add to every reading (a Yes/No probe: 0)
     probe_suffix_tokens: int = 32  # the probe suffix in tokens (with a closing think tag where there is one)

@@ -20,6 +20,7 @@ from steer_ui.app.context import AppContext  # noqa: E402
 from steer_ui.app.dashboard import Dashboard  # noqa: E402
 from steer_ui.app.hosted import Limits  # noqa: E402
 from steer_ui.app.layout import CSS, build  # noqa: E402
+from steer_ui.app.request_limits import RequestLimits  # noqa: E402
 from steer_ui.engine import worker  # noqa: E402
 from steer_ui.errors import UserError  # noqa: E402
 from steer_ui.model.known import BUNDLED_ALIAS  # noqa: E402
@@ -88,6 +89,7 @@ def launch_kwargs(limits: Limits | None = None) -> dict:
               "app_kwargs": {"middleware": [Middleware(LoginForEveryRoute)]}}
     if limits is not None:
         kwargs["max_file_size"] = f"{limits.upload_mb}mb"  # Gradio refuses bigger uploads before they land
+        kwargs["app_kwargs"]["middleware"].append(Middleware(RequestLimits, limits=limits))
     return kwargs
 
 
