@@ -511,3 +511,51 @@ def test_bodies_and_uploads_are_bounded_before_gradio_reads_them(bundled, tmp_pa
         assert httpx.get(url, timeout=60).status_code == 200  # the page itself still answers
     finally:
         demo.close()
+
+
+# --- 11. the rate limit counted runs, not their cost --------------------------------------------------------
+def test_model_time_is_budgeted_per_session_and_address(hosted):
+    """The attack: one session's 6 allowed runs at the caps made another visitor wait 347 s. Now each job is
+    charged the seconds it held the model, and a session (or address) past its budget is refused."""
+    from steer_ui.app.hosted import ModelTime
+
+    hosted.ctx.model_time = budget = ModelTime(per_session=0.05, per_address=1000)
+    here = SimpleNamespace(client=SimpleNamespace(host="198.51.100.1"), session_hash="a")
+    token = hosted.ctx.session_for(None)[1]
+    run = dict(prompt="Is 7 prime?", max_new_tokens=8, probe_every=2, browser_id=token)
+    first = list(hosted.generate.generate(**run, request=here))[-1]
+    assert first["result"]["status"] == "finished"
+    with pytest.raises(gr.Error) as err:
+        list(hosted.generate.generate(**run, request=here))
+    assert said(err.value).startswith("model time limit: 0 s of the model every 10 minutes per session")
+    with pytest.raises(gr.Error) as err:  # a sweep, a training and a vector are charged and refused alike
+        hosted.sweep.sweep("yesno:1", None, "0", browser_id=token, request=here, progress=None)
+    assert said(err.value).startswith("model time limit")
+    with pytest.raises(gr.Error):
+        hosted.vectors.compute('{"positive": "a", "negative": "b"}', None, "mean_diff", "all", browser_id=token,
+                               request=here, progress=None)
+    others = [hosted.ctx.session_for(None)[1] for _ in range(3)]  # new sessions from the same address
+    done = [list(hosted.generate.generate(**{**run, "browser_id": t}, request=here))[-1] for t in others[:2]]
+    assert all(d["result"]["status"] == "finished" for d in done)
+    budget.per_address = 0.15  # three runs' worth is more than that
+    with pytest.raises(gr.Error) as err:
+        list(hosted.generate.generate(**{**run, "browser_id": others[2]}, request=here))
+    assert "per client address" in said(err.value)
+
+
+# --- 21. grading held the model ------------------------------------------------------------------------------
+def test_a_sweep_grades_without_holding_the_model(hosted, monkeypatch):
+    """The attack: a pathological gold answer cost ~6 s of model time per distinct extracted answer, because
+    the grader's child process ran under the model lock."""
+    from steer_ui.experiments import sweep
+
+    held = []
+
+    def grading(value, question):  # the real grader, noting whether the model was held meanwhile
+        held.append(hosted.ctx.model_lock.locked())
+        return real(value, question)
+
+    real = sweep.is_correct
+    monkeypatch.setattr(sweep, "is_correct", grading)
+    out = hosted.sweep.sweep("wordproblems:2", None, "0", max_new_tokens=8, progress=None)
+    assert "finished" in out["sweep_status"] and held and not any(held)

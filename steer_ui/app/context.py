@@ -7,13 +7,16 @@ import os
 import shutil
 import tempfile
 import threading
+import time
 from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import gradio as gr
 
-from steer_ui.app.hosted import Limits, RateLimiter
+from steer_ui.app.hosted import Limits, ModelTime, RateLimiter
 from steer_ui.app.live import LiveRun
 from steer_ui.app.sessions import SessionTokens, server_secret
 from steer_ui.errors import UserError
@@ -40,6 +43,7 @@ class AppContext:
     startup_model: str = ""
     rate: RateLimiter | None = None
     page_rate: RateLimiter | None = None  # page loads per client address (hosted)
+    model_time: ModelTime | None = None  # seconds of the model per session and address (hosted)
     compile_on_cpu: bool = False  # --compile: compiled steps on CPU too (a CUDA GPU has them unless eager)
     eager: bool = False  # --eager: no compiled steps at all
     tokens: SessionTokens | None = None  # signs browser sessions (default: the secret in the cache dir)
@@ -50,6 +54,7 @@ class AppContext:
             self.rate = self.rate or RateLimiter(self.limits.runs_per_minute)
             self.page_rate = RateLimiter(self.limits.page_loads_per_minute, self.limits.page_loads_per_minute,
                                          unit="page loads")
+            self.model_time = self.model_time or ModelTime(self.limits.model_seconds, 3 * self.limits.model_seconds)
         self.startup_model = self.startup_model or self.lm.model_id
         if self.tokens is None:
             from steer_ui.model.loading import default_cache_dir
@@ -93,6 +98,23 @@ class AppContext:
         self.store.touch_session(sid)
         return sid
 
+    def check_model_time(self, sid: str | None, request: object) -> None:
+        """Before a job that holds the model: refused once its session or address spent its model time."""
+        if self.model_time is not None:
+            self.model_time.check(sid, _address(request))
+
+    @contextmanager
+    def hold_model(self, sid: str | None, request: object) -> Iterator[None]:
+        """The model, for one job: the model lock, and on a server the time it was held charged to the job's
+        session and address."""
+        with self.model_lock:
+            started = time.monotonic()
+            try:
+                yield
+            finally:
+                if self.model_time is not None:
+                    self.model_time.charge(sid, _address(request), time.monotonic() - started)
+
     def session_of(self, token: object) -> str | None:
         """The session a token proves, without creating one (None: not a token of this server)."""
         return self.tokens.verify(token)
@@ -105,6 +127,10 @@ class AppContext:
             return self.store.get_run(run_id, None if self.any_run_link else (sid or "-"))
         except UserError:
             raise UserError(f"no run {run_id[:40]!r}" + ("" if self.any_run_link else " in this session")) from None
+
+
+def _address(request: object) -> str | None:
+    return getattr(getattr(request, "client", None), "host", None)
 
 
 TEMP_PREFIX = "steer-ui-app-"

@@ -90,11 +90,13 @@ class GenerateTab:
         try:
             settings = self.settings({**form, "vector_file": vector_file})
             sid, token = self.ctx.session_for(browser_id)
+            self.ctx.check_model_time(sid, request)
             self.ctx.logged_session(sid, "browser" if browser_id else "api")
             recorder = RunRecorder(self.ctx.store, sid, self.ctx.lm, settings)
             # The view's key is what a browser quotes to fetch the whole run (snapshot): a fresh random
             # token, not the run id, so only the page that streamed or opened the run knows it.
-            live = LiveRun(self.ctx.lm, settings, self.ctx.model_lock, recorder, key=secrets.token_hex(12))
+            live = LiveRun(self.ctx.lm, settings, self.ctx.hold_model(sid, request), recorder,
+                           key=secrets.token_hex(12))
         except UserError as err:
             raise shown(err) from None
         tab = getattr(request, "session_hash", None) or live.run_id

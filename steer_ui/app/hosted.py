@@ -56,6 +56,9 @@ class Limits:
     probe_suffix_tokens: int = 32  # the probe suffix in tokens (with a closing think tag where there is one)
     queue_size: int = 16
     runs_per_minute: int = 6  # per browser session: generations, vector computations and sweeps
+    # seconds of the model one session may use in any 10 minutes (a client address: 3x); the largest run the
+    # caps allow took 68.4 s on 2 CPU cores
+    model_seconds: int = 180
     page_loads_per_minute: int = 60  # per client address (a page load reads the log; with ?run= it opens a run)
     allowed_models: tuple[str, ...] = ()  # besides the model loaded at start; () = that one only
 
@@ -241,3 +244,46 @@ def rate_validator(rate: RateLimiter | None, session_of: Callable[[object], str 
         return ok
 
     return validator
+
+
+@dataclass
+class ModelTime:
+    """The seconds of the model each session and each client address used in the last ``window_s``. Runs,
+    sweeps, trainings and vector computations are charged what they held the model for, and a new one
+    is refused before it starts once either is spent: a count of runs let one session's 6 runs at the
+    caps keep another visitor waiting 347 s. Keys quiet for a window are dropped."""
+
+    per_session: float
+    per_address: float
+    window_s: float = 600.0
+    _used: dict[str, deque] = field(default_factory=dict)  # key -> (time, seconds)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def check(self, session: str | None, address: str | None, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            for key, budget, what in self._keys(session, address):
+                used, first = self._spent(key, now)
+                if used >= budget:
+                    raise UserError(f"model time limit: {budget:.0f} s of the model every {self.window_s / 60:.0f} "
+                                    f"minutes {what} on this server, used {used:.0f} s; try again in "
+                                    f"{self.window_s - (now - first):.0f} s")
+
+    def charge(self, session: str | None, address: str | None, seconds: float, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            for key in [k for k, q in self._used.items() if not q or now - q[-1][0] >= self.window_s]:
+                del self._used[key]
+            for key, _, _ in self._keys(session, address):
+                self._used.setdefault(key, deque()).append((now, seconds))
+
+    def _keys(self, session: str | None, address: str | None) -> list[tuple[str, float, str]]:
+        address = address or "unknown"
+        return [(f"s:{session}" if session else f"n:{address}", self.per_session, "per session"),
+                (f"a:{address}", self.per_address, "per client address")]
+
+    def _spent(self, key: str, now: float) -> tuple[float, float]:
+        charges = self._used.get(key, deque())
+        while charges and now - charges[0][0] >= self.window_s:
+            charges.popleft()
+        return sum(s for _, s in charges), (charges[0][0] if charges else now)

@@ -13,6 +13,7 @@ import queue
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import AbstractContextManager
 
 import torch
 
@@ -35,11 +36,12 @@ def _first_line(err: BaseException) -> str:
 class LiveRun:
     """Validate on construction (UserError), then ``frames()`` to watch it and ``stop()`` to end it.
 
-    ``model_lock`` serialises everything that puts hooks on the shared model: the run holds it from
-    its first forward until its hooks are gone.
+    ``hold_model`` (the model lock, or ``AppContext.hold_model``, which also charges the time) serialises
+    everything that puts hooks on the shared model: the run holds it from its first forward until its
+    hooks are gone.
     """
 
-    def __init__(self, lm: LoadedModel, settings: RunSettings, model_lock: threading.Lock,
+    def __init__(self, lm: LoadedModel, settings: RunSettings, hold_model: AbstractContextManager,
                  recorder: RunRecorder | None = None, key: str | None = None):
         self.cancel = worker.Cancel()
         try:
@@ -51,7 +53,7 @@ class LiveRun:
         self.recorder = recorder
         self.run_id = recorder.run_id if recorder is not None else None
         self.view = RunView(key or self.run_id or f"run-{id(self)}", lm.profile.think_close)
-        self._lock = model_lock
+        self._hold = hold_model
         self._queue: queue.Queue = queue.Queue()
         # In the request's context: on ZeroGPU, the GPU is booked against the user who asked.
         self._thread = threading.Thread(target=contextvars.copy_context().run, args=(self._work,),
@@ -60,7 +62,7 @@ class LiveRun:
 
     def _work(self) -> None:
         try:
-            with self._lock:
+            with self._hold:
                 for event in self._events:
                     if self.recorder is not None:
                         self.recorder(event)

@@ -66,7 +66,9 @@ class SweepTab:
                               scope=scope, label={"title": f"{self.ctx.lm.model_id} | "
                                                            f"{vector.name if vector else 'no vector'}"})
             cfg.validate()
-            sid = self.ctx.logged_session(self.ctx.session_for(browser_id)[0])
+            sid = self.ctx.session_for(browser_id)[0]
+            self.ctx.check_model_time(sid, request)
+            self.ctx.logged_session(sid)
             out = sweep_folder(self.ctx.files, secrets.token_hex(8))
 
             def report(done: int, total: int) -> None:
@@ -75,10 +77,10 @@ class SweepTab:
 
             cancel = threading.Event()
             self.ctx.sweeps[getattr(request, "session_hash", None) or sid] = cancel
-            try:
-                with self.ctx.model_lock:
-                    result = run_sweep(self.ctx.lm, cfg, out, self.ctx.store, report, session_id=sid, cancel=cancel,
-                                       probe_positions=self.ctx.limits.probe_positions if self.ctx.limits else None)
+            try:  # the model is held per question's decode (grading leaves it to others), its time charged
+                result = run_sweep(self.ctx.lm, cfg, out, self.ctx.store, report, session_id=sid, cancel=cancel,
+                                   probe_positions=self.ctx.limits.probe_positions if self.ctx.limits else None,
+                                   hold_model=lambda: self.ctx.hold_model(sid, request))
             finally:
                 self.ctx.sweeps.pop(getattr(request, "session_hash", None) or sid, None)
         except UserError as err:

@@ -57,13 +57,15 @@ class TrainPanel:
             config.validate(lm, len(examples))
             if self.ctx.limits is not None:
                 self.ctx.limits.check_training(planned_positions(lm, examples, config))
+            sid = self.ctx.session_of(browser_id)
+            self.ctx.check_model_time(sid, request)
         except UserError as err:
             raise shown(err) from None
         page = getattr(request, "session_hash", None) or "local"
         stop = self.stops[page] = threading.Event()
         points: list = []
         try:
-            for update in self._run(examples, config, stop, points):
+            for update in self._run(examples, config, stop, points, self.ctx.hold_model(sid, request)):
                 yield update
         finally:
             # Stop, a cancelled API job or a closed tab (Gradio closes this generator): the training
@@ -71,14 +73,14 @@ class TrainPanel:
             stop.set()
             self.stops.pop(page, None)
 
-    def _run(self, examples, config, stop: threading.Event, points: list) -> Iterator[dict[str, Any]]:
+    def _run(self, examples, config, stop: threading.Event, points: list, hold_model) -> Iterator[dict[str, Any]]:
         from steer_ui.vectors.training import train_vector
 
         inbox: queue.Queue = queue.Queue()
 
         def work() -> None:
             try:
-                with self.ctx.model_lock:
+                with hold_model:
                     inbox.put(train_vector(self.ctx.lm, examples, config, "trained", progress=inbox.put,
                                            cancel=stop))
             except BaseException as err:  # noqa: BLE001 - shown to the visitor below

@@ -135,7 +135,8 @@ class VectorPanel:
                 f"<b>{escape(band)}</b>:</p><div class='su-bars'>{''.join(cells)}</div>")
 
     def compute(self, pairs_text: str, pairs_file: str | None, method: str, layers: str,
-                browser_id: str | None = None, progress: gr.Progress | None = gr.Progress()) -> dict:  # noqa: B008
+                browser_id: str | None = None, request: gr.Request = None,
+                progress: gr.Progress | None = gr.Progress()) -> dict:  # noqa: B008
         """A vector from contrastive pairs, saved as .safetensors and selected as the file vector.
         (``browser_id`` is for the rate limit, which counts this as a run.)"""
         try:
@@ -153,7 +154,9 @@ class VectorPanel:
                 if progress is not None:
                     progress((done, total), desc="reading hidden states", unit="texts")
 
-            with self.ctx.model_lock:
+            sid = self.ctx.session_of(browser_id)
+            self.ctx.check_model_time(sid, request)
+            with self.ctx.hold_model(sid, request):
                 computed = worker.compute_vector(lm, pairs, chosen, method, progress=report, source="dashboard")
         except UserError as err:
             raise shown(err) from None

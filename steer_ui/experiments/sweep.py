@@ -15,6 +15,7 @@ import math
 import os
 import shutil
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -36,6 +37,7 @@ from steer_ui.vectors.vector import SteeringVector
 FIELDS = ["question_id", "coef", "sample", "seed", "gold", "extracted", "how", "correct", "forced", "forced_correct",
           "cot_tokens", "finish_reason", "final_logodds", "final_mass", "final_p_gold", "run_id", "text"]
 Progress = Callable[[int, int], None]  # (runs done, runs total)
+HoldModel = Callable[[], AbstractContextManager]  # entered around each decode (a server's model lock)
 
 
 @dataclass(frozen=True)
@@ -133,11 +135,13 @@ class SweepResult:
 
 def run_sweep(lm: LoadedModel, cfg: SweepConfig, out: str | Path, store: Store | None = None,
               progress: Progress | None = None, session_id: str | None = None, cancel=None,
-              probe_positions: int | None = None) -> SweepResult:
+              probe_positions: int | None = None, hold_model: HoldModel = nullcontext) -> SweepResult:
     """Run what ``out/results.csv`` does not have yet, then write the summary and the figure.
 
     ``probe_positions`` (a server's cap): a gold answer whose forms would add more positions to every
-    reading than that is not probed.
+    reading than that is not probed. ``hold_model`` (a server's model lock) is held for each question's
+    decode only: grading (math-verify in a child process, up to 5 s an answer) leaves the model to
+    others, and other visitors' runs go between questions.
 
     Setting ``cancel`` (a threading.Event) stops the running question within a step; its partial run is
     logged as cancelled and not counted, and the questions done so far are summarised (a later call on
@@ -157,7 +161,7 @@ def run_sweep(lm: LoadedModel, cfg: SweepConfig, out: str | Path, store: Store |
         if cancel is not None and cancel.is_set():
             break
         pending = [c for c in cfg.coefs if (q.id, c, sample) not in done]
-        rows = _one_run(lm, cfg, q, sample, pending, store, session, cancel, probe_positions)
+        rows = _one_run(lm, cfg, q, sample, pending, store, session, cancel, probe_positions, hold_model)
         if rows is None:  # stopped in the middle of this question
             break
         _append(results, rows)
@@ -215,20 +219,21 @@ def gold_readable(lm: LoadedModel, answer: str, max_positions: int | None = None
 
 def _one_run(lm: LoadedModel, cfg: SweepConfig, q: Question, sample: int, pending: list[float],
              store: Store | None, session: str | None, cancel=None,
-             probe_positions: int | None = None) -> list[dict] | None:
+             probe_positions: int | None = None, hold_model: HoldModel = nullcontext) -> list[dict] | None:
     readable = q.kind == "yesno" or gold_readable(lm, q.answer, probe_positions)
     settings = cfg.run_settings(q, sample, pending, readable)
     recorder = RunRecorder(store, session, lm, settings) if store is not None else None
     last: dict[int, ProbeEvent] = {}
     done: DoneEvent | None = None
     try:
-        for event in worker.stream(lm, settings, cancel):
-            if recorder is not None:
-                recorder(event)
-            if isinstance(event, ProbeEvent):
-                last[event.row] = event
-            elif isinstance(event, DoneEvent):
-                done = event
+        with hold_model():  # the decode only: grading below runs without the model
+            for event in worker.stream(lm, settings, cancel):
+                if recorder is not None:
+                    recorder(event)
+                if isinstance(event, ProbeEvent):
+                    last[event.row] = event
+                elif isinstance(event, DoneEvent):
+                    done = event
     except Exception as err:  # Ctrl-C is not an error: close() below saves the run as cancelled
         if recorder is not None:
             recorder.fail(f"{type(err).__name__}: {err}")
