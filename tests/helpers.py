@@ -102,3 +102,8 @@ def wait_until(condition, bound_s: float = 300.0, every_s: float = 0.1):
         if time.monotonic() > deadline:
             raise AssertionError(f"still not true after {bound_s:.0f} s: {getattr(condition, '__name__', condition)}")
         time.sleep(every_s)
+
+
+def compute(dash, *args, **kwargs) -> dict:
+    """The dashboard's Compute vector handler run to its end as Gradio runs it (a generator): its last update."""
+    return list(dash.vectors.compute(*args, **kwargs))[-1]

@@ -13,7 +13,7 @@ import pytest
 from conftest import random_vector
 from gradio.utils import diff
 from gradio_client.utils import apply_diff
-from helpers import collect
+from helpers import collect, compute
 
 from steer_ui.app.context import AppContext
 from steer_ui.app.dashboard import Dashboard
@@ -263,7 +263,7 @@ def test_vector_info_shows_separation_and_suggests_the_band(dash):
 def test_compute_vector_from_pairs_then_steer_with_it(dash, tmp_path):
     pairs = "\n".join(json.dumps({"positive": f"Wait, let me re-check step {i}.", "negative": f"Step {i} is right."})
                       for i in range(6))
-    out = dash.vectors.compute(pairs, None, "mean_diff", "10-20", progress=None)
+    out = compute(dash, pairs, None, "mean_diff", "10-20", progress=None)
     choice, path, html, band = out["vector"], out["vector_file"], out["layer_info"], out["layers"]
     assert choice["value"] == FILE_VECTOR
     vec = load_vector(path)
@@ -274,9 +274,9 @@ def test_compute_vector_from_pairs_then_steer_with_it(dash, tmp_path):
                         max_new_tokens=8)[-1]["result"]
     assert result["status"] == "finished" and result["layers"] == list(range(lo, hi + 1))
     with pytest.raises(gr.Error, match="pairs:1: not valid JSON"):
-        dash.vectors.compute("positive: a, negative: b", None, "mean_diff", "all", progress=None)
+        compute(dash, "positive: a, negative: b", None, "mean_diff", "all", progress=None)
     with pytest.raises(gr.Error, match="at least 2 pairs"):
-        dash.vectors.compute(pairs.splitlines()[0], None, "mean_diff", "all", progress=None)
+        compute(dash, pairs.splitlines()[0], None, "mean_diff", "all", progress=None)
 
 
 def test_load_reports_a_dead_model_and_keeps_the_current_one(dash, bundled, monkeypatch):

@@ -7,7 +7,7 @@ import threading
 
 import gradio as gr
 import pytest
-from helpers import collect
+from helpers import collect, compute
 
 from steer_ui.app.context import AppContext
 from steer_ui.app.dashboard import Dashboard
@@ -67,7 +67,7 @@ def test_requests_over_a_cap_are_refused_naming_the_limit(hosted, over, message)
 def test_other_caps(hosted, tmp_path):
     pairs = "\n".join(json.dumps({"positive": f"p{i}", "negative": f"n{i}"}) for i in range(4))
     with pytest.raises(gr.Error, match="4 pairs; this server's limit is 3"):
-        hosted.vectors.compute(pairs, None, "mean_diff", "all", progress=None)
+        compute(hosted, pairs, None, "mean_diff", "all", progress=None)
     with pytest.raises(gr.Error, match="at most 2 are allowed here"):
         hosted.sweep.sweep("yesno:3", None, "0", vector="(none)", max_new_tokens=4, progress=None)
     with pytest.raises(gr.Error, match="this server only loads: smollm2-135m"):

@@ -26,6 +26,8 @@ import numpy as np
 import pytest
 from sqlalchemy import event
 
+from helpers import compute
+
 from steer_ui.app.context import AppContext
 from steer_ui.app.dashboard import Dashboard
 from steer_ui.app.hosted import Limits, RateLimiter, rate_validator
@@ -286,7 +288,7 @@ def test_compute_vector_refuses_long_texts_and_huge_layers_before_reading_states
              ((json.dumps({"positive": "a", "negative": "b"}), None, "mean_diff", "1," * 100_000),
               "the layers to compute field is 200,000 characters")]
     for args, message in cases:
-        raised, cpu_s, peak = quick(hosted.vectors.compute, *args, progress=None)
+        raised, cpu_s, peak = quick(lambda: compute(hosted, *args, progress=None))
         assert isinstance(raised, gr.Error) and message in said(raised), raised
         assert str(file.parent) not in str(raised) and cpu_s < 1.0 and peak < 100 * MB and not forwards
 

@@ -18,7 +18,7 @@ from types import SimpleNamespace
 
 import gradio as gr
 import pytest
-from helpers import wait_until
+from helpers import compute, wait_until
 
 from steer_ui.app.context import AppContext
 from steer_ui.app.dashboard import Dashboard
@@ -280,7 +280,7 @@ def test_deeply_nested_json_is_not_valid_json(hosted, tmp_path, line):
         read_jsonl(path, "questions", MB)
     if len(line) < 1992:  # within the hosted cap on the pairs text: it is parsed, and refused as JSON
         with pytest.raises(gr.Error) as err:
-            hosted.vectors.compute(line, None, "mean_diff", "all", progress=None)
+            compute(hosted, line, None, "mean_diff", "all", progress=None)
         assert said(err.value).startswith("pairs:1: not valid JSON (nested too deeply)")
 
 
@@ -423,7 +423,7 @@ def test_a_lone_surrogate_is_refused_where_it_comes_in_and_the_log_still_exports
                                       max_new_tokens=2))
     assert said(err.value) == "the probe suffix is not valid text (a lone surrogate at character 8)"
     with pytest.raises(gr.Error) as err:
-        hosted.vectors.compute('{"positive": "\\ud800", "negative": "b"}', None, "mean_diff", "all", progress=None)
+        compute(hosted, '{"positive": "\\ud800", "negative": "b"}', None, "mean_diff", "all", progress=None)
     assert said(err.value).startswith("pairs:1: not valid text (a lone surrogate)")
     list(hosted.generate.generate(prompt="Is 7 prime?", max_new_tokens=2, probe_every=0))
     for fmt in ("jsonl", "csv"):
@@ -532,7 +532,7 @@ def test_model_time_is_budgeted_per_session_and_address(hosted):
         hosted.sweep.sweep("yesno:1", None, "0", browser_id=token, request=here, progress=None)
     assert said(err.value).startswith("model time limit")
     with pytest.raises(gr.Error):
-        hosted.vectors.compute('{"positive": "a", "negative": "b"}', None, "mean_diff", "all", browser_id=token,
+        compute(hosted, '{"positive": "a", "negative": "b"}', None, "mean_diff", "all", browser_id=token,
                                request=here, progress=None)
     others = [hosted.ctx.session_for(None)[1] for _ in range(3)]  # new sessions from the same address
     done = [list(hosted.generate.generate(**{**run, "browser_id": t}, request=here))[-1] for t in others[:2]]
@@ -559,3 +559,36 @@ def test_a_sweep_grades_without_holding_the_model(hosted, monkeypatch):
     monkeypatch.setattr(sweep, "is_correct", grading)
     out = hosted.sweep.sweep("wordproblems:2", None, "0", max_new_tokens=8, progress=None)
     assert "finished" in out["sweep_status"] and held and not any(held)
+
+
+# --- every long job ends with its visitor: computing a vector too ------------------------------------------
+def test_a_vector_computation_whose_visitor_goes_away_stops_and_frees_the_model(hosted, bundled):
+    """Like a training (2.), a vector computation held the model until it finished, whoever was waiting."""
+    pairs = "\n".join(json.dumps({"positive": f"Wait, let me check {i} again.", "negative": f"So {i} it is."})
+                      for i in range(150))
+    texts = []
+    handle = bundled.layers[0].register_forward_pre_hook(lambda *a: texts.append(1))
+    try:
+        updates = hosted.vectors.compute(pairs, None, "mean_diff", "all", progress=None)
+        next(updates)  # it is running (holding the model)
+        assert hosted.ctx.model_lock.locked()
+        updates.close()  # what Gradio does on cancel / a closed tab
+        wait_until(lambda: not hosted.ctx.model_lock.locked())
+    finally:
+        handle.remove()
+    assert len(texts) < 12  # stopped between batches: all 300 texts are 19 batches of 16
+
+
+def test_a_vector_computation_over_the_token_budget_is_refused_before_any_work(hosted, bundled):
+    hosted.ctx.limits = Limits(vector_positions=100)
+    pairs = "\n".join(json.dumps({"positive": "Wait, let me check that again carefully.", "negative": "Done."})
+                      for _ in range(10))
+    forwards = []
+    handle = bundled.layers[0].register_forward_pre_hook(lambda *a: forwards.append(1))
+    try:
+        raised, cpu_s, peak = refused(compute, hosted, pairs, None, "mean_diff", "all", progress=None)
+    finally:
+        handle.remove()
+    assert isinstance(raised, gr.Error) and said(raised).startswith("these pairs are ")
+    assert said(raised).endswith("tokens to read; this server's limit is 100: use fewer or shorter pairs")
+    assert not forwards and cpu_s < 1.0

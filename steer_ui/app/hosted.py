@@ -47,6 +47,7 @@ class Limits:
     # token positions one training may put through the model (training.planned_positions: steps x batch x
     # tokens with the backward pass, held-out evaluations, the reference pass), counted before it starts
     train_positions: int = 400_000
+    vector_positions: int = 200_000  # tokens a vector computation reads (its pairs' texts), counted before it starts
     upload_mb: int = 16  # one uploaded file
     uploads_per_hour: int = 60  # per client address (request_limits)
     upload_mb_per_hour: int = 128  # per client address
@@ -138,6 +139,11 @@ class Limits:
                 raise UserError(f"{len(value)} {knob.what} given; this server's limit is {cap}")
         elif value is not None and value > cap:
             raise UserError(f"{knob.what} {value} is above this server's limit of {cap}")
+
+    def check_vector_positions(self, positions: int) -> None:
+        if positions > self.vector_positions:
+            raise UserError(f"these pairs are {positions:,} tokens to read; this server's limit is "
+                            f"{self.vector_positions:,}: use fewer or shorter pairs")
 
     def check_questions(self, questions) -> None:
         """Each question becomes a run's prompt: the prompt cap applies to it as to a typed prompt."""

@@ -5,7 +5,9 @@ see its per-layer separation; and how vector names in the form become vectors.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+import queue
+import threading
+from collections.abc import Callable, Iterator
 from html import escape
 from pathlib import Path
 
@@ -18,7 +20,7 @@ from steer_ui.app.wiring import Components, by_name
 from steer_ui.engine import worker
 from steer_ui.errors import UserError
 from steer_ui.jsonl import parse_lines
-from steer_ui.vectors.contrastive import METHODS, parse_pair, read_pairs_jsonl
+from steer_ui.vectors.contrastive import METHODS, parse_pair, planned_positions, read_pairs_jsonl
 from steer_ui.vectors.files import load_vector, max_values_for
 from steer_ui.vectors.layers import parse_layers
 from steer_ui.vectors.presets import preset_vector_path, preset_vectors
@@ -31,6 +33,10 @@ FILE_NAMES = (FILE_VECTOR, "file")  # what names the uploaded file in the form (
 PAIRS_PLACEHOLDER = ('{"positive": "Wait, let me double-check that step.", '
                      '"negative": "That step is clearly right, moving on."}\n'
                      '{"positive": "Hmm, maybe I made a mistake.", "negative": "No mistakes here."}')
+
+
+class _Stopped(Exception):
+    """The visitor of a vector computation went away."""
 
 
 class VectorPanel:
@@ -136,9 +142,10 @@ class VectorPanel:
 
     def compute(self, pairs_text: str, pairs_file: str | None, method: str, layers: str,
                 browser_id: str | None = None, request: gr.Request = None,
-                progress: gr.Progress | None = gr.Progress()) -> dict:  # noqa: B008
-        """A vector from contrastive pairs, saved as .safetensors and selected as the file vector.
-        (``browser_id`` is for the rate limit, which counts this as a run.)"""
+                progress: gr.Progress | None = gr.Progress()) -> Iterator[dict]:  # noqa: B008
+        """A vector from contrastive pairs, saved and selected as the file vector (``browser_id`` is for the
+        rate limit, which counts this as a run). A generator: when its visitor goes away Gradio closes it,
+        and the computation stops at its next batch and gives the model back."""
         try:
             if self.ctx.limits is not None:
                 self.ctx.limits.check_file(pairs_file, "pairs file")
@@ -149,20 +156,53 @@ class VectorPanel:
             if self.ctx.limits is not None:
                 self.ctx.limits.check_text(layers, "layers to compute")
             chosen = parse_layers(layers or "all", lm.n_layers) or tuple(range(lm.n_layers))
-
-            def report(done: int, total: int) -> None:
-                if progress is not None:
-                    progress((done, total), desc="reading hidden states", unit="texts")
-
+            if self.ctx.limits is not None:
+                self.ctx.limits.check_vector_positions(planned_positions(lm, pairs))
             sid = self.ctx.session_of(browser_id)
             self.ctx.check_model_time(sid, request)
-            with self.ctx.hold_model(sid, request):
-                computed = worker.compute_vector(lm, pairs, chosen, method, progress=report, source="dashboard")
         except UserError as err:
             raise shown(err) from None
+        stop = threading.Event()
+        try:
+            computed = yield from self._computed(pairs, chosen, method, stop, self.ctx.hold_model(sid, request),
+                                                 progress)
+        finally:
+            stop.set()  # a closed tab or a cancelled job: the computation ends at its next batch
         out = vector_copy(self.ctx.files, computed.vector)
-        return {"vector": gr.update(value=FILE_VECTOR), "vector_file": str(out),
-                "layer_info": self.layer_table(computed.vector), "layers": f"{computed.band[0]}-{computed.band[1]}"}
+        yield {"vector": gr.update(value=FILE_VECTOR), "vector_file": str(out),
+               "layer_info": self.layer_table(computed.vector), "layers": f"{computed.band[0]}-{computed.band[1]}"}
+
+    def _computed(self, pairs, layers, method: str, stop: threading.Event, hold_model, progress):
+        """Compute on a thread of its own (yielding nothing until it is done: Gradio's progress bar shows the
+        texts read); ``stop`` ends it between batches."""
+        inbox: queue.Queue = queue.Queue()
+
+        def report(done: int, total: int) -> None:
+            if stop.is_set():
+                raise _Stopped
+            if progress is not None:
+                progress((done, total), desc="reading hidden states", unit="texts")
+
+        def work() -> None:
+            try:
+                with hold_model:
+                    inbox.put(worker.compute_vector(self.ctx.lm, pairs, layers, method, progress=report,
+                                                    source="dashboard"))
+            except BaseException as err:  # noqa: BLE001 - handed to the handler below
+                inbox.put(err)
+
+        threading.Thread(target=work, name="steer-ui-vector", daemon=True).start()
+        while True:
+            try:
+                item = inbox.get(timeout=0.5)
+                break
+            except queue.Empty:
+                yield {}  # a point where Gradio can close this generator when its visitor is gone
+        if isinstance(item, UserError):
+            raise shown(item)
+        if isinstance(item, BaseException):
+            raise gr.Error(f"computing the vector failed: {type(item).__name__}: {item}", print_exception=False)
+        return item
 
     def _pairs(self, text: str, file: str | None) -> list:
         """The pairs typed or uploaded; on a server each text is capped (``Limits.pair_chars``) and an

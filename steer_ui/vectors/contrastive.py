@@ -75,6 +75,13 @@ def context_limit(lm: LoadedModel) -> int:
     return min(n, MAX_CONTEXT_TOKENS) if isinstance(n, int) and n > 0 else MAX_CONTEXT_TOKENS
 
 
+def planned_positions(lm: LoadedModel, pairs: Sequence[Pair]) -> int:
+    """The token positions computing a vector from ``pairs`` puts through the model (each text read up to
+    ``context_limit``), counted with the tokenizer before any forward. A server caps this (``Limits``)."""
+    limit = context_limit(lm)
+    return sum(len(text_ids(lm.tokenizer, text, limit)) for pair in pairs for text in (pair.positive, pair.negative))
+
+
 def text_ids(tokenizer, text: str, limit: int) -> list[int]:
     """``text``'s token ids (the tokenizer's defaults) cut to its last ``limit`` tokens, keeping a leading
     BOS the tokenizer adds: the state is read at the last token, so the end is what matters. A text longer
