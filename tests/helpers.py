@@ -107,3 +107,22 @@ def wait_until(condition, bound_s: float = 300.0, every_s: float = 0.1):
 def compute(dash, *args, **kwargs) -> dict:
     """The dashboard's Compute vector handler run to its end as Gradio runs it (a generator): its last update."""
     return list(dash.vectors.compute(*args, **kwargs))[-1]
+
+
+def refusal(fn, *args, **kwargs) -> tuple[BaseException | None, float, int]:
+    """(what ``fn`` raised, the CPU seconds this thread spent, peak bytes of Python allocations while it ran):
+    how a refusal is measured. CPU time, not wall-clock: the work done, whatever else the machine does."""
+    import time
+    import tracemalloc
+
+    tracemalloc.start()
+    started = time.thread_time()
+    raised = None
+    try:
+        fn(*args, **kwargs)
+    except BaseException as err:  # noqa: BLE001 - the refusal is what is measured
+        raised = err
+    cpu_s = time.thread_time() - started
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    return raised, cpu_s, peak

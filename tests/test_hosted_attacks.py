@@ -16,7 +16,6 @@ import subprocess
 import sys
 import threading
 import time
-import tracemalloc
 import zipfile
 from pathlib import Path
 from types import SimpleNamespace
@@ -26,7 +25,7 @@ import numpy as np
 import pytest
 from sqlalchemy import event
 
-from helpers import compute
+from helpers import compute, refusal
 
 from steer_ui.app.context import AppContext
 from steer_ui.app.dashboard import Dashboard
@@ -57,23 +56,6 @@ def gen(dash: Dashboard, browser: str | None = None, **over) -> list[dict]:
     args = dict(prompt=PROMPT, vector="confidence", layers="16-19", coefs="4", max_new_tokens=4, probe_every=2)
     args.update(over)
     return list(dash.generate.generate(**args, browser_id=browser))
-
-
-def quick(fn, *args, **kwargs) -> tuple[BaseException | None, float, int]:
-    """(what ``fn`` raised, the CPU seconds this thread spent, peak bytes of Python allocations while it
-    ran). CPU time, not wall-clock: the work done, whatever else the machine is doing. The callers also
-    check that the model ran no forward (``forwards``)."""
-    tracemalloc.start()
-    started = time.thread_time()
-    raised = None
-    try:
-        fn(*args, **kwargs)
-    except BaseException as err:  # noqa: BLE001 - the refusal is what is measured
-        raised = err
-    cpu_s = time.thread_time() - started
-    peak = tracemalloc.get_traced_memory()[1]
-    tracemalloc.stop()
-    return raised, cpu_s, peak
 
 
 @pytest.fixture()
@@ -205,7 +187,7 @@ def sweep(dash: Dashboard, questions: str = "yesno:1", coefs: str = "0", browser
     ({"layers": "0-30000000"}, "layer 30000000 is out of range"),
 ])
 def test_a_sweep_over_the_caps_is_refused_at_once(hosted, over, message, forwards):
-    raised, cpu_s, peak = quick(sweep, hosted, **over)
+    raised, cpu_s, peak = refusal(sweep, hosted, **over)
     assert isinstance(raised, gr.Error) and message in said(raised)
     assert cpu_s < 1.0 and peak < 100 * MB and not forwards
     assert hosted.ctx.store.list_runs() == []
@@ -262,7 +244,7 @@ def test_stop_ends_a_sweep_within_a_step(bundled, tmp_path):
     ({"probe_choices": "a,b,c,d,e,f,g,h,i"}, "the probe reads at most 8 choices"),
 ])
 def test_oversized_fields_are_refused_before_work(hosted, over, message, forwards):
-    raised, cpu_s, peak = quick(gen, hosted, **over)
+    raised, cpu_s, peak = refusal(gen, hosted, **over)
     assert isinstance(raised, gr.Error) and message in said(raised), raised
     assert cpu_s < 1.0 and peak < 100 * MB and not forwards
 
@@ -288,7 +270,7 @@ def test_compute_vector_refuses_long_texts_and_huge_layers_before_reading_states
              ((json.dumps({"positive": "a", "negative": "b"}), None, "mean_diff", "1," * 100_000),
               "the layers to compute field is 200,000 characters")]
     for args, message in cases:
-        raised, cpu_s, peak = quick(lambda: compute(hosted, *args, progress=None))
+        raised, cpu_s, peak = refusal(lambda: compute(hosted, *args, progress=None))
         assert isinstance(raised, gr.Error) and message in said(raised), raised
         assert str(file.parent) not in str(raised) and cpu_s < 1.0 and peak < 100 * MB and not forwards
 
@@ -310,7 +292,7 @@ def test_a_vector_zip_bomb_upload_is_refused_from_its_header(hosted, tmp_path, f
     bomb.parent.mkdir()
     _npz_bomb(bomb, 256)
     assert bomb.stat().st_size < MB
-    raised, cpu_s, peak = quick(gen, hosted, vector="uploaded or computed file", vector_file=str(bomb))
+    raised, cpu_s, peak = refusal(gen, hosted, vector="uploaded or computed file", vector_file=str(bomb))
     assert isinstance(raised, gr.Error) and said(raised).startswith("vector.npz: unpacks to"), raised
     assert str(bomb.parent) not in str(raised) and cpu_s < 1.0 and peak < 100 * MB and not forwards
 

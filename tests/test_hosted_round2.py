@@ -11,14 +11,12 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
-import tracemalloc
 from pathlib import Path
 from types import SimpleNamespace
 
 import gradio as gr
 import pytest
-from helpers import compute, wait_until
+from helpers import compute, refusal, wait_until
 
 from steer_ui.app.context import AppContext
 from steer_ui.app.dashboard import Dashboard
@@ -39,21 +37,6 @@ def hosted(bundled, tmp_path) -> Dashboard:
 
 def said(err: BaseException) -> str:
     return getattr(err, "message", None) or str(err)
-
-
-def refused(fn, *args, **kwargs) -> tuple[BaseException | None, float, int]:
-    """(what ``fn`` raised, CPU seconds of this thread, peak bytes of Python allocations) while it ran."""
-    tracemalloc.start()
-    started = time.thread_time()
-    raised = None
-    try:
-        fn(*args, **kwargs)
-    except BaseException as err:  # noqa: BLE001 - the refusal is what is measured
-        raised = err
-    cpu_s = time.thread_time() - started
-    peak = tracemalloc.get_traced_memory()[1]
-    tracemalloc.stop()
-    return raised, cpu_s, peak
 
 
 # --- 2. a training outlives its visitor -----------------------------------------------------------------
@@ -81,7 +64,7 @@ def test_a_training_over_the_token_budget_is_refused_before_any_work(hosted, bun
     long = "\n".join(json.dumps({"prompt": f"Question {i}?", "completion": "In short: " + "word " * 700})
                      for i in range(200))
     try:
-        raised, cpu_s, peak = refused(lambda: next(hosted.train.train(long, None, "10-13", 200, None)))
+        raised, cpu_s, peak = refusal(lambda: next(hosted.train.train(long, None, "10-13", 200, None)))
     finally:
         handle.remove()
     assert isinstance(raised, gr.Error) and "token positions through the model" in said(raised)
@@ -125,7 +108,7 @@ def test_a_question_longer_than_the_prompt_cap_is_refused(hosted, tmp_path):
 # --- 9. fields parsed before their size is checked ------------------------------------------------------
 def test_the_sweep_s_coefficients_are_length_checked_before_they_are_parsed(hosted):
     """The attack: a 20 MiB coefficient field added 622 MiB before anything refused it."""
-    raised, cpu_s, peak = refused(hosted.sweep.sweep, "yesno:1", None, "1," * (10 * MB), vector="confidence",
+    raised, cpu_s, peak = refusal(hosted.sweep.sweep, "yesno:1", None, "1," * (10 * MB), vector="confidence",
                                   max_new_tokens=4, progress=None)
     assert isinstance(raised, gr.Error) and "the coefficients field is 20,971,520 characters" in said(raised)
     assert cpu_s < 1.0 and peak < 100 * MB
@@ -359,7 +342,7 @@ def test_a_probe_suffix_over_the_token_cap_is_refused_before_any_forward(hosted,
     forwards = []
     handle = bundled.layers[0].register_forward_pre_hook(lambda *a: forwards.append(1))
     try:
-        raised, cpu_s, peak = refused(lambda: next(hosted.generate.generate(
+        raised, cpu_s, peak = refusal(lambda: next(hosted.generate.generate(
             prompt="Is 7 prime?", probe_suffix=suffix, probe_every=1, max_new_tokens=4,
             browser_id=hosted.ctx.session_for(None)[1])))
     finally:
@@ -387,7 +370,7 @@ def test_a_gguf_with_a_huge_model_hint_is_refused_from_its_header(hosted, tmp_pa
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
-    raised, cpu_s, peak = refused(lambda: list(hosted.generate.generate(
+    raised, cpu_s, peak = refusal(lambda: list(hosted.generate.generate(
         prompt="Is 7 prime?", vector="uploaded or computed file", vector_file=str(path), coefs="1",
         layers="16", max_new_tokens=2)))
     assert isinstance(raised, gr.Error)
@@ -586,7 +569,7 @@ def test_a_vector_computation_over_the_token_budget_is_refused_before_any_work(h
     forwards = []
     handle = bundled.layers[0].register_forward_pre_hook(lambda *a: forwards.append(1))
     try:
-        raised, cpu_s, peak = refused(compute, hosted, pairs, None, "mean_diff", "all", progress=None)
+        raised, cpu_s, peak = refusal(compute, hosted, pairs, None, "mean_diff", "all", progress=None)
     finally:
         handle.remove()
     assert isinstance(raised, gr.Error) and said(raised).startswith("these pairs are ")

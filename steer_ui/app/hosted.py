@@ -99,8 +99,9 @@ class Limits:
         spec = build_probe(lm.tokenizer, lm.profile, settings)
         suffix = max(len(spec.suffix_ids), len(spec.close_think_ids or ()))
         if suffix > self.probe_suffix_tokens:
-            raise UserError(f"the probe suffix is {suffix} tokens{' with its closing tag' if spec.close_think_ids else ''}"
-                            f"; this server's limit is {self.probe_suffix_tokens}")
+            tag = " with its closing tag" if spec.close_think_ids else ""
+            raise UserError(f"the probe suffix is {suffix} tokens{tag}; this server's limit is "
+                            f"{self.probe_suffix_tokens}")
         if spec.tree.size > self.probe_positions:
             raise UserError(f"the probe choices add {spec.tree.size} positions to every reading; this server's limit "
                             f"is {self.probe_positions}: use fewer or shorter choices")

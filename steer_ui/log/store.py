@@ -106,7 +106,8 @@ def _log_errors(doing: str) -> Callable[[F], F]:
             try:
                 result = method(store, *args, **kwargs)
             except DBAPIError as err:
-                failed = UserError(f"cannot {doing} the session log: {store.hide_secrets(_first_line(err.orig or err))}")
+                why = store.hide_secrets(_first_line(err.orig or err))
+                failed = UserError(f"cannot {doing} the session log: {why}")
             except PoolTimeout:
                 failed = UserError(f"cannot {doing} the session log: no database connection came free in time")
             else:
