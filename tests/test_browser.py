@@ -18,8 +18,8 @@ CHROMIUM = os.environ.get("STEER_UI_CHROMIUM", "/usr/bin/chromium")
 if os.environ.get("STEER_UI_SKIP_BROWSER") == "1":
     pytest.skip("STEER_UI_SKIP_BROWSER=1", allow_module_level=True)
 
-from playwright.sync_api import Page, expect, sync_playwright  # noqa: E402
 from helpers import wait_until  # noqa: E402
+from playwright.sync_api import Page, expect, sync_playwright  # noqa: E402
 
 XSS = '<img src=x onerror="window.__pwned=1"><script>window.__pwned=2</script>'
 LONG = "Write a long story about a dragon who learns arithmetic."

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import copy
 import json
-from pathlib import Path
 import threading
 import time
+from pathlib import Path
 
 import gradio as gr
 import pytest

@@ -23,9 +23,8 @@ from types import SimpleNamespace
 import gradio as gr
 import numpy as np
 import pytest
-from sqlalchemy import event
-
 from helpers import compute, refusal
+from sqlalchemy import event
 
 from steer_ui.app.context import AppContext
 from steer_ui.app.dashboard import Dashboard

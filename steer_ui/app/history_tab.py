@@ -11,8 +11,8 @@ import gradio as gr
 
 from steer_ui.app.context import AppContext, shown
 from steer_ui.app.downloads import run_downloads, session_folder, stored_copy
-from steer_ui.app.hosted import rate_validator
 from steer_ui.app.generate_tab import FORM, RUN_OUTPUTS, run_link
+from steer_ui.app.hosted import rate_validator
 from steer_ui.app.stream_values import chart_value, streams_value
 from steer_ui.app.vector_panel import FILE_VECTOR, NO_VECTOR, STORED, VectorPanel
 from steer_ui.app.wiring import Components, by_name

@@ -15,8 +15,8 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
-from typing import Any
 from dataclasses import dataclass, field, fields
+from typing import Any
 
 import gradio as gr
 

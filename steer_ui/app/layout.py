@@ -7,7 +7,6 @@ vector info) skip the queue.
 
 from __future__ import annotations
 
-
 import gradio as gr
 
 from steer_ui.app.dashboard import Dashboard

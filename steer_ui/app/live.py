@@ -7,16 +7,15 @@ the engine thread, so a run is saved the same whether the browser stays, stops i
 
 from __future__ import annotations
 
-import contextvars
 import logging
 import queue
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
 
 import torch
 
+from steer_ui.app.request_thread import start_in_request_context
 from steer_ui.engine import worker
 from steer_ui.engine.run_settings import RunSettings
 from steer_ui.errors import UserError
@@ -56,9 +55,7 @@ class LiveRun:
         self._hold = hold_model
         self._queue: queue.Queue = queue.Queue()
         # In the request's context: on ZeroGPU, the GPU is booked against the user who asked.
-        self._thread = threading.Thread(target=contextvars.copy_context().run, args=(self._work,),
-                                        name=f"live-{self.view.key}", daemon=True)
-        self._thread.start()
+        self._thread = start_in_request_context(self._work, f"live-{self.view.key}")
 
     def _work(self) -> None:
         try:

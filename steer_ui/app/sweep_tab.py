@@ -4,9 +4,9 @@ template; each run is logged and shows in History. Big sweeps: ``python -m steer
 from __future__ import annotations
 
 import secrets
-from pathlib import Path
 import threading
 from html import escape
+from pathlib import Path
 from typing import Any
 
 import gradio as gr

@@ -19,6 +19,7 @@ import gradio as gr
 from steer_ui.app.context import AppContext, shown
 from steer_ui.app.downloads import vector_copy
 from steer_ui.app.hosted import rate_validator
+from steer_ui.app.request_thread import start_in_request_context
 from steer_ui.app.vector_panel import FILE_VECTOR, VectorPanel
 from steer_ui.app.wiring import Components, by_name
 from steer_ui.errors import UserError
@@ -88,7 +89,7 @@ class TrainPanel:
             finally:
                 inbox.put(_DONE)
 
-        threading.Thread(target=work, name="steer-ui-train", daemon=True).start()
+        start_in_request_context(work, "steer-ui-train")
         result = None
         while (item := inbox.get()) is not _DONE:
             if isinstance(item, UserError):

@@ -16,6 +16,7 @@ import gradio as gr
 from steer_ui.app.context import AppContext, shown
 from steer_ui.app.downloads import stored_copy, vector_copy, vector_handle
 from steer_ui.app.hosted import rate_validator
+from steer_ui.app.request_thread import start_in_request_context
 from steer_ui.app.wiring import Components, by_name
 from steer_ui.engine import worker
 from steer_ui.errors import UserError
@@ -191,7 +192,7 @@ class VectorPanel:
             except BaseException as err:  # noqa: BLE001 - handed to the handler below
                 inbox.put(err)
 
-        threading.Thread(target=work, name="steer-ui-vector", daemon=True).start()
+        start_in_request_context(work, "steer-ui-vector")
         while True:
             try:
                 item = inbox.get(timeout=0.5)

@@ -20,6 +20,7 @@ from steer_ui.errors import UserError
 from steer_ui.model.loading import LoadedModel
 from steer_ui.vectors.layers import format_layers
 
+
 @dataclass(frozen=True)
 class RunPlan:
     """A validated run: token ids, rows, steering and probe, ready to decode.

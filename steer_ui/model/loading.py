@@ -17,8 +17,8 @@ import tempfile
 import time
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 import torch
