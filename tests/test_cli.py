@@ -57,6 +57,10 @@ def test_jsonl_contract(vector_file):
         assert [t["step"] for t in mine] == list(range(len(mine)))
         assert [t["token_id"] for t in mine] == row["token_ids"]
         assert row["finish_reason"] in ("eos", "length")
+        # The urge to stop where each token was chosen (end-of-sequence: this model has no thinking block).
+        assert all(t["stop_logprob"] <= 0 and "forced" not in t for t in mine)
+        assert set(row["dynamics"]) == {"flips", "settled_at", "after_settle", "readings"}
+        assert row["think_tokens"] == len(row["token_ids"]) and row["interventions"] == 0
         steps = [p["step"] for p in probes if p["row"] == row["row"]]
         assert steps[0] == 0 and all(s % 4 == 0 for s in steps)
     p = probes[0]

@@ -23,15 +23,17 @@ from dataclasses import dataclass, field
 
 import torch
 
+from steer_ui.engine.budget_state import BudgetState, choose
 from steer_ui.engine.detokenize import Detokenizer
-from steer_ui.engine.events import (ChoiceInfo, DoneEvent, Event, FinishReason, ProbeEvent, RowInfo, RowResult,
-                                    StartEvent, Timing, TokenEvent)
+from steer_ui.engine.dynamics import dynamics
+from steer_ui.engine.events import (ChoiceInfo, DoneEvent, Event, FinishReason, InterveneEvent, ProbeEvent, RowInfo,
+                                    RowResult, StartEvent, Timing, TokenEvent)
 from steer_ui.engine.forward import Forward
 from steer_ui.engine.hooks import Steerer
 from steer_ui.engine.plan import RunPlan, plan_run
 from steer_ui.engine.probe import ProbeSpec, Reading, read, tree_parents
 from steer_ui.engine.run_settings import RunSettings
-from steer_ui.engine.sampling import Sampler
+from steer_ui.engine.sampling import Sampler, stop_logprobs
 from steer_ui.engine.scope import Scope
 from steer_ui.model.loading import LoadedModel
 
@@ -49,19 +51,41 @@ class _Row:
     finish: FinishReason | None = None
     last_read: tuple[int, Reading, bool] | None = None  # (step, reading, think closed) of the latest reading
     tail: str = ""  # the last characters, to spot a think tag split over tokens
+    readings: list[tuple[int, dict[str, float]]] = field(default_factory=list)  # (step, logprobs), for dynamics
+    think_start: int | None = None  # index of the first thinking token (0 when the prompt opened the block)
+    think_end: int | None = None  # index where the closing tag starts, once it has
+    budget: BudgetState | None = None
 
     def append(self, token_id: int, think_open: str | None, think_close: str | None) -> str:
         piece = self.detok.push(token_id)
         self.last_was_thinking = self.thinking
+        self.token_ids.append(token_id)
+        self.text.append(piece)
         if think_open and think_close:
             if self.thinking and _tag_ends_here(self.tail, piece, think_close):
                 self.thinking = False  # the closing tag itself still counts as thinking
+                self.think_end = _tag_start(self.text, think_close)
             elif not self.thinking and _tag_ends_here(self.tail, piece, think_open):
                 self.thinking = self.last_was_thinking = True
+                self.think_start = len(self.token_ids)
             self.tail = (self.tail + piece)[-32:]
-        self.token_ids.append(token_id)
-        self.text.append(piece)
         return piece
+
+    def think_tokens(self, has_thinking: bool) -> int:
+        """Thinking tokens so far: before the closing tag; every token on a model without a thinking block."""
+        if not has_thinking:
+            return len(self.token_ids)
+        if self.think_start is None:
+            return 0
+        return (self.think_end if self.think_end is not None else len(self.token_ids)) - self.think_start
+
+
+def _tag_start(pieces: list[str], tag: str) -> int:
+    """Index of the token where ``tag`` begins: the fewest last pieces that hold it."""
+    k = 1
+    while k < len(pieces) and tag not in "".join(pieces[-k:]):
+        k += 1
+    return len(pieces) - k
 
 
 def _tag_ends_here(tail: str, piece: str, tag: str) -> bool:
@@ -79,7 +103,9 @@ def decode(lm: LoadedModel, plan: RunPlan, cancel: threading.Event | None = None
     settings, spec, scopes = plan.settings, plan.probe, plan.scopes
     profile = lm.profile
     yield _start_event(lm, plan)
-    rows = [_Row(info, Detokenizer(lm.tokenizer), plan.starts_thinking) for info in plan.rows]
+    rows = [_Row(info, Detokenizer(lm.tokenizer), plan.starts_thinking, think_start=0 if plan.starts_thinking
+                 else None, budget=BudgetState(b) if b else None) for info, b in zip(plan.rows, _row_budgets(plan))]
+    ends = plan.ends
     coefs = torch.tensor(plan.coefs, dtype=torch.float32, device=lm.input_device)
     sampler = Sampler(settings, lm.input_device)
     pad = _pad(plan)
@@ -97,20 +123,22 @@ def decode(lm: LoadedModel, plan: RunPlan, cancel: threading.Event | None = None
         logits = _prefill(forward, plan)
         if spec:
             yield from _probe_events(read(logits[:, 1:], spec), rows, 0, spec, ())
-        tokens = sampler(logits[:, 0]).tolist()
+        tokens, forced, notes, urges = _choose(rows, logits[:, 0], sampler, ends, settings.ignore_eos)
         prefill_s = time.perf_counter() - start
         for s in range(settings.max_new_tokens):
             probed: list[_Row] = []
             ended: list[_Row] = []  # rows that end at this step: each gets a final reading at its last token
-            for row, tok in zip(rows, tokens):
+            for row, tok, was_forced, note, urge in zip(rows, tokens, forced, notes, urges):
                 if row.finish is not None:
                     continue
-                if tok in plan.eos_ids and not settings.ignore_eos:
+                if note is not None:
+                    yield InterveneEvent(row.info.row, s, *note)
+                if tok in plan.eos_ids and not settings.ignore_eos and not was_forced:
                     row.finish = "eos"
                     ended.append(row)
                     continue
                 piece = row.append(tok, profile.think_open, profile.think_close)
-                yield TokenEvent(row.info.row, s, tok, piece)
+                yield TokenEvent(row.info.row, s, tok, piece, was_forced, urge)
                 probed.append(row)
                 if len(row.token_ids) >= settings.max_new_tokens:
                     row.finish = "length"
@@ -125,7 +153,8 @@ def decode(lm: LoadedModel, plan: RunPlan, cancel: threading.Event | None = None
             if all(r.finish for r in rows) and not readers:
                 break
             feed = [r.token_ids[-1] if r.token_ids and r.finish != "eos" else pad for r in rows]
-            mask = [_steers(sc, sc and sc.steers_generated(len(r.token_ids) - 1, r.last_was_thinking))
+            mask = [_steers(sc, sc and sc.steers_generated(len(r.token_ids) - 1, r.last_was_thinking,
+                                                           r.budget.triggered if r.budget else ()))
                     for r, sc in zip(rows, scopes)]
             if readers:
                 # A row that ended at end-of-sequence fed its last token already: its suffix comes first.
@@ -138,16 +167,36 @@ def decode(lm: LoadedModel, plan: RunPlan, cancel: threading.Event | None = None
             steps += 1
             if all(r.finish for r in rows):
                 break
-            tokens = sampler(logits[:, 0]).tolist()
+            tokens, forced, notes, urges = _choose(rows, logits[:, 0], sampler, ends, settings.ignore_eos)
     for row in rows:
         row.finish = row.finish or "length"
         row.text.append(row.detok.flush())
     yield DoneEvent(
-        rows=[RowResult(r.info.row, r.info.label, r.info.coef, r.token_ids, "".join(r.text), r.finish)
-              for r in rows],
+        rows=[RowResult(r.info.row, r.info.label, r.info.coef, r.token_ids, "".join(r.text), r.finish,
+                        r.think_tokens(ends.thinking), r.budget.interventions if r.budget else 0,
+                        dynamics(r.readings, len(r.token_ids)) if spec else None) for r in rows],
         timing=Timing(load_s=lm.load_s, prefill_s=prefill_s, decode_s=time.perf_counter() - start - prefill_s,
                       steps=steps, compiled=session is not None, eager_because=eager_because),
     )
+
+
+def _row_budgets(plan: RunPlan) -> list:
+    return plan.budgets or [None] * len(plan.rows)
+
+
+def _choose(rows: list[_Row], logits: torch.Tensor, sampler: Sampler, ends, ignore_eos: bool):
+    """Each row's next token (the model's, or its budget's), whether it was forced, the intervention to
+    report (kind, text) and the urge to stop where it was chosen."""
+    tokens = sampler(logits).tolist()
+    urges = stop_logprobs(logits, [r.thinking for r in rows], ends)
+    forced, notes = [False] * len(rows), [None] * len(rows)
+    for i, row in enumerate(rows):
+        if row.budget is not None and row.finish is None:
+            thinking = row.thinking if ends.thinking else True
+            tokens[i], forced[i], notes[i] = choose(row.budget, tokens[i], row.think_tokens(ends.thinking),
+                                                    len(row.token_ids), thinking, ends, ignore_eos,
+                                                    lambda banned, i=i: sampler.again(i, banned))
+    return tokens, forced, notes, [u if r.thinking or not ends.thinking else None for u, r in zip(urges, rows)]
 
 
 def _start_event(lm: LoadedModel, plan: RunPlan) -> StartEvent:
@@ -251,6 +300,7 @@ def _probe_events(readings: list[Reading], rows: list[_Row], step: int | None, s
         closed = bool(row.thinking and spec.close_think_ids)
         at = len(row.token_ids) if step is None else step
         row.last_read = (at, r, closed)
+        row.readings.append((at, r.logprobs))
         yield ProbeEvent(row.info.row, at, r.logodds, r.mass, r.logprobs, r.reliable, closed, final=row in ended)
 
 

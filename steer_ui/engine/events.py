@@ -19,6 +19,15 @@ class RowInfo:
     vector: str | None = None  # the steering vector's name; None for the baseline
     layers: list[int] = field(default_factory=list)  # where this row is steered
     scope: str | None = None  # None for the baseline
+    budget: str | None = None  # the row's thinking budget ('budget:min=200'), None without one
+
+
+def _row_info_dict(info: RowInfo) -> dict:
+    """A row as the start event's JSON has it: ``budget`` only on rows with one (the contract before budgets)."""
+    d = asdict(info)
+    if d["budget"] is None:
+        del d["budget"]
+    return d
 
 
 @dataclass(frozen=True)
@@ -49,7 +58,7 @@ class StartEvent:
             "model": self.model,
             "prompt_ids": self.prompt_ids,
             "prompt_text": self.prompt_text,
-            "rows": [asdict(r) for r in self.rows],
+            "rows": [_row_info_dict(r) for r in self.rows],
             "layers": self.layers,
             "scope": self.scope,
             "probe": {
@@ -68,10 +77,38 @@ class TokenEvent:
     step: int  # 0-based index of this generated token in its row
     token_id: int
     text: str
+    forced: bool = False  # fed by a budget (its wait text, or the closing tag and cue), not chosen by the model
+    # log p(ending thinking) where this token was chosen: the closing tag's first token while the row thinks,
+    # end-of-sequence on a model without a thinking block; None after the thinking block closed.
+    stop_logprob: float | None = None
     event: Literal["token"] = "token"
 
     def to_dict(self) -> dict:
-        return {"event": "token", "row": self.row, "step": self.step, "token_id": self.token_id, "text": self.text}
+        d = {"event": "token", "row": self.row, "step": self.step, "token_id": self.token_id, "text": self.text}
+        if self.forced:
+            d["forced"] = True
+        if self.stop_logprob is not None:
+            d["stop_logprob"] = self.stop_logprob
+        return d
+
+
+InterventionKind = Literal["extend", "cap", "trigger"]
+
+
+@dataclass(frozen=True)
+class InterveneEvent:
+    """A budget acted at ``step`` (the index of the first token it affects): ``extend`` fed the wait text
+    where the model chose to end, ``cap`` forced the closing tag and cue, ``trigger`` (an at-end row) refused
+    the end and steers from here."""
+
+    row: int
+    step: int
+    kind: InterventionKind
+    text: str
+    event: Literal["intervene"] = "intervene"
+
+    def to_dict(self) -> dict:
+        return {"event": "intervene", "row": self.row, "step": self.step, "kind": self.kind, "text": self.text}
 
 
 @dataclass(frozen=True)
@@ -97,6 +134,16 @@ class ProbeEvent:
 
 
 @dataclass(frozen=True)
+class Dynamics:
+    """How a row's answer moved, from its probe readings in order (``engine.dynamics``)."""
+
+    flips: int  # consecutive readings whose leading choice differs
+    settled_at: int  # the step of the first reading after the last flip
+    after_settle: int  # generated tokens after settled_at
+    readings: int
+
+
+@dataclass(frozen=True)
 class RowResult:
     row: int
     label: str
@@ -104,6 +151,9 @@ class RowResult:
     token_ids: list[int]
     text: str
     finish_reason: FinishReason
+    think_tokens: int | None = None  # tokens before the closing tag (all of them on a model without one)
+    interventions: int = 0
+    dynamics: Dynamics | None = None  # None without a probe
 
 
 @dataclass(frozen=True)
@@ -131,4 +181,4 @@ class DoneEvent:
         return {"event": "done", "rows": [asdict(r) for r in self.rows], "timing": asdict(self.timing)}
 
 
-Event = Union[StartEvent, TokenEvent, ProbeEvent, DoneEvent]
+Event = Union[StartEvent, TokenEvent, InterveneEvent, ProbeEvent, DoneEvent]

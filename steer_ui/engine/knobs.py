@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from steer_ui.engine.budget import Budget
 from steer_ui.engine.scope import SCOPE_CHOICES, SCOPE_HELP, Scope
 from steer_ui.errors import UserError
 from steer_ui.vectors.layers import format_layers, parse_layers
@@ -26,17 +27,22 @@ Group = Literal["prompt", "steering", "decoding", "probe"]
 
 @dataclass(frozen=True)
 class RowSpec:
-    """One steered row as written (``--row confidence=-6@12-15/generated``): the vector by name or path."""
+    """One row as written (``--row confidence=-6@12-15/generated``, ``--row budget:min=200``,
+    ``--row confidence=-6/think+budget:min=200``): the vector by name or path, a thinking budget, or both."""
 
-    vector: str
-    coef: float
+    vector: str | None
+    coef: float = 0.0
     layers: tuple[int, ...] | None = None  # None: the layers of the form (or the vector's own)
     scope: Scope | None = None  # None: the form's scope
+    budget: Budget | None = None
 
     def __str__(self) -> str:
+        if self.vector is None:
+            return str(self.budget)
         at = f"@{format_layers(self.layers)}" if self.layers is not None else ""
         scope = f"/{self.scope}" if self.scope is not None else ""
-        return f"{self.vector}={number_text(self.coef)}{at}{scope}"
+        budget = f"+{self.budget}" if self.budget is not None else ""
+        return f"{self.vector}={number_text(self.coef)}{at}{scope}{budget}"
 
 
 def number_text(x: float) -> str:
@@ -79,10 +85,21 @@ def parse_choices(text: str | Sequence[str]) -> tuple[str, ...]:
 
 
 def parse_row(text: str | RowSpec) -> RowSpec:
-    """``VECTOR=COEF[@LAYERS][/SCOPE]`` (VECTOR: a preset name or a vector file), e.g. ``confidence=-6``,
-    ``confidence=-6@12-15``, ``confidence=-6@12-15/generated``."""
+    """``VECTOR=COEF[@LAYERS][/SCOPE][+BUDGET]`` (VECTOR: a preset name or a vector file) or ``BUDGET``
+    alone, e.g. ``confidence=-6``, ``confidence=-6@12-15/generated``, ``budget:min=200``,
+    ``reconsideration=4@12-15/think+budget:min=2000`` (BUDGET: ``engine.budget``)."""
     if isinstance(text, RowSpec):
         return text
+    text = str(text)
+    if text.strip().lower().startswith("budget:"):
+        return RowSpec(None, budget=Budget.parse(text))
+    head, *tail = re.split(r"\+\s*(?=budget:)", text, maxsplit=1, flags=re.IGNORECASE)
+    budget = Budget.parse(tail[0]) if tail else None
+    spec = _vector_row(head)
+    return RowSpec(spec.vector, spec.coef, spec.layers, spec.scope, budget)
+
+
+def _vector_row(text: str) -> RowSpec:
     m = re.fullmatch(r"\s*([^=]+?)\s*=\s*([^@/]+?)\s*(?:@\s*([^/]+?))?\s*(?:/\s*(.+?))?\s*", str(text))
     if not m:
         raise UserError(f"cannot read row {str(text)[:60]!r}: write VECTOR=COEF, VECTOR=COEF@LAYERS or "
@@ -242,10 +259,11 @@ KNOBS: tuple[Knob, ...] = (
          show=_show_coefs, metavar="C"),
     Knob("scope", Scope(), "Scope", f"where the vector is added: {SCOPE_HELP}", kind="choice",
          choices=SCOPE_CHOICES, group="steering", parse=Scope.parse, show=str),
-    Knob("rows", (), "Rows with their own vector", "a steered row with its own vector: VECTOR=COEF, "
-         "VECTOR=COEF@LAYERS or VECTOR=COEF@LAYERS/SCOPE (repeat the option; in a text box one per line)",
-         kind="list", group="steering", flag="--row", repeat=True, parse=parse_rows, show=format_rows,
-         metavar="VECTOR=COEF[@LAYERS][/SCOPE]"),
+    Knob("rows", (), "Rows with their own vector or budget", "a row with its own vector: VECTOR=COEF, "
+         "VECTOR=COEF@LAYERS or VECTOR=COEF@LAYERS/SCOPE; a thinking budget: budget:min=N[,wait=TEXT][,times=K], "
+         "budget:max=N[,cue=TEXT]; or both: VECTOR=COEF/SCOPE+budget:min=N (repeat the option; in a text box "
+         "one per line)", kind="list", group="steering", flag="--row", repeat=True, parse=parse_rows,
+         show=format_rows, metavar="VECTOR=COEF[@LAYERS][/SCOPE][+budget:...]|budget:..."),
     # Decoding.
     Knob("max_new_tokens", 128, "Max new tokens", "new tokens per row at most", kind="int", lo=1, ui_max=2048,
          hosted_cap=("max_new_tokens", 512)),

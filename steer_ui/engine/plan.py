@@ -6,11 +6,12 @@ A ``RunPlan`` is plain data (ids, tensors, small dataclasses): it can be pickled
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 
+from steer_ui.engine.budget import Budget
 from steer_ui.engine.events import RowInfo
 from steer_ui.engine.kv_cache import check_static_cache
 from steer_ui.engine.probe import ProbeSpec, build_probe
@@ -44,6 +45,32 @@ class RunPlan:
     max_len: int  # the most positions the cache ever holds: prompt + new tokens + longest suffix + tree
     probe_width: int  # the longest suffix (0 without a probe): compiled probe steps all carry this many
     warnings: list[str] = field(default_factory=list)
+    budgets: list[RowBudget | None] = field(default_factory=list)  # per row, baseline first (None: no budget)
+    ends: Ends | None = None  # what ends thinking (budgets act on it; every row's urge to stop is read from it)
+
+
+@dataclass(frozen=True)
+class Ends:
+    """The tokens that end a row's thinking: the closing tag's first token while thinking (and
+    end-of-sequence), or end-of-sequence on a model without a thinking block. ``close_ids`` is the whole
+    tag, forced by ``max``."""
+
+    thinking: bool  # the model has a thinking block
+    close_first: int | None
+    close_ids: tuple[int, ...]
+    eos: frozenset[int]
+
+
+@dataclass(frozen=True)
+class RowBudget:
+    """A row's budget as token ids. ``at_end`` rows (scope at-end:K) refuse ends on the run's budget:min
+    schedule (``budget``) and steer the next K tokens instead of feeding ``wait_ids``."""
+
+    budget: Budget
+    wait_ids: tuple[int, ...]
+    cap_ids: tuple[int, ...]  # the closing tag, then the cue (empty without max)
+    at_end: int = 0  # K of at-end:K (0: a budget row)
+    cap_text: str = ""  # what cap_ids say, for the intervention event
 
 
 def render_prompt(lm: LoadedModel, settings: RunSettings) -> tuple[str, list[int], list[str]]:
@@ -84,6 +111,7 @@ def plan_run(lm: LoadedModel, settings: RunSettings) -> RunPlan:
     if tree:
         _check_tree_support(lm)
     limit = getattr(lm.model.config.get_text_config(), "max_position_embeddings", None)
+    budgets, ends = _budgets(lm, settings)
     if limit and len(ids) + settings.max_new_tokens + longest_suffix + tree > limit:
         raise UserError(f"prompt ({len(ids)} tokens) + max new tokens ({settings.max_new_tokens}) exceeds "
                         f"the model's context of {limit} tokens")
@@ -95,10 +123,47 @@ def plan_run(lm: LoadedModel, settings: RunSettings) -> RunPlan:
     layers = sorted({x for chosen in row_layers for x in chosen})
     return RunPlan(
         settings=settings, prompt_ids=ids, prompt_text=text, rows=row_infos(settings.rows, row_layers),
-        coefs=[0.0] + [r.coef for r in settings.rows], scopes=[None] + [r.scope for r in settings.rows],
+        coefs=[0.0] + [r.coef for r in settings.rows],
+        scopes=[None] + [r.scope if r.vector is not None else None for r in settings.rows],
         layers=layers, directions=_directions(settings.rows, row_layers, layers, lm.hidden_size), probe=probe,
         eos_ids=eos_ids(lm), starts_thinking=starts_thinking, cache=settings.cache, max_len=max_len,
-        probe_width=longest_suffix, warnings=warnings)
+        probe_width=longest_suffix, warnings=warnings, budgets=budgets, ends=ends)
+
+
+def _budgets(lm: LoadedModel, settings: RunSettings) -> tuple[list[RowBudget | None], Ends]:
+    """Each row's budget in token ids (baseline first), checked against the model, and what ends thinking
+    (every run reads the urge to stop from it)."""
+    rows, profile, tok = settings.rows, lm.profile, lm.tokenizer
+    close_ids = tuple(tok.encode(profile.think_close, add_special_tokens=False)) if profile.has_thinking else ()
+    ends = Ends(profile.has_thinking, close_ids[0] if close_ids else None, close_ids, eos_ids(lm))
+    at_end = [r for r in rows if r.scope.kind == "at-end"]
+    schedule = next((r.budget for r in rows if r.budget and r.budget.min_tokens is not None), None)
+    if at_end and schedule is None:
+        raise UserError("scope at-end:K refuses ends where a budget:min row would say 'Wait': add a row such "
+                        "as budget:min=200 to the run")
+    out: list[RowBudget | None] = [None]
+    for number, row in enumerate(rows, start=1):
+        if row.budget is not None and row.budget.max_tokens is not None and not profile.has_thinking:
+            raise UserError(f"row {number} ({row.budget}): budget max=N closes a thinking block, and "
+                            f"{lm.model_id} has none (min=N works on any model: end-of-sequence is its end)")
+        if row.scope.kind == "at-end":
+            # The vector takes the wait text's place: the row refuses ends on the budget:min row's schedule.
+            out.append(RowBudget(replace(schedule, max_tokens=None), (), (), at_end=row.scope.every))
+        elif row.budget is not None:
+            out.append(_row_budget(lm, row.budget, close_ids))
+        else:
+            out.append(None)
+    return out, ends
+
+
+def _row_budget(lm: LoadedModel, budget: Budget, close_ids: tuple[int, ...]) -> RowBudget:
+    tok = lm.tokenizer
+    wait = tuple(tok.encode(budget.wait, add_special_tokens=False)) if budget.min_tokens is not None else ()
+    cap, cap_text = (), ""
+    if budget.max_tokens is not None:
+        cue = budget.cue if budget.cue is not None else lm.profile.answer_cue
+        cap, cap_text = close_ids + tuple(tok.encode(cue, add_special_tokens=False)), lm.profile.think_close + cue
+    return RowBudget(budget, wait, cap, cap_text=cap_text)
 
 
 def _check_tree_support(lm: LoadedModel) -> None:
@@ -114,6 +179,8 @@ def _check_tree_support(lm: LoadedModel) -> None:
 
 def _check_row(lm: LoadedModel, number: int, row: SteeredRow, name_it: bool) -> list[int]:
     """The layers row ``number`` steers, after checking its vector and scope against the model."""
+    if row.vector is None:
+        return []
     if row.scope.needs_thinking and not lm.profile.has_thinking:
         raise UserError(f"scope '{row.scope}' needs a model with a thinking block; "
                         f"{lm.model_id} has none (use all, generated or kick:N)")
@@ -140,17 +207,24 @@ def vector_label(vector) -> str:
 def row_infos(rows: tuple[SteeredRow, ...], row_layers: list[list[int]]) -> list[RowInfo]:
     """Baseline first. A label says what tells a row apart: the coefficient, and the vector, layers or
     scope when the run's rows differ in them ('coef +4' in a one-vector run, 'confidence -6' in a mixed one)."""
-    differ_vector = len({id(r.vector) for r in rows}) > 1
-    differ_layers = len({tuple(x) for x in row_layers}) > 1
-    differ_scope = len({str(r.scope) for r in rows}) > 1
+    steering = [(r, x) for r, x in zip(rows, row_layers) if r.vector is not None]
+    differ_vector = len({id(r.vector) for r, _ in steering}) > 1 or len(steering) < len(rows)
+    differ_layers = len({tuple(x) for _, x in steering}) > 1
+    differ_scope = len({str(r.scope) for r, _ in steering}) > 1
     infos = [RowInfo(0, "baseline", 0.0)]
     for i, (row, layers) in enumerate(zip(rows, row_layers)):
+        budget = str(row.budget) if row.budget is not None else None
+        if row.vector is None:
+            infos.append(RowInfo(i + 1, budget, 0.0, budget=budget))
+            continue
         label = f"{vector_label(row.vector)} {row.coef:+g}" if differ_vector else f"coef {row.coef:+g}"
         if differ_layers:
             label += f" @{format_layers(layers)}"
-        if differ_scope:
+        if differ_scope or row.scope.kind == "at-end":
             label += f" ({row.scope})"
-        infos.append(RowInfo(i + 1, label, float(row.coef), row.vector.name, list(layers), str(row.scope)))
+        if budget:
+            label += f" +{budget}"
+        infos.append(RowInfo(i + 1, label, float(row.coef), row.vector.name, list(layers), str(row.scope), budget))
     return infos
 
 
@@ -160,7 +234,7 @@ def _directions(rows: tuple[SteeredRow, ...], row_layers: list[list[int]], layer
     for layer in layers:
         matrix = torch.zeros(len(rows) + 1, hidden)  # row 0, the baseline, stays zero
         for i, (row, chosen) in enumerate(zip(rows, row_layers)):
-            if layer in chosen:
+            if layer in chosen and row.vector is not None:
                 matrix[i + 1] = row.vector.directions[layer]
         out[layer] = matrix
     return out

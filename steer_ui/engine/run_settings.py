@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from steer_ui.engine.budget import Budget
 from steer_ui.engine.knobs import BY_NAME, KNOBS, STEERING, RowSpec, default
 from steer_ui.engine.scope import Scope
 from steer_ui.errors import UserError
@@ -28,16 +29,25 @@ MAX_CHOICE_TOKENS, MAX_PROBE_NODES = 32, 256
 
 @dataclass(frozen=True)
 class SteeredRow:
-    """One steered row: ``coef * vector`` added at ``layers`` (None: every layer the vector has) on ``scope``."""
+    """One row besides the baseline: ``coef * vector`` added at ``layers`` (None: every layer the vector has)
+    on ``scope``, and/or a thinking ``budget`` (``engine.budget``). A budget row alone has no vector."""
 
-    vector: SteeringVector
-    coef: float
+    vector: SteeringVector | None
+    coef: float = 0.0
     layers: tuple[int, ...] | None = None
     scope: Scope = field(default_factory=Scope)
+    budget: Budget | None = None
+
+    def __post_init__(self) -> None:
+        if self.vector is None and self.budget is None:
+            raise UserError("a row needs a steering vector, a budget, or both")
 
     def to_dict(self) -> dict:
-        return {"vector": self.vector.name, "vector_hash": self.vector.content_hash(), "coef": self.coef,
-                "layers": list(self.layers) if self.layers is not None else None, "scope": str(self.scope)}
+        vec = self.vector
+        out = {"vector": vec.name if vec else None, "vector_hash": vec.content_hash() if vec else None,
+               "coef": self.coef, "layers": list(self.layers) if self.layers is not None else None,
+               "scope": str(self.scope)}
+        return {**out, "budget": str(self.budget)} if self.budget is not None else out
 
 
 def steered(vector: SteeringVector | None, coefs: Sequence[float], layers: Sequence[int] | None = None,
@@ -77,7 +87,8 @@ class RunSettings:
         """The distinct vectors of the steered rows, in row order."""
         seen: dict[int, SteeringVector] = {}
         for row in self.rows:
-            seen.setdefault(id(row.vector), row.vector)
+            if row.vector is not None:
+                seen.setdefault(id(row.vector), row.vector)
         return list(seen.values())
 
     def validate(self) -> None:
@@ -128,11 +139,12 @@ class RunSettings:
             rows = []
             for r in d["rows"]:
                 vec = r["vector"] if isinstance(r["vector"], SteeringVector) else vectors.get(r.get("vector_hash"))
-                if vec is None:
+                if vec is None and r.get("vector_hash") is not None:
                     raise KeyError(f"vector {r.get('vector_hash')}")
                 rows.append(SteeredRow(vec, float(r["coef"]),
                                        tuple(r["layers"]) if r.get("layers") is not None else None,
-                                       Scope.parse(r.get("scope", "all"))))
+                                       Scope.parse(r.get("scope", "all")),
+                                       Budget.parse(r["budget"]) if r.get("budget") else None))
             values = {f.name: d[f.name] for f in fields(cls) if f.name in d and f.name != "rows"}
             values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
             return cls(rows=tuple(rows), **values)
@@ -184,8 +196,9 @@ def settings_from_form(form: Mapping[str, Any], resolve_vector: ResolveVector) -
     vector = resolve_vector(values["vector"]) if values["vector"] else None
     rows = list(steered(vector, values["coefs"], layers, scope))
     for spec in values["rows"]:
-        rows.append(SteeredRow(resolve_vector(spec.vector), spec.coef,
-                               spec.layers if spec.layers is not None else layers, spec.scope or scope))
+        vec = resolve_vector(spec.vector) if spec.vector is not None else None
+        rows.append(SteeredRow(vec, spec.coef, spec.layers if spec.layers is not None or vec is None else layers,
+                               spec.scope or scope, spec.budget))
     settings = RunSettings(rows=tuple(rows), **{k: v for k, v in values.items() if k not in STEERING})
     settings.validate()
     return settings
@@ -202,17 +215,27 @@ def form_from_settings(settings: RunSettings, name_of: Callable[[SteeringVector]
     for f in fields(settings):
         if f.name != "rows" and f.name in BY_NAME:
             form[f.name] = BY_NAME[f.name].shown(getattr(settings, f.name))
-    first = settings.rows[0] if settings.rows else None
+    first = settings.rows[0] if settings.rows and settings.rows[0].vector is not None \
+        and settings.rows[0].budget is None else None
     n_same = 0
-    while n_same < len(settings.rows) and (r := settings.rows[n_same]).vector is first.vector and \
-            (r.layers, r.scope) == (first.layers, first.scope):
+    while first and n_same < len(settings.rows) and (r := settings.rows[n_same]).vector is first.vector and \
+            (r.layers, r.scope, r.budget) == (first.layers, first.scope, None):
         n_same += 1
     same = settings.rows[:n_same]
-    others = [RowSpec(name_of(r.vector), r.coef,
-                      r.layers if r.layers is not None or first.layers is None else tuple(r.vector.layers),
-                      r.scope if r.scope != first.scope else None) for r in settings.rows[n_same:]]
+    others = [_row_spec(r, first, name_of) for r in settings.rows[n_same:]]
     form.update(vector=name_of(first.vector) if first else None,
                 layers=format_layers(first.layers) if first and first.layers is not None else "",
                 coefs=BY_NAME["coefs"].shown([r.coef for r in same]), scope=str(first.scope if first else Scope()),
                 rows=BY_NAME["rows"].shown(others))
     return form
+
+
+def _row_spec(row: SteeredRow, first: SteeredRow | None, name_of: Callable[[SteeringVector], str]) -> RowSpec:
+    """A later row as the rows box writes it (relative to the form's first row, whose layers and scope a
+    row that names none takes)."""
+    if row.vector is None:
+        return RowSpec(None, budget=row.budget)
+    whole = first is not None and first.layers is not None and row.layers is None
+    layers = tuple(row.vector.layers) if whole else row.layers
+    scope = row.scope if first is None or row.scope != first.scope else None
+    return RowSpec(name_of(row.vector), row.coef, layers, scope, row.budget)

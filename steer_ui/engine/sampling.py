@@ -22,6 +22,7 @@ class Sampler:
 
     def __call__(self, logits: torch.Tensor) -> torch.Tensor:
         """Next token ids, one per row, from ``logits`` (rows x vocab)."""
+        self._last = self._last_logits = logits
         if self._gen is None:
             return logits.argmax(dim=-1)
         s = self.settings
@@ -33,7 +34,22 @@ class Sampler:
             scores = _top_p(scores, s.top_p)
         u = torch.rand(scores.shape[-1], generator=self._gen, device=scores.device)
         gumbel = -torch.log(-torch.log(u.clamp_(1e-20, 1.0 - 1e-7)))
-        return (scores + gumbel).argmax(dim=-1)
+        self._last = scores + gumbel
+        return self._last.argmax(dim=-1)
+
+    def again(self, row: int, banned: frozenset[int]) -> int:
+        """Row ``row``'s choice at the last call with ``banned`` refused: the same noise, so it is the token
+        the row would have sampled had the banned ones had no probability (greedy: the runner-up)."""
+        scores = self._last[row].clone()
+        scores[list(banned)] = float("-inf")
+        if torch.isinf(scores).all():  # top-k/top-p left only banned tokens: the likeliest other one
+            scores = self._raw_scores(row, banned)
+        return int(scores.argmax())
+
+    def _raw_scores(self, row: int, banned: frozenset[int]) -> torch.Tensor:
+        scores = self._last_logits[row].float().clone()
+        scores[list(banned)] = float("-inf")
+        return scores
 
 
 def _top_p(scores: torch.Tensor, top_p: float) -> torch.Tensor:
@@ -43,3 +59,15 @@ def _top_p(scores: torch.Tensor, top_p: float) -> torch.Tensor:
     drop_sorted = (cum - sorted_scores.softmax(dim=-1)) >= top_p
     drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
     return scores.masked_fill(drop, float("-inf"))
+
+
+def stop_logprobs(logits: torch.Tensor, thinking: list[bool], ends) -> list[float]:
+    """Per row, log p(ending) from the step's next-token ``logits``: the closing tag's first token for a row
+    inside its thinking block, end-of-sequence otherwise (no extra forward: the step has these logits)."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    eos = sorted(ends.eos)
+    at_eos = torch.logsumexp(logp[:, eos], dim=-1) if eos else torch.full((logp.shape[0],), float("-inf"))
+    if not ends.thinking or ends.close_first is None:
+        return at_eos.tolist()
+    inside = torch.tensor(thinking, device=logp.device)
+    return torch.where(inside, logp[:, ends.close_first], at_eos).tolist()  # one transfer per step

@@ -23,6 +23,9 @@ class ModelProfile:
     think_close: str | None = None
     probe_suffix: str = DEFAULT_SUFFIX
     note: str = ""
+    # What a budget:max row forces after the closing tag (s1 forces "Final Answer:"; R1 and Qwen3 write
+    # their answers after a blank line, in bold for R1).
+    answer_cue: str = "\n\nFinal Answer:"
 
     @property
     def has_thinking(self) -> bool:
