@@ -201,3 +201,43 @@ def test_budget_mistakes_against_the_model(bundled):
     vec = random_vector(bundled, [10])
     with pytest.raises(UserError, match="at-end:K refuses ends where a budget:min row"):
         plan_run(bundled, RunSettings("Hi", rows=(SteeredRow(vec, 2.0, scope=Scope.parse("at-end:8")),)))
+
+
+def test_a_budget_run_is_logged_replayed_and_exported_with_its_interventions(tiny, tmp_path):
+    """A real SQLite file: forced flags, interventions, the urge to stop and the dynamics come back on replay,
+    in the JSONL export and in the CSV streams table."""
+    import csv
+    import json
+
+    from steer_ui.engine.decode import run
+    from steer_ui.log.archive import export, record_events
+    from steer_ui.log.recorder import RunRecorder
+    from steer_ui.log.store import Store
+
+    lm = tiny["llama"]
+    s = RunSettings("Is seventeen prime?", rows=(SteeredRow(None, budget=Budget.parse("budget:max=6,cue=Yes")),),
+                    max_new_tokens=12, probe_every=4)
+    store = Store(str(tmp_path / "log.sqlite"))
+    recorder = RunRecorder(store, store.new_session("cli", "test"), lm, s)
+    events = []
+    for event in run(lm, s):
+        recorder(event)
+        events.append(event)
+    recorder.close()
+    assert recorder.error is None
+    record = store.run_record(store.get_run(recorder.run_id))
+    replayed = list(record_events(record, lm.tokenizer))
+    same = lambda evs: [e.to_dict() for e in evs if e.event in ("token", "intervene")]  # noqa: E731
+    assert same(replayed) == same(events)
+    assert replayed[-1].rows[1].dynamics == events[-1].rows[1].dynamics
+    assert replayed[-1].rows[1].think_tokens == 6 and replayed[0].rows[1].budget == "budget:max=6,cue=Yes"
+    out = export(store, tmp_path / "all.jsonl", "jsonl")[0]
+    stream = json.loads(out.read_text().splitlines()[0])["streams"][1]
+    assert stream["interventions"] == [{"step": 6, "kind": "cap", "text": "</think>Yes"}]
+    cue = lm.tokenizer.encode("Yes", add_special_tokens=False)
+    assert stream["forced"] == list(range(6, 7 + len(cue))) and len(stream["stop_logprobs"]) == 12
+    assert stream["stop_logprobs"][6] <= 0 and stream["stop_logprobs"][7] is None  # none once the block closed
+    streams_csv = [p for p in export(store, tmp_path / "all.csv", "csv") if p.name.endswith("_streams.csv")][0]
+    with streams_csv.open() as f:
+        row = list(csv.DictReader(f))[1]
+    assert json.loads(row["interventions"])[0]["kind"] == "cap" and json.loads(row["dynamics"])["readings"] >= 1

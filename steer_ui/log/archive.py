@@ -13,8 +13,8 @@ from pathlib import Path
 
 from steer_ui import csv_cells
 from steer_ui.engine.detokenize import Detokenizer
-from steer_ui.engine.events import (ChoiceInfo, DoneEvent, Event, ProbeEvent, RowInfo, RowResult, StartEvent, Timing,
-                                    TokenEvent)
+from steer_ui.engine.events import (ChoiceInfo, DoneEvent, Dynamics, Event, InterveneEvent, ProbeEvent, RowInfo,
+                                    RowResult, StartEvent, Timing, TokenEvent)
 from steer_ui.engine.run_settings import RunSettings
 from steer_ui.errors import UserError
 from steer_ui.jsonl import loads
@@ -60,18 +60,25 @@ def record_events(record: dict, tokenizer=None) -> Iterator[Event]:
     for p in record["probes"]:
         probes.setdefault(p["step"], []).append(p)
     longest = max((len(s["token_ids"]) for s in streams), default=0)
+    notes = {(s["row"], n["step"]): n for s in streams for n in s.get("interventions") or []}
+    forced = {s["row"]: set(s.get("forced") or ()) for s in streams}
     for step in range(longest + 1):
         # The engine reads the probe after ``step`` tokens, before the token at index ``step``.
         for p in sorted(probes.get(step, []), key=lambda p: p["row"]):
             yield ProbeEvent(p["row"], step, p["logodds"], p["mass"], p["logprobs"], p["reliable"],
                              p.get("think_closed", False), p.get("final", False))
         for s in streams:
+            if (note := notes.get((s["row"], step))) is not None:
+                yield InterveneEvent(s["row"], step, note["kind"], note["text"])
             if step < len(s["token_ids"]):
-                yield TokenEvent(s["row"], step, s["token_ids"][step], pieces[s["row"]][step])
+                urges = s.get("stop_logprobs") or []
+                yield TokenEvent(s["row"], step, s["token_ids"][step], pieces[s["row"]][step],
+                                 step in forced[s["row"]], urges[step] if step < len(urges) else None)
     t = record.get("timing") or {}
     yield DoneEvent(
-        rows=[RowResult(s["row"], s["label"], s["coef"], s["token_ids"], s["text"], s["finish_reason"] or "cancelled")
-              for s in streams],
+        rows=[RowResult(s["row"], s["label"], s["coef"], s["token_ids"], s["text"], s["finish_reason"] or "cancelled",
+                        s.get("think_tokens"), len(s.get("interventions") or ()),
+                        Dynamics(**s["dynamics"]) if s.get("dynamics") else None) for s in streams],
         timing=Timing(t.get("load_s") or 0.0, t.get("prefill_s") or 0.0, t.get("decode_s") or 0.0,
                       t.get("steps") or 0),
     )
@@ -80,7 +87,7 @@ def record_events(record: dict, tokenizer=None) -> Iterator[Event]:
 def _row_info(stream: dict, record: dict) -> RowInfo:
     names = {v["hash"]: v["name"] for v in record.get("vectors", [])}
     return RowInfo(stream["row"], stream["label"], stream["coef"], names.get(stream.get("vector_hash")),
-                   list(stream.get("layers") or []), stream.get("scope"))
+                   list(stream.get("layers") or []), stream.get("scope"), stream.get("budget"))
 
 
 def _pieces(stream: dict, tokenizer) -> list[str]:
@@ -146,7 +153,7 @@ def _export_csv(records: list[dict], out: Path) -> list[Path]:
     stem = out.with_suffix("")
     tables = {
         "runs": [_run_row(r) for r in records],
-        "streams": [{"run_id": r["id"], **{k: json.dumps(v) if isinstance(v, list) else v for k, v in s.items()
+        "streams": [{"run_id": r["id"], **{k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in s.items()
                                           if k != "token_ids"},
                      "n_tokens": len(s["token_ids"]), "token_ids": json.dumps(s["token_ids"])}
                     for r in records for s in r["streams"]],

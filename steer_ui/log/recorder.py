@@ -11,9 +11,9 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
-from steer_ui.engine.events import DoneEvent, Event, ProbeEvent, StartEvent, TokenEvent
+from steer_ui.engine.events import DoneEvent, Event, InterveneEvent, ProbeEvent, StartEvent, TokenEvent
 from steer_ui.engine.run_settings import RunSettings
 from steer_ui.log.store import NewRun, NewStream, Store, new_id
 from steer_ui.model.loading import LoadedModel
@@ -26,6 +26,15 @@ class _RowBuffer:
     token_ids: list[int] = field(default_factory=list)
     text: list[str] = field(default_factory=list)
     dirty: bool = False
+    forced: list[int] = field(default_factory=list)
+    interventions: list[dict] = field(default_factory=list)
+    stop_logprobs: list[float | None] = field(default_factory=list)
+    think_tokens: int | None = None
+    dynamics: dict | None = None
+
+    def extras(self) -> dict:
+        return {"forced": self.forced, "interventions": self.interventions, "stop_logprobs": self.stop_logprobs,
+                "think_tokens": self.think_tokens, "dynamics": self.dynamics}
 
 
 class RunRecorder:
@@ -86,14 +95,23 @@ class RunRecorder:
             buf = self._rows[item.row]
             buf.token_ids.append(item.token_id)
             buf.text.append(item.text)
+            buf.stop_logprobs.append(item.stop_logprob)
+            if item.forced:
+                buf.forced.append(item.step)
             buf.dirty = True
             self._pending += 1
+        elif isinstance(item, InterveneEvent):
+            self._rows[item.row].interventions.append({"step": item.step, "kind": item.kind, "text": item.text})
+            self._rows[item.row].dirty = True
         elif isinstance(item, ProbeEvent):
             self._probes.append(item)
             self._pending += 1
         elif isinstance(item, DoneEvent):
             for r in item.rows:  # the done event is authoritative (it includes held-back text)
-                self._rows[r.row] = _RowBuffer(list(r.token_ids), [r.text], True)
+                buf = self._rows[r.row]
+                buf.token_ids, buf.text, buf.dirty = list(r.token_ids), [r.text], True
+                buf.think_tokens = r.think_tokens
+                buf.dynamics = asdict(r.dynamics) if r.dynamics is not None else None
             status = "cancelled" if any(r.finish_reason == "cancelled" for r in item.rows) else "finished"
             self._finish(status, None, item)
         elif isinstance(item, tuple) and item[0] == "error":
@@ -110,13 +128,14 @@ class RunRecorder:
             probe_choices=[{"label": c.label, "token_ids": c.token_ids, "variants": c.variants}
                            for c in ev.probe_choices],
             streams=[NewStream(r.row, r.label, r.coef, by_row[r.row].vector if r.row in by_row else None,
-                               r.layers if r.row else None, r.scope) for r in ev.rows]))
+                               r.layers if r.row else None, r.scope, r.budget) for r in ev.rows]))
         self._rows = {r.row: _RowBuffer() for r in ev.rows}
         self._started = True
 
-    def _changes(self) -> tuple[dict[int, tuple[list[int], str]], list[ProbeEvent]]:
+    def _changes(self) -> tuple[dict[int, tuple], list[ProbeEvent]]:
         """What to write since the last flush: the rows that changed, and the new probe readings."""
-        streams = {row: (list(buf.token_ids), "".join(buf.text)) for row, buf in self._rows.items() if buf.dirty}
+        streams = {row: (list(buf.token_ids), "".join(buf.text), buf.extras())
+                   for row, buf in self._rows.items() if buf.dirty}
         for buf in self._rows.values():
             buf.dirty = False
         probes, self._probes = self._probes, []

@@ -74,6 +74,12 @@ class StreamRow(Base):
     token_ids: Mapped[list] = mapped_column(JSON, default=list)
     text: Mapped[str] = mapped_column(Text, default="")
     finish_reason: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    budget: Mapped[str | None] = mapped_column(String(200), nullable=True)  # 'budget:min=200'
+    forced: Mapped[list | None] = mapped_column(JSON, nullable=True)  # indices of tokens a budget fed
+    interventions: Mapped[list | None] = mapped_column(JSON, nullable=True)  # [{"step", "kind", "text"}]
+    stop_logprobs: Mapped[list | None] = mapped_column(JSON, nullable=True)  # per token; None after thinking
+    think_tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    dynamics: Mapped[dict | None] = mapped_column(JSON, nullable=True)  # engine.events.Dynamics as a dict
 
 
 class ProbeRow(Base):

@@ -70,6 +70,11 @@ class NewStream:
     vector: SteeringVector | None = None  # None for the baseline
     layers: list[int] | None = None
     scope: str | None = None
+    budget: str | None = None  # 'budget:min=200' (engine.budget), None without one
+
+
+# What a stream keeps besides its tokens and text (budget rows, the urge to stop, answer dynamics).
+STREAM_EXTRAS = ("forced", "interventions", "stop_logprobs", "think_tokens", "dynamics")
 
 
 @dataclass(frozen=True)
@@ -267,7 +272,7 @@ class Store:
             db.flush()  # the run row must exist before its streams reference it
             db.add_all(StreamRow(run_id=new.id, row=st.row, label=st.label, coef=st.coef,
                                  vector_hash=hashes.get(st.row), layers=st.layers, scope=st.scope, token_ids=[],
-                                 text="") for st in new.streams)
+                                 text="", budget=st.budget) for st in new.streams)
 
     @staticmethod
     def _put_vector(db, vector: SteeringVector) -> str:
@@ -277,21 +282,23 @@ class Store:
         return vector_hash
 
     @_writes
-    def save_progress(self, run_id: str, streams: dict[int, tuple[list[int], str]],
+    def save_progress(self, run_id: str, streams: dict[int, tuple],
                       probes: Sequence[ProbeEvent], db=None) -> None:
-        """Each changed row's tokens and text so far, and new probe readings."""
+        """Each changed row's tokens and text so far (and, as a third item, its ``STREAM_EXTRAS`` by name),
+        and new probe readings."""
         if db is None:
             with self.Session.begin() as session:
                 return self.save_progress(run_id, streams, probes, session)
-        for row, (token_ids, text) in streams.items():
+        for row, (token_ids, text, *extras) in streams.items():
+            more = {k: v for k, v in (extras[0] if extras else {}).items() if k in STREAM_EXTRAS}
             db.execute(update(StreamRow).where(StreamRow.run_id == run_id, StreamRow.row == row)
-                       .values(token_ids=list(token_ids), text=text))
+                       .values(token_ids=list(token_ids), text=text, **more))
         db.add_all(ProbeRow(run_id=run_id, row=p.row, step=p.step, logodds=p.logodds, mass=p.mass,
                             logprobs=p.logprobs, reliable=p.reliable, think_closed=p.think_closed, final=p.final)
                    for p in probes)
 
     @_writes
-    def finish_run(self, run_id: str, status: str, error: str | None, streams: dict[int, tuple[list[int], str]],
+    def finish_run(self, run_id: str, status: str, error: str | None, streams: dict[int, tuple],
                    probes: Sequence[ProbeEvent], timing: Timing | None = None,
                    finish_reasons: dict[int, str] | None = None) -> None:
         """The last progress and the outcome, in one transaction. Rows without a finish reason are
@@ -324,7 +331,8 @@ class Store:
                          "safetensors_b64": base64.b64encode(v.data).decode()} for v in vectors],
             "streams": [{"row": st.row, "label": st.label, "coef": st.coef, "vector_hash": st.vector_hash,
                          "layers": st.layers, "scope": st.scope, "token_ids": st.token_ids, "text": st.text,
-                         "finish_reason": st.finish_reason} for st in run.streams],
+                         "finish_reason": st.finish_reason, "budget": st.budget,
+                         **{k: getattr(st, k) for k in STREAM_EXTRAS}} for st in run.streams],
             "probes": [{"row": p.row, "step": p.step, "logodds": p.logodds, "mass": p.mass, "logprobs": p.logprobs,
                         "reliable": p.reliable, "think_closed": p.think_closed, "final": p.final}
                        for p in self.probe_points(run.id)],
