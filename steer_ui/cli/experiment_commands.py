@@ -20,15 +20,21 @@ PER_QUESTION = ("prompt", "probe_gold", "coefs", "rows")
 
 
 def add(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("sweep", help="every question at every coefficient: accuracy and chain-of-thought length")
+    p = sub.add_parser("sweep", help="every question on every arm (coefficients, budgets): accuracy and "
+                       "chain-of-thought length, paired against the baseline")
     add_model(p)
-    p.add_argument("--coefs", required=True, help="comma-separated, e.g. '-4,-2,0,2,4' (0 is the baseline)")
+    p.add_argument("--coefs", default=None, help="comma-separated, e.g. '-4,-2,0,2,4' (0 is the baseline): "
+                   "shorthand for the arms of --vector at each coefficient")
+    p.add_argument("--arm", action="append", default=[], metavar="SPEC",
+                   help="an arm (repeat): baseline, VECTOR=COEF[@LAYERS][/SCOPE], budget:min=N[,wait=TEXT], "
+                        "budget:max=N[,cue=TEXT], or both: VECTOR=COEF/SCOPE+budget:min=N")
     p.add_argument("--questions", required=True,
                    help='JSONL file of {"question": ..., "answer": ...}, or a generated set: yesno, '
                         "wordproblems (optionally with a size: yesno:40)")
     p.add_argument("--samples", type=int, default=1, help="samples per question and coefficient (needs --temperature)")
     add_knobs(p, [k.name for k in KNOBS if k.name not in PER_QUESTION], SWEEP_DEFAULTS)
-    p.add_argument("--out", required=True, help="folder for results.csv, summary.csv/.txt, figure.html/.png")
+    p.add_argument("--out", required=True, help="folder for results.csv, summary.csv/.txt/.json, figure.html/.png "
+                   "(per coefficient) and pareto.html/.png (accuracy against tokens, per arm)")
     p.add_argument("--compile", action="store_true", help=COMPILE_HELP)
     add_db(p, no_log=True)
     p.set_defaults(func=cmd_sweep)
@@ -56,6 +62,7 @@ def sweep_config(args: argparse.Namespace):
     """The sweep the arguments describe, checked before any model loads."""
     from steer_ui.engine.knobs import BY_NAME, parse_coefs
     from steer_ui.engine.run_settings import settings_from_form
+    from steer_ui.experiments.arms import arms_from_specs
     from steer_ui.experiments.questions import load_questions
     from steer_ui.experiments.sweep import SweepConfig
     from steer_ui.vectors.presets import resolve_vector
@@ -63,11 +70,12 @@ def sweep_config(args: argparse.Namespace):
     # --coefs is the sweep's own option (one text), not the coefs knob: the template has no steered rows.
     form = {k: v for k, v in form_from_args(args).items() if k not in PER_QUESTION}
     template = settings_from_form({**form, "prompt": "(each question)", "vector": None}, lambda spec: None)
+    layers, scope = BY_NAME["layers"].read(form["layers"]), BY_NAME["scope"].read(form["scope"])
     return SweepConfig(
         questions=load_questions(args.questions), coefs=parse_coefs(args.coefs), template=template,
         vector=resolve_vector(form["vector"], args.model) if form["vector"] else None,
-        layers=BY_NAME["layers"].read(form["layers"]), scope=BY_NAME["scope"].read(form["scope"]),
-        samples=args.samples,
+        layers=layers, scope=scope, samples=args.samples,
+        extra_arms=tuple(arms_from_specs(args.arm, lambda name: resolve_vector(name, args.model), layers, scope)),
         label={"model": args.model, "vector_source": form["vector"], "questions_source": args.questions,
                "title": f"{args.model} | {form['vector'] or 'no vector'} | {args.questions}"})
 
@@ -84,7 +92,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     attach_fast_path(lm, args.compile, getattr(args, "eager", False))
     if config.vector is not None:
         config.vector.check_against(lm.n_layers, lm.hidden_size, config.layers)
-    with progress_bar(f"{len(config.questions)} questions x {len(config.coefs)} coefs", unit="run") as progress:
+    with progress_bar(f"{len(config.questions)} questions x {len(config.arms)} arms", unit="run") as progress:
         result = run_sweep(lm, config, args.out, store, progress)
     print(summary_table(result.summary))
     for note in result.notes:

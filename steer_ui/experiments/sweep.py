@@ -24,9 +24,11 @@ from steer_ui.engine import worker
 from steer_ui.engine.events import DoneEvent, ProbeEvent
 from steer_ui.engine.knobs import default
 from steer_ui.engine.probe import build_tree, choice_of
-from steer_ui.engine.run_settings import MAX_CHOICE_CHARS, RunSettings, steered
+from steer_ui.engine.run_settings import MAX_CHOICE_CHARS, RunSettings
 from steer_ui.engine.scope import Scope
 from steer_ui.errors import UserError
+from steer_ui.experiments.arms import BASELINE, Arm, arms_from_coefs, check_arms, coef_arm_name
+from steer_ui.experiments.paired import Paired, mean_interval, paired, wilson
 from steer_ui.experiments.grading import is_correct, read_answer
 from steer_ui.experiments.questions import Question
 from steer_ui.log.recorder import RunRecorder
@@ -34,8 +36,9 @@ from steer_ui.log.store import Store
 from steer_ui.model.loading import LoadedModel
 from steer_ui.vectors.vector import SteeringVector
 
-FIELDS = ["question_id", "coef", "sample", "seed", "gold", "extracted", "how", "correct", "forced", "forced_correct",
-          "cot_tokens", "finish_reason", "final_logodds", "final_mass", "final_p_gold", "run_id", "text"]
+FIELDS = ["question_id", "arm", "coef", "sample", "seed", "gold", "extracted", "how", "correct", "forced",
+          "forced_correct", "cot_tokens", "think_tokens", "flips", "settled_at", "finish_reason", "final_logodds",
+          "final_mass", "final_p_gold", "run_id", "text"]
 Progress = Callable[[int, int], None]  # (runs done, runs total)
 HoldModel = Callable[[], AbstractContextManager]  # entered around each decode (a server's model lock)
 
@@ -54,10 +57,16 @@ class SweepConfig:
     scope: Scope = field(default_factory=Scope)
     samples: int = 1
     label: dict = field(default_factory=dict)  # what to record in sweep.json besides the settings (sources)
+    extra_arms: tuple[Arm, ...] = ()  # --arm: baseline or any row spec, after the --coefs arms
+
+    @property
+    def arms(self) -> list[Arm]:
+        return arms_from_coefs(self.coefs, self.vector, self.layers, self.scope) + list(self.extra_arms)
 
     def validate(self) -> None:
-        if not self.coefs:
-            raise UserError("give at least one coefficient (--coefs '-4,0,4')")
+        if not self.coefs and not self.extra_arms:
+            raise UserError("give at least one arm: --coefs '-4,0,4', or --arm baseline --arm budget:min=200")
+        check_arms(self.arms)
         if len(set(self.coefs)) != len(self.coefs):
             raise UserError("coefficients repeat")
         if any(not math.isfinite(c) for c in self.coefs):
@@ -73,14 +82,13 @@ class SweepConfig:
                             "for single runs")
         replace(self.template, prompt="?").validate()
 
-    def run_settings(self, question: Question, sample: int, coefs: Sequence[float],
+    def run_settings(self, question: Question, sample: int, arms: Sequence[Arm],
                      read_gold: bool = True) -> RunSettings:
-        """The run for ``question``'s ``sample`` with a steered row for each nonzero coefficient. The
+        """The run for ``question``'s ``sample`` with a row for each arm besides the baseline (row 0). The
         probe reads Yes/No for a yes/no question and P(gold) for any other; ``read_gold=False`` (a gold
         answer the probe cannot read in this model: too long) turns the probe off for that question."""
-        steered_coefs = [c for c in coefs if c != 0]
         t = self.template
-        rows = steered(self.vector if steered_coefs else None, steered_coefs, self.layers, self.scope)
+        rows = tuple(a.row for a in arms if a.row is not None)
         if question.kind == "yesno":  # the forced answer is read as Yes against No, whatever the template's
             return replace(t, prompt=question.prompt(), rows=rows, seed=t.seed + sample, probe_gold=None,
                            probe_choices=default("probe_choices"))
@@ -96,12 +104,17 @@ class SweepConfig:
             "vector": self.vector.content_hash() if self.vector is not None else None,
             "layers": list(self.layers) if self.layers is not None else None, "scope": str(self.scope),
             "samples": self.samples, "template": template,
+            # Only sweeps with --arm say so: a --coefs sweep begun before arms existed still resumes.
+            **({"arms": [[a.name, a.row.vector.content_hash() if a.row.vector else None] if a.row else [a.name, None]
+                         for a in self.extra_arms]} if self.extra_arms else {}),
         }
 
 
 @dataclass(frozen=True)
 class CoefSummary:
-    coef: float
+    """One arm's results (named for the coefficients it began with: --coefs arms have one)."""
+
+    coef: float | None  # None for a budget arm
     n: int
     correct: int
     accuracy: float
@@ -113,15 +126,11 @@ class CoefSummary:
     mean_final_logodds_gold: float | None  # yes/no questions: final log-odds toward the right answer
     forced_accuracy: float | None  # yes/no questions: the probe's answer after the chain, scored
     mean_final_p_gold: float | None = None  # the gold answer's probability where each row ended
-
-
-def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    if n == 0:
-        return 0.0, 0.0
-    p = k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
+    arm: str = ""
+    mean_think_tokens: float | None = None
+    flips: float | None = None  # mean flips of the probed answer (engine.dynamics)
+    after_settle: float | None = None  # mean tokens generated after the answer settled
+    vs_baseline: Paired | None = None  # None for the baseline itself, or when the sweep has no baseline arm
 
 
 @dataclass(frozen=True)
@@ -149,9 +158,10 @@ def run_sweep(lm: LoadedModel, cfg: SweepConfig, out: str | Path, store: Store |
     cfg.validate()
     out = _prepare(Path(out).expanduser(), cfg)
     results = out / "results.csv"
-    done = {(r["question_id"], float(r["coef"]), int(r["sample"])) for r in _read(results)}
+    arms = cfg.arms
+    done = {(r["question_id"], arm_of(r), int(r["sample"])) for r in _read(results)}
     todo = [(q, s) for q in cfg.questions for s in range(cfg.samples)
-            if any((q.id, c, s) not in done for c in cfg.coefs)]
+            if any((q.id, a.name, s) not in done for a in arms)]
     session = (session_id or store.new_session("sweep", str(out)[:200])) if store is not None else None
     total = len(cfg.questions) * cfg.samples
     if progress is not None:
@@ -160,7 +170,7 @@ def run_sweep(lm: LoadedModel, cfg: SweepConfig, out: str | Path, store: Store |
     for i, (q, sample) in enumerate(todo):
         if cancel is not None and cancel.is_set():
             break
-        pending = [c for c in cfg.coefs if (q.id, c, sample) not in done]
+        pending = [a for a in arms if (q.id, a.name, sample) not in done]
         rows = _one_run(lm, cfg, q, sample, pending, store, session, cancel, probe_positions, hold_model)
         if rows is None:  # stopped in the middle of this question
             break
@@ -168,11 +178,13 @@ def run_sweep(lm: LoadedModel, cfg: SweepConfig, out: str | Path, store: Store |
         ran += 1
         if progress is not None:
             progress(total - len(todo) + i + 1, total)
-    summary = summarise(_read(results), cfg)
+    rows = _read(results)
+    summary = summarise(rows, cfg)
     write_summary(summary, out)
-    notes = write_figure(summary, out, title=cfg.label.get("title", ""))
-    files = [out / n for n in ("results.csv", "summary.csv", "summary.txt", "figure.html", "figure.png", "sweep.json")
-             if (out / n).exists()]
+    notes = write_figure(summary, out, title=cfg.label.get("title", ""),
+                         intervals={a.name: token_interval(rows, a.name) for a in cfg.arms})
+    files = [out / n for n in ("results.csv", "summary.csv", "summary.txt", "summary.json", "figure.html",
+                               "figure.png", "pareto.html", "pareto.png", "sweep.json") if (out / n).exists()]
     if not todo:
         notes.append(f"every result was already in {results} ({total} question runs): ran nothing, and wrote "
                      "the summary and figure again")
@@ -217,7 +229,7 @@ def gold_readable(lm: LoadedModel, answer: str, max_positions: int | None = None
     return max_positions is None or tree.size <= max_positions
 
 
-def _one_run(lm: LoadedModel, cfg: SweepConfig, q: Question, sample: int, pending: list[float],
+def _one_run(lm: LoadedModel, cfg: SweepConfig, q: Question, sample: int, pending: list[Arm],
              store: Store | None, session: str | None, cancel=None,
              probe_positions: int | None = None, hold_model: HoldModel = nullcontext) -> list[dict] | None:
     readable = q.kind == "yesno" or gold_readable(lm, q.answer, probe_positions)
@@ -244,27 +256,35 @@ def _one_run(lm: LoadedModel, cfg: SweepConfig, q: Question, sample: int, pendin
     assert done is not None
     if any(r.finish_reason == "cancelled" for r in done.rows):
         return None
-    by_coef = {r.coef: r for r in done.rows}
+    steering = iter(done.rows[1:])
     out = []
-    for c in pending:
-        r = by_coef[float(c)] if c != 0 else done.rows[0]
+    for arm in pending:
+        r = next(steering) if arm.row is not None else done.rows[0]
         got = read_answer(r.text, q.kind, lm.profile.think_close)
         probe = last.get(r.row)
         # The forced answer: what the probe says right after the chain of thought, when it is reliable.
         forced = ("Yes" if probe.logodds > 0 else "No") if probe and probe.reliable and probe.step == len(
             r.token_ids) else None
         out.append({
-            "question_id": q.id, "coef": c, "sample": sample, "seed": settings.seed, "gold": q.answer,
+            "question_id": q.id, "arm": arm.name, "coef": arm.coef if arm.coef is not None else "",
+            "sample": sample, "seed": settings.seed, "gold": q.answer,
             "extracted": got.value if got.value is not None else "", "how": got.how,
             "correct": int(is_correct(got.value, q)), "forced": forced or "",
             "forced_correct": int(is_correct(forced, q)) if q.kind == "yesno" else "",
-            "cot_tokens": len(r.token_ids), "finish_reason": r.finish_reason,
+            "cot_tokens": len(r.token_ids), "think_tokens": r.think_tokens if r.think_tokens is not None else "",
+            "flips": r.dynamics.flips if r.dynamics else "", "settled_at": r.dynamics.settled_at if r.dynamics else "",
+            "finish_reason": r.finish_reason,
             "final_logodds": round(probe.logodds, 4) if probe else "",
             "final_mass": round(probe.mass, 4) if probe else "",
             "final_p_gold": _p_gold(probe, q),
             "run_id": recorder.run_id if recorder is not None else "", "text": r.text,
         })
     return out
+
+
+def arm_of(row: dict) -> str:
+    """A results row's arm (rows written before arms existed have only their coefficient)."""
+    return row.get("arm") or coef_arm_name(float(row["coef"]))
 
 
 def _p_gold(probe: ProbeEvent | None, q: Question) -> float | str:
@@ -303,55 +323,99 @@ def _header(path: Path) -> list[str]:
 
 
 def summarise(rows: list[dict], cfg: SweepConfig) -> list[CoefSummary]:
+    """Per arm, in the sweep's order; each arm against the baseline arm, paired by question and sample."""
     kinds = {q.id: q for q in cfg.questions}
-    out = []
-    for c in sorted(cfg.coefs):
-        mine = [r for r in rows if float(r["coef"]) == c and r["question_id"] in kinds]
-        n = len(mine)
-        k = sum(int(r["correct"]) for r in mine)
-        lo, hi = wilson(k, n)
-        tokens = [int(r["cot_tokens"]) for r in mine]
-        tokens_ok = [int(r["cot_tokens"]) for r in mine if int(r["correct"])]
-        toward = [float(r["final_logodds"]) * (1 if kinds[r["question_id"]].answer.lower() in ("yes", "true") else -1)
-                  for r in mine if kinds[r["question_id"]].kind == "yesno" and r["final_logodds"] != ""]
-        forced = [int(r["forced_correct"]) for r in mine if r.get("forced_correct", "") != ""]
-        p_gold = [float(r["final_p_gold"]) for r in mine if r.get("final_p_gold", "") != ""]
-        out.append(CoefSummary(
-            coef=c, n=n, correct=k, accuracy=k / n if n else 0.0, ci_low=lo, ci_high=hi,
-            no_answer=sum(1 for r in mine if r["how"] == "none") / n if n else 0.0,
-            mean_tokens=sum(tokens) / n if n else 0.0,
-            mean_tokens_correct=sum(tokens_ok) / len(tokens_ok) if tokens_ok else None,
-            mean_final_logodds_gold=sum(toward) / len(toward) if toward else None,
-            forced_accuracy=sum(forced) / len(forced) if forced else None,
-            mean_final_p_gold=sum(p_gold) / len(p_gold) if p_gold else None,
-        ))
-    return out
+    mine_by_arm = {a.name: [r for r in rows if arm_of(r) == a.name and r["question_id"] in kinds] for a in cfg.arms}
+    base = {(r["question_id"], int(r["sample"])): r for r in mine_by_arm.get(BASELINE, [])}
+    return [_arm_summary(a, mine_by_arm[a.name], kinds, base if a.name != BASELINE and base else None)
+            for a in cfg.arms]
+
+
+def _arm_summary(arm: Arm, mine: list[dict], kinds: dict, base: dict | None) -> CoefSummary:
+    n = len(mine)
+    k = sum(int(r["correct"]) for r in mine)
+    lo, hi = wilson(k, n)
+    tokens = [int(r["cot_tokens"]) for r in mine]
+    tokens_ok = [int(r["cot_tokens"]) for r in mine if int(r["correct"])]
+    toward = [float(r["final_logodds"]) * (1 if kinds[r["question_id"]].answer.lower() in ("yes", "true") else -1)
+              for r in mine if kinds[r["question_id"]].kind == "yesno" and r["final_logodds"] != ""]
+    forced = [int(r["forced_correct"]) for r in mine if r.get("forced_correct", "") != ""]
+    p_gold = [float(r["final_p_gold"]) for r in mine if r.get("final_p_gold", "") != ""]
+    think = [int(r["think_tokens"]) for r in mine if r.get("think_tokens", "") != ""]
+    flips = [int(r["flips"]) for r in mine if r.get("flips", "") != ""]
+    after = [int(r["cot_tokens"]) - int(r["settled_at"]) for r in mine if r.get("settled_at", "") != ""]
+    vs = None
+    if base is not None:
+        both = [(r, base[(r["question_id"], int(r["sample"]))]) for r in mine
+                if (r["question_id"], int(r["sample"])) in base]
+        vs = paired([bool(int(a["correct"])) for a, _ in both], [bool(int(b["correct"])) for _, b in both],
+                    [int(a["cot_tokens"]) for a, _ in both], [int(b["cot_tokens"]) for _, b in both])
+    return CoefSummary(
+        coef=arm.coef, n=n, correct=k, accuracy=k / n if n else 0.0, ci_low=lo, ci_high=hi,
+        no_answer=sum(1 for r in mine if r["how"] == "none") / n if n else 0.0,
+        mean_tokens=sum(tokens) / n if n else 0.0,
+        mean_tokens_correct=sum(tokens_ok) / len(tokens_ok) if tokens_ok else None,
+        mean_final_logodds_gold=sum(toward) / len(toward) if toward else None,
+        forced_accuracy=sum(forced) / len(forced) if forced else None,
+        mean_final_p_gold=sum(p_gold) / len(p_gold) if p_gold else None,
+        arm=arm.name, mean_think_tokens=_mean(think), flips=_mean(flips), after_settle=_mean(after), vs_baseline=vs)
+
+
+def _mean(xs: list) -> float | None:
+    return sum(xs) / len(xs) if xs else None
 
 
 def summary_table(summary: list[CoefSummary]) -> str:
-    head = (f"{'coef':>6}  {'n':>4}  {'accuracy':>8}  {'95% CI':>13}  {'no answer':>9}  {'CoT tokens':>10}  "
-            f"{'(correct)':>9}  {'final log-odds to gold':>22}  {'forced acc':>10}  {'final P(gold)':>13}")
+    width = max([len("arm")] + [len(x.arm) for x in summary])
+    head = (f"{'arm':<{width}}  {'n':>4}  {'accuracy':>8}  {'95% CI':>13}  {'no answer':>9}  {'CoT tokens':>10}  "
+            f"{'(correct)':>9}  {'think':>7}  {'flips':>5}  {'final log-odds to gold':>22}  {'forced acc':>10}  "
+            f"{'final P(gold)':>13}  {'vs baseline: +/-':>16}  {'McNemar p':>9}  {'tokens diff (95% CI)':>24}")
     lines = [head]
     for s in summary:
         ok = f"{s.mean_tokens_correct:.1f}" if s.mean_tokens_correct is not None else "-"
         lo = f"{s.mean_final_logodds_gold:+.2f}" if s.mean_final_logodds_gold is not None else "-"
         forced = f"{s.forced_accuracy:.1%}" if s.forced_accuracy is not None else "-"
         p_gold = f"{s.mean_final_p_gold:.3f}" if s.mean_final_p_gold is not None else "-"
-        lines.append(f"{s.coef:>+6g}  {s.n:>4}  {s.accuracy:>8.1%}  {s.ci_low:>6.1%}-{s.ci_high:<6.1%}  "
-                     f"{s.no_answer:>9.1%}  {s.mean_tokens:>10.1f}  {ok:>9}  {lo:>22}  {forced:>10}  {p_gold:>13}")
+        think = f"{s.mean_think_tokens:.1f}" if s.mean_think_tokens is not None else "-"
+        flips = f"{s.flips:.2f}" if s.flips is not None else "-"
+        v = s.vs_baseline
+        counts = f"+{v.only_arm}/-{v.only_baseline}" if v else "-"
+        pval = f"{v.p_value:.3g}" if v else "-"
+        diff = (f"{v.token_diff:+.1f} ({v.token_diff_ci[0]:+.1f}, {v.token_diff_ci[1]:+.1f})"
+                if v and v.token_diff_ci else f"{v.token_diff:+.1f}" if v and v.token_diff is not None else "-")
+        lines.append(f"{s.arm:<{width}}  {s.n:>4}  {s.accuracy:>8.1%}  {s.ci_low:>6.1%}-{s.ci_high:<6.1%}  "
+                     f"{s.no_answer:>9.1%}  {s.mean_tokens:>10.1f}  {ok:>9}  {think:>7}  {flips:>5}  {lo:>22}  "
+                     f"{forced:>10}  {p_gold:>13}  {counts:>16}  {pval:>9}  {diff:>24}")
     return "\n".join(lines)
 
 
 def write_summary(summary: list[CoefSummary], out: Path) -> None:
+    """summary.csv (a row per arm), summary.txt (the table) and summary.json (arms with paired statistics)."""
+    flat = [{**{k: v for k, v in asdict(s).items() if k != "vs_baseline"},
+             **{f"vs_baseline_{k}": v for k, v in (s.vs_baseline.to_dict() if s.vs_baseline else {}).items()}}
+            for s in summary]
     with (out / "summary.csv").open("w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=list(asdict(summary[0])))
+        writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for row in flat for k in row)))
         writer.writeheader()
-        writer.writerows(asdict(s) for s in summary)
+        writer.writerows(csv_cells.row(r) for r in flat)
     (out / "summary.txt").write_text(summary_table(summary) + "\n", encoding="utf-8")
+    arms = [{"arm": s.arm, "n": s.n, "correct": s.correct, "accuracy": s.accuracy, "ci": [s.ci_low, s.ci_high],
+             "mean_cot_tokens": s.mean_tokens, "mean_think_tokens": s.mean_think_tokens, "flips": s.flips,
+             "after_settle": s.after_settle, "coef": s.coef,
+             "vs_baseline": s.vs_baseline.to_dict() if s.vs_baseline else None} for s in summary]
+    (out / "summary.json").write_text(json.dumps({"arms": arms}, indent=1), encoding="utf-8")
+
+
+def token_interval(rows: list[dict], arm: str) -> tuple[float, float] | None:
+    """A bootstrap interval of an arm's mean chain-of-thought tokens (the Pareto figure's horizontal bar)."""
+    tokens = [int(r["cot_tokens"]) for r in rows if arm_of(r) == arm]
+    return mean_interval(tokens)
 
 
 def figure(summary: list[CoefSummary], title: str = "") -> dict:
-    """Accuracy (with its interval) and mean chain-of-thought length against the coefficient."""
+    """Accuracy (with its interval) and mean chain-of-thought length against the coefficient (the arms
+    that have one: --coefs arms and vector arms)."""
+    summary = sorted((s for s in summary if s.coef is not None), key=lambda s: s.coef)
     xs = [s.coef for s in summary]
     return {
         "data": [
@@ -376,6 +440,29 @@ def figure(summary: list[CoefSummary], title: str = "") -> dict:
     }
 
 
+def pareto_figure(summary: list[CoefSummary], intervals: dict[str, tuple[float, float] | None],
+                  title: str = "") -> dict:
+    """Accuracy against mean chain-of-thought tokens, one point per arm with both intervals (Wilson for
+    accuracy, bootstrap for tokens): what each arm buys in accuracy for the tokens it spends."""
+    def bar(s, side):
+        ci = intervals.get(s.arm)
+        return (ci[1] - s.mean_tokens if side else s.mean_tokens - ci[0]) if ci else 0.0
+    return {
+        "data": [{"type": "scatter", "mode": "markers+text", "name": s.arm, "x": [s.mean_tokens], "y": [s.accuracy],
+                  "text": [s.arm], "textposition": "top center", "marker": {"size": 11},
+                  "error_y": {"type": "data", "symmetric": False, "array": [s.ci_high - s.accuracy],
+                              "arrayminus": [s.accuracy - s.ci_low]},
+                  "error_x": {"type": "data", "symmetric": False, "array": [bar(s, True)],
+                              "arrayminus": [bar(s, False)]}} for s in summary],
+        "layout": {
+            "title": {"text": title}, "height": 420, "margin": {"l": 60, "r": 30, "t": 50, "b": 50},
+            "xaxis": {"title": {"text": "mean chain-of-thought tokens (95% bootstrap interval)"}},
+            "yaxis": {"title": {"text": "accuracy (95% Wilson interval)"}, "range": [0, 1.05], "tickformat": ".0%"},
+            "showlegend": False, "plot_bgcolor": "#ffffff",
+        },
+    }
+
+
 def find_browser() -> None:
     """kaleido renders PNGs with a Chrome/Chromium: point it at the system's when it has no other."""
     if "BROWSER_PATH" not in os.environ:
@@ -384,16 +471,23 @@ def find_browser() -> None:
             os.environ["BROWSER_PATH"] = found
 
 
-def write_figure(summary: list[CoefSummary], out: Path, title: str = "") -> list[str]:
-    """figure.html always; figure.png when kaleido finds a Chrome/Chromium. Returns notes for the user."""
+def write_figure(summary: list[CoefSummary], out: Path, title: str = "",
+                 intervals: dict[str, tuple[float, float] | None] | None = None) -> list[str]:
+    """figure.html (per coefficient, when arms have one) and pareto.html (every arm) always; their PNGs when
+    kaleido finds a Chrome/Chromium. Returns notes for the user."""
     import plotly.graph_objects as go
 
-    fig = go.Figure(figure(summary, title))
-    fig.write_html(out / "figure.html", include_plotlyjs=True)
-    find_browser()
-    try:
-        fig.write_image(out / "figure.png", width=900, height=420, scale=2)
-    except Exception as err:  # noqa: BLE001 - no kaleido or no browser: the HTML figure is still there
-        return [(f"figure.png not written ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); "
-                 "figure.html has the same chart")]
-    return []
+    figures = {"pareto": pareto_figure(summary, intervals or {}, title)}
+    if any(s.coef is not None for s in summary):
+        figures["figure"] = figure(summary, title)
+    notes = []
+    for name, spec in figures.items():
+        fig = go.Figure(spec)
+        fig.write_html(out / f"{name}.html", include_plotlyjs=True)
+        find_browser()
+        try:
+            fig.write_image(out / f"{name}.png", width=900, height=420, scale=2)
+        except Exception as err:  # noqa: BLE001 - no kaleido or no browser: the HTML figure is still there
+            notes.append(f"{name}.png not written ({type(err).__name__}: "
+                         f"{str(err).splitlines()[0] if str(err) else ''}); {name}.html has the same chart")
+    return notes
