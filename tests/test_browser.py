@@ -242,6 +242,22 @@ def test_rows_with_their_own_vectors_stream_side_by_side(page: Page, shots: Path
     page.screenshot(path=str(shots / "8-rows.png"), full_page=True)
 
 
+def test_a_budget_row_shows_its_inserted_wait_marked_in_its_pane(page: Page, shots: Path):
+    """budget:min=N beside a vector row: where the model chose to end, "Wait" is fed, marked as not its own."""
+    fill_form(page, "What is 2+2? Answer briefly.", "reconsideration", "4", 40)
+    page.get_by_label("Rows with their own vector").fill("budget:min=30")
+    page.get_by_role("button", name="Generate", exact=True).click()
+    expect(page.get_by_text(re.compile(r"^finished:"))).to_be_visible(timeout=120_000)
+    titles = page.locator(".su-head > span:first-child").all_text_contents()
+    assert titles[0] == "Baseline" and titles[-1] == "budget:min=30"
+    budget_pane = page.locator(".su-body").last
+    marked = budget_pane.locator("span.f")
+    assert marked.count() >= 1 and "Wait" in "".join(marked.all_text_contents())
+    assert "inserted by the budget" in marked.first.get_attribute("title")
+    assert page.locator(".su-body").first.locator("span.f").count() == 0  # the baseline has none
+    page.screenshot(path=str(shots / "9-budget.png"), full_page=True)
+
+
 def test_the_sweep_tab_shows_its_table_and_figure(page: Page, shots: Path):
     # The Generate form is the sweep's template: its vector, layers and max new tokens.
     fill_form(page, "(the questions replace the prompt)", "reconsideration", "", 8)

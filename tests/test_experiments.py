@@ -231,7 +231,7 @@ def test_a_sweep_resumes_where_it_stopped(bundled, sweep_setup, tmp_path):
 
 
 @pytest.mark.parametrize("cfg_kwargs, message", [
-    ({"coefs": ()}, "at least one coefficient"),
+    ({"coefs": ()}, "at least one arm"),
     ({"coefs": (0.0, 4.0), "vector": None}, "need a steering vector"),
     ({"coefs": (0.0, float("nan"))}, "finite"),
     ({"samples": 3}, "temperature"),
@@ -292,7 +292,7 @@ def test_sweep_and_analyze_from_the_command_line(tmp_path):
     assert "accuracy" in proc.stdout and "forced acc" in proc.stdout
     assert len(list(csv.DictReader((out / "results.csv").open()))) == 4
     # stderr is a pipe here, not a terminal: progress comes as plain lines, not a hidden bar.
-    progress = [line for line in proc.stderr.splitlines() if line.startswith("2 questions x 2 coefs: ")]
+    progress = [line for line in proc.stderr.splitlines() if line.startswith("2 questions x 2 arms: ")]
     assert [line.split(": ")[1].split(",")[0] for line in progress] == ["0/2 runs", "1/2 runs", "2/2 runs"]
     again = cli("sweep", "--questions", "yesno:2", "--vector", "reconsideration", "--layers", "15-18",
                 "--coefs", "-4,0", "--max-new-tokens", "10", "--out", str(out), env_db=db)
@@ -396,7 +396,7 @@ def test_which_gold_answers_a_sweep_probes(bundled):
     # A yes/no question is read as Yes against No whatever the template's choices (its forced answer).
     cfg = SweepConfig(questions=yesno_questions(1), coefs=(0.0,),
                       template=RunSettings("", probe_choices=("391", "392"), probe_gold="7"))
-    s = cfg.run_settings(cfg.questions[0], 0, (0.0,))
+    s = cfg.run_settings(cfg.questions[0], 0, cfg.arms)
     assert (s.probe_choices, s.probe_gold) == (("Yes", "No"), None)
 
 

@@ -105,3 +105,16 @@ def test_bad_arms_are_one_line_and_nonzero(args, message, tmp_path):
                         str(tmp_path / "o"), "--no-log", *args], capture_output=True, text=True, timeout=300)
     assert r.returncode != 0 and message in r.stderr and "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_sweep_over_arms_from_python(bundled, tmp_path):
+    import steer_ui
+    from steer_ui.api.model import Model
+
+    model = Model(bundled)
+    result = steer_ui.sweep(model, "yesno:2", arms=["baseline", "budget:min=16"], max_new_tokens=20,
+                            out=tmp_path / "py")
+    assert list(result.summary["arm"]) == ["baseline", "budget:min=16"]
+    vs = result.summary["vs_baseline"][1]
+    assert vs["both"] + vs["neither"] + vs["only_arm"] + vs["only_baseline"] == 2
+    assert set(result.frame["arm"]) == {"baseline", "budget:min=16"}

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from steer_ui import csv_cells
 from steer_ui.engine.knobs import BY_NAME
 from steer_ui.errors import UserError
+from steer_ui.experiments.arms import arms_from_specs
 from steer_ui.experiments.questions import Question, load_questions, question_from, unique_ids
 from steer_ui.experiments.sweep import CoefSummary, SweepConfig, run_sweep
 
@@ -51,11 +52,13 @@ class SweepRun:
         return f"{self.summary.to_html(index=False)}{notes}<p>results in <code>{self.out}</code></p>"
 
 
-def sweep(model: Model, questions: str | Sequence[Mapping | Question], coefs: Sequence[float] | str,
+def sweep(model: Model, questions: str | Sequence[Mapping | Question], coefs: Sequence[float] | str = (),
           vector: VectorLike | None = None, layers: str | Sequence[int] | None = None, scope: str | None = None,
           out: str | Path | None = None, samples: int = 1, log: bool = False, db: str | None = None,
-          **knobs: Any) -> SweepRun:
-    """Run every question at every coefficient of ``vector`` (0 is the baseline) and score the answers.
+          arms: Sequence[str] = (), **knobs: Any) -> SweepRun:
+    """Run every question at every coefficient of ``vector`` (0 is the baseline), and on every arm of
+    ``arms`` ('baseline', 'budget:min=200', 'confidence=4@10-19', ...), and score the answers; each arm's
+    ``summary`` row carries its paired statistics against the baseline arm (``vs_baseline``).
 
     ``questions``: a generated set ('yesno:20', 'wordproblems:10'), a JSONL file of {"question", "answer"},
     or a list of such dicts. ``out``: the results folder (a new temporary one by default); sweeping the
@@ -68,8 +71,10 @@ def sweep(model: Model, questions: str | Sequence[Mapping | Question], coefs: Se
     coef_values = BY_NAME["coefs"].read(coefs)
     vec = model.vector(vector) if isinstance(vector, str) else vector
     layer_values = BY_NAME["layers"].read(layers) if layers is not None else None
+    scope_value = BY_NAME["scope"].read(scope)
+    extra = arms_from_specs(list(arms), model.vector, layer_values, scope_value)
     cfg = SweepConfig(questions=qs, coefs=coef_values, template=replace(template, rows=()), vector=vec,
-                      layers=layer_values, scope=BY_NAME["scope"].read(scope), samples=samples,
+                      layers=layer_values, scope=scope_value, samples=samples, extra_arms=tuple(extra),
                       label={"title": f"{model.id} | {vec.name if vec is not None else 'no vector'}"})
     cfg.validate()
     if vec is not None:
@@ -86,7 +91,8 @@ def sweep(model: Model, questions: str | Sequence[Mapping | Question], coefs: Se
     frame = pd.read_csv(result.out / "results.csv") if (result.out / "results.csv").exists() else pd.DataFrame()
     for column in frame.select_dtypes(include="object"):  # texts as they were, without csv_cells' quote
         frame[column] = frame[column].map(lambda v: csv_cells.read(v) if isinstance(v, str) else v)
-    summary = pd.DataFrame([vars(s) for s in result.summary])
+    summary = pd.DataFrame([{**vars(s), "vs_baseline": s.vs_baseline.to_dict() if s.vs_baseline else None}
+                            for s in result.summary])
     return SweepRun(result.out, frame, summary, list(result.notes), list(result.summary), cfg.label["title"])
 
 

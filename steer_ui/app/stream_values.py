@@ -22,7 +22,8 @@ def streams_value(view: RunView, start: list[int] | None = None) -> dict:
         # The colour key: with a gold answer, the tokens lean toward it or away from it.
         "choices": [view.gold, "other answers"] if view.gold is not None else view.choices,
         "rows": [{"label": r.display_label, "colour": row_colour(r.row), "from": k,
-                  "t": json.dumps(r.pieces[k:]), "lo": json.dumps(r.shade[k:]), "div": r.diverge,
+                  "t": json.dumps(r.pieces[k:]), "lo": json.dumps(r.shade[k:]), "f": json.dumps(r.forced[k:]),
+                  "div": r.diverge,
                   "think": r.think_end, "end": r.finish}
                  for r, k in zip(view.rows, start)],
     }

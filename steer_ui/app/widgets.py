@@ -46,6 +46,7 @@ STREAMS_CSS = """
            height: 340px; overflow-y: auto; font-family: var(--font-mono); font-size: 13px; }
 .su-body .d { outline: 2px solid #f59e0b; border-radius: 2px; }
 .su-body .t { border-bottom: 2px dashed #6b7280; }
+.su-body .f { font-style: italic; color: #b45309; text-decoration: underline wavy #d97706; }
 .su-streams.plain .su-body span { background: none !important; }
 """
 
@@ -94,12 +95,13 @@ function apply(v) {
     p.title.textContent = r.label; p.title.style.color = r.colour;
     const stick = p.body.scrollTop + p.body.clientHeight >= p.body.scrollHeight - 24;
     const frag = document.createDocumentFragment();
-    const t = JSON.parse(r.t), lo = JSON.parse(r.lo);
+    const t = JSON.parse(r.t), lo = JSON.parse(r.lo), f = JSON.parse(r.f || '[]');
     for (let k = p.n - r.from; k < t.length; k++) {
       const s = document.createElement('span');
       s.textContent = t[k];  // text, never markup
       const bg = shade(lo[k]);
       if (bg) { s.style.background = bg; s.title = 'log-odds ' + lo[k].toFixed(2); }
+      if (f[k]) { s.classList.add('f'); s.title = 'inserted by the budget, not chosen by the model' + (s.title ? ' | ' + s.title : ''); }
       frag.append(s);
     }
     p.body.append(frag); p.n = Math.max(p.n, r.from + t.length);
@@ -142,7 +144,7 @@ CHART_TEMPLATE = """
   <div class="su-chart-note">Solid: log-odds of the probe's first choice over its second (left axis); with a
   gold answer, of the gold answer against every other answer. Dotted: probability mass on the choices
   (right axis). x markers: too little mass to trust. Diamonds: where each row ended. Dashed verticals: end
-  of thinking.</div>
+  of thinking. Short ticks at the top: where a budget intervened.</div>
 </div>
 """
 

@@ -8,7 +8,7 @@ import shutil
 import textwrap
 from typing import TextIO
 
-from steer_ui.engine.events import DoneEvent, Event, ProbeEvent, StartEvent, TokenEvent
+from steer_ui.engine.events import DoneEvent, Event, InterveneEvent, ProbeEvent, StartEvent, TokenEvent
 from steer_ui.vectors.layers import format_layers
 
 
@@ -41,6 +41,7 @@ class SideBySidePrinter:
         self.live = err.isatty()
         self.start: StartEvent | None = None
         self.probes: dict[int, list[ProbeEvent]] = {}
+        self.notes: dict[int, list[InterveneEvent]] = {}
         self.steps = 0
 
     def __call__(self, event: Event) -> None:
@@ -53,6 +54,8 @@ class SideBySidePrinter:
                 self.err.flush()
         elif isinstance(event, ProbeEvent):
             self.probes.setdefault(event.row, []).append(event)
+        elif isinstance(event, InterveneEvent):
+            self.notes.setdefault(event.row, []).append(event)
         elif isinstance(event, DoneEvent):
             if self.live:
                 self.err.write("\r" + " " * 40 + "\r")
@@ -89,6 +92,8 @@ class SideBySidePrinter:
             where = "identical to the baseline" if d is None else f"departs from the baseline at token {d}"
             w(f"\n{r.label}: {where}")
         w("\n")
+        for line in self._dynamics_lines(ev):
+            w(line + "\n")
         self._probe_table(ev)
         t = ev.timing
         rate = t.steps / t.decode_s if t.decode_s > 0 else float("nan")
@@ -96,6 +101,26 @@ class SideBySidePrinter:
                        f"{t.decode_s:.1f} s ({rate:.1f} steps/s, {len(ev.rows)} row{'s' if len(ev.rows) > 1 else ''}"
                        f"{', ' + t.path if t.path else ''})\n")
         self.out.flush()
+
+    def _dynamics_lines(self, ev: DoneEvent) -> list[str]:
+        """Per row: how its probed answer moved (engine.dynamics) and where its budget intervened."""
+        lines = []
+        for r in ev.rows:
+            parts = []
+            if r.dynamics is not None:
+                d = r.dynamics
+                parts.append(f"answer flipped {d.flips} time{'s' if d.flips != 1 else ''}, settled at token "
+                             f"{d.settled_at} ({d.after_settle} tokens after)")
+            notes = self.notes.get(r.row, [])
+            if notes:
+                shown = ", ".join(f"{n.kind} {n.text!r} at {n.step}" for n in notes[:6])
+                parts.append(f"{len(notes)} intervention{'s' if len(notes) > 1 else ''}: {shown}"
+                             f"{', ...' if len(notes) > 6 else ''}")
+            if r.think_tokens is not None and (notes or r.row and self.start and self.start.rows[r.row].budget):
+                parts.append(f"{r.think_tokens} thinking tokens")
+            if parts:
+                lines.append(f"{r.label}: " + "; ".join(parts))
+        return lines
 
     def _probe_table(self, ev: DoneEvent) -> None:
         if not self.probes:

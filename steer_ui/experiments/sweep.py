@@ -66,13 +66,13 @@ class SweepConfig:
     def validate(self) -> None:
         if not self.coefs and not self.extra_arms:
             raise UserError("give at least one arm: --coefs '-4,0,4', or --arm baseline --arm budget:min=200")
-        check_arms(self.arms)
         if len(set(self.coefs)) != len(self.coefs):
             raise UserError("coefficients repeat")
         if any(not math.isfinite(c) for c in self.coefs):
             raise UserError("a coefficient is not a finite number")
         if any(c != 0 for c in self.coefs) and self.vector is None:
             raise UserError("nonzero coefficients need a steering vector")
+        check_arms(self.arms)
         if self.samples < 1:
             raise UserError(f"samples must be >= 1, got {self.samples}")
         if self.samples > 1 and self.template.temperature <= 0:

@@ -99,6 +99,7 @@ class _Row(Protocol):
 def dose_lines(rows: Sequence[_Row]) -> list[str]:
     """``dose_summary`` for each steered row, from its own vector's stored stats (rows whose vectors carry
     none are left out); rows of a mixed run are named by their vector."""
+    rows = [r for r in rows if r.vector is not None]  # a budget row alone steers nothing
     named = len({id(r.vector) for r in rows}) > 1
     lines = []
     for r in rows:

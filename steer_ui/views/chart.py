@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from steer_ui.views.run_view import RunView, row_colour
 
+MAX_MARKS = 100  # intervention ticks per row: the layout travels whole with every live update
+
 
 def figure(view: RunView, start: list[int] | None = None) -> dict:
     """The plotly figure (data + layout) as plain JSON, for the HTML export (and ``chart_value``).
@@ -31,6 +33,10 @@ def figure(view: RunView, start: list[int] | None = None) -> dict:
     shapes = [{"type": "line", "xref": "x", "yref": "paper", "x0": r.think_end, "x1": r.think_end, "y0": 0,
                "y1": 1, "line": {"color": row_colour(r.row), "dash": "dash", "width": 1}}
               for r in view.rows if r.think_end is not None]
+    # A budget's interventions: short ticks along the top, in the row's colour (the most recent per row).
+    shapes += [{"type": "line", "xref": "x", "yref": "paper", "x0": n["step"], "x1": n["step"], "y0": 0.93, "y1": 1,
+                "line": {"color": row_colour(r.row), "width": 2}}
+               for r in view.rows for n in r.interventions[-MAX_MARKS:]]
     layout = {
         "margin": {"l": 56, "r": 56, "t": 28, "b": 40}, "height": 320,
         "xaxis": {"title": {"text": "generated tokens"}, "zeroline": False},

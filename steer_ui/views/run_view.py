@@ -8,9 +8,9 @@ CLI's analysis all read a ``RunView``.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
-from steer_ui.engine.events import DoneEvent, Event, ProbeEvent, StartEvent, TokenEvent
+from steer_ui.engine.events import DoneEvent, Event, InterveneEvent, ProbeEvent, StartEvent, TokenEvent
 
 # Row colours: baseline in grey, steered rows from a palette that reads on white and in print.
 BASELINE_COLOUR = "#6b7280"
@@ -44,6 +44,10 @@ class RowView:
     final: list[bool] = field(default_factory=list)  # the reading where the row ended (one per row, at its end)
     logprobs: list[dict[str, float]] = field(default_factory=list)  # each choice's log-probability per reading
     token_ids: list[int] = field(default_factory=list)
+    forced: list[bool] = field(default_factory=list)  # per token: fed by a budget, not the model's choice
+    stop_logprobs: list[float | None] = field(default_factory=list)  # per token: log p(end) where it was chosen
+    interventions: list[dict] = field(default_factory=list)  # {"step", "kind", "text"}
+    budget: str | None = None
 
     @property
     def display_label(self) -> str:
@@ -68,12 +72,14 @@ class RunView:
 
     def apply(self, event: Event) -> None:
         if isinstance(event, StartEvent):
-            self.rows = [RowView(r.row, r.label, r.coef) for r in event.rows]
+            self.rows = [RowView(r.row, r.label, r.coef, budget=r.budget) for r in event.rows]
             self.choices = [c.label for c in event.probe_choices]
             self.gold = event.probe_gold
             self.warnings, self.layers, self.scope = list(event.warnings), list(event.layers), event.scope
         elif isinstance(event, TokenEvent):
             self._token(event)
+        elif isinstance(event, InterveneEvent):
+            self.rows[event.row].interventions.append({"step": event.step, "kind": event.kind, "text": event.text})
         elif isinstance(event, ProbeEvent):
             row = self.rows[event.row]
             row.steps.append(event.step)
@@ -92,6 +98,8 @@ class RunView:
         row = self.rows[ev.row]
         row.pieces.append(ev.text)
         row.token_ids.append(ev.token_id)
+        row.forced.append(ev.forced)
+        row.stop_logprobs.append(_r(ev.stop_logprob) if ev.stop_logprob is not None else None)
         row.shade.append(row.logodds[-1] if row.logodds and row.reliable[-1] else None)
         if ev.row > 0 and row.diverge is None:
             base = self.rows[0].token_ids
@@ -120,8 +128,15 @@ class RunView:
             "choices": self.choices, "gold": self.gold,
             "rows": [{"row": r.row, "label": r.label, "coef": r.coef, "text": r.text or "".join(r.pieces),
                       "tokens": len(r.pieces), "finish_reason": r.finish, "first_divergence": r.diverge,
-                      "think_end": r.think_end,
+                      "think_end": r.think_end, "budget": r.budget,
+                      "forced": [i for i, f in enumerate(r.forced) if f], "interventions": r.interventions,
+                      "stop_logprob": r.stop_logprobs, "dynamics": _dynamics(self.done, r.row),
                       "probe": {"step": r.steps, "logodds": r.logodds, "mass": r.mass, "reliable": r.reliable,
                                 "final": r.final}}
                      for r in self.rows],
         }
+
+
+def _dynamics(done: DoneEvent | None, row: int) -> dict | None:
+    result = done.rows[row] if done is not None and row < len(done.rows) else None
+    return asdict(result.dynamics) if result is not None and result.dynamics is not None else None
