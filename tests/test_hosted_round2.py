@@ -211,22 +211,28 @@ class socket_port:
 # --- 18. a damaged conversion cache ---------------------------------------------------------------------
 def test_a_damaged_conversion_cache_is_rebuilt(bundled, tmp_path):
     """The attack (a crash or a full disk mid-write): truncated weights stopped every start with a traceback."""
-    from steer_ui.model.loading import load_model
+    import shutil
 
-    cache = tmp_path / "cache"
     import torch
 
+    from steer_ui.model.loading import default_cache_dir, load_model
+
+    # A copy of the conversion the session's bundled model loaded from (one GGUF conversion, ~25 s, not two).
+    cache = tmp_path / "cache"
+    shutil.copytree(default_cache_dir() / "converted", cache / "converted")
     ids = bundled.tokenizer.encode("Is 7 prime?", return_tensors="pt")
     with torch.inference_mode():
-        before = load_model("smollm2-135m", device="cpu", dtype="float32", cache_dir=cache).model(input_ids=ids).logits
-    weights = next((cache / "converted").glob("*/model.safetensors"))
-    cut = weights.with_name("cut")
-    cut.write_bytes(weights.read_bytes()[: 4096])
-    os.replace(cut, weights)  # a new file: the first model's memory-mapped weights stay valid
+        before = bundled.model(input_ids=ids).logits
+    every = list((cache / "converted").glob("*/model.safetensors"))
+    for weights in every:  # the copy may hold other conversions too: all of them cut short
+        cut = weights.with_name("cut")
+        cut.write_bytes(weights.read_bytes()[: 4096])
+        os.replace(cut, weights)
     again = load_model("smollm2-135m", device="cpu", dtype="float32", cache_dir=cache)
-    assert weights.stat().st_size > 4096
+    assert sum(w.stat().st_size > 4096 for w in every) == 1  # the bundled model's, converted again
     with torch.inference_mode():
-        assert torch.equal(before, again.model(input_ids=ids).logits)
+        # Same weights; the few-row CPU kernels are chosen by timing, so rounding may differ in the last bits.
+        torch.testing.assert_close(before, again.model(input_ids=ids).logits, rtol=0, atol=1e-4)
 
 
 # --- 19. a log written by a newer version ---------------------------------------------------------------
@@ -240,7 +246,7 @@ def test_a_log_from_a_newer_steer_ui_is_one_message_and_left_alone(tmp_path):
     with sqlite3.connect(db) as conn:
         conn.execute("update alembic_version set version_num = '0099'")
     with pytest.raises(UserError, match=r"written by a newer steer-ui \(schema revision 0099; this version knows "
-                                        r"up to 0004\): upgrade steer-ui, or use another --db"):
+                                        r"up to 0005\): upgrade steer-ui, or use another --db"):
         Store(str(db))
     out = subprocess.run([sys.executable, "-m", "steer_ui", "runs", "--db", str(db)], capture_output=True,
                          text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})

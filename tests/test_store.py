@@ -232,7 +232,7 @@ def test_database_from_older_version_upgrades_in_place(bundled, vec, tmp_path):
 
     store = Store(str(db))  # migrates to the newest revision
     con = sqlite3.connect(db)
-    assert con.execute("select version_num from alembic_version").fetchone()[0] == "0004"
+    assert con.execute("select version_num from alembic_version").fetchone()[0] == "0005"
     assert "final" in columns(con, "probe_points")
     assert "owner" in columns(con, "runs") and "vector_hash" not in columns(con, "runs")
     assert {"vector_hash", "layers", "scope"} <= set(columns(con, "streams"))
