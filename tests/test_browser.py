@@ -231,12 +231,18 @@ def test_a_2000_token_run_streams_every_token_at_a_bounded_update_rate(browser, 
         demo.close()
 
 
-def test_rows_with_their_own_vectors_stream_side_by_side(page: Page, shots: Path):
-    fill_form(page, "Is 17 x 23 greater than 400? Answer Yes or No.", "reconsideration", "4", 12)
-    page.get_by_label("Rows with their own vector").fill("confidence=-6@16-19\nverbosity=6@16-19")
+def generate_with_rows(page: Page, prompt: str, rows: str, max_new_tokens: int) -> list[str]:
+    """Generate with the reconsideration preset at +4 and ``rows`` in the rows box; the panes' titles."""
+    fill_form(page, prompt, "reconsideration", "4", max_new_tokens)
+    page.get_by_label("Rows with their own vector").fill(rows)
     page.get_by_role("button", name="Generate", exact=True).click()
     expect(page.get_by_text(re.compile(r"^finished:"))).to_be_visible(timeout=120_000)
-    titles = page.locator(".su-head > span:first-child").all_text_contents()
+    return page.locator(".su-head > span:first-child").all_text_contents()
+
+
+def test_rows_with_their_own_vectors_stream_side_by_side(page: Page, shots: Path):
+    titles = generate_with_rows(page, "Is 17 x 23 greater than 400? Answer Yes or No.",
+                                "confidence=-6@16-19\nverbosity=6@16-19", 12)
     assert titles == ["Baseline", "reconsideration +4 @15-18", "confidence -6 @16-19", "verbosity +6 @16-19"]
     assert all(n > 0 for n in pane_lengths(page))
     page.screenshot(path=str(shots / "8-rows.png"), full_page=True)
@@ -244,11 +250,7 @@ def test_rows_with_their_own_vectors_stream_side_by_side(page: Page, shots: Path
 
 def test_a_budget_row_shows_its_inserted_wait_marked_in_its_pane(page: Page, shots: Path):
     """budget:min=N beside a vector row: where the model chose to end, "Wait" is fed, marked as not its own."""
-    fill_form(page, "What is 2+2? Answer briefly.", "reconsideration", "4", 40)
-    page.get_by_label("Rows with their own vector").fill("budget:min=30")
-    page.get_by_role("button", name="Generate", exact=True).click()
-    expect(page.get_by_text(re.compile(r"^finished:"))).to_be_visible(timeout=120_000)
-    titles = page.locator(".su-head > span:first-child").all_text_contents()
+    titles = generate_with_rows(page, "What is 2+2? Answer briefly.", "budget:min=30", 40)
     assert titles[0] == "Baseline" and titles[-1] == "budget:min=30"
     budget_pane = page.locator(".su-body").last
     marked = budget_pane.locator("span.f")

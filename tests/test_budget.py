@@ -133,7 +133,8 @@ def test_budget_min_max_and_at_end_on_a_model_with_a_thinking_block(closing_tiny
     _, notes = _check_row(lm, start, events, 1, ends)
     assert notes and done.rows[1].think_tokens >= 20
     # max on a row that closes early by itself never fires: the row is the model's own choices throughout.
-    _check_row(lm, start, events, 2, ends)
+    _, capped = _check_row(lm, start, events, 2, ends)
+    assert not capped and done.rows[2].think_tokens < 12
     # at-end: the vector, steered from each trigger for 4 tokens, where the ends were refused.
     n = len(start.prompt_ids)
     triggers = sorted(e.step for e in events if isinstance(e, InterveneEvent) and e.row == 3)
@@ -201,6 +202,10 @@ def test_budget_mistakes_against_the_model(bundled):
     vec = random_vector(bundled, [10])
     with pytest.raises(UserError, match="at-end:K refuses ends where a budget:min row"):
         plan_run(bundled, RunSettings("Hi", rows=(SteeredRow(vec, 2.0, scope=Scope.parse("at-end:8")),)))
+    with pytest.raises(UserError, match=r"row 2 \(at-end:8\+budget:min=5\): an at-end row follows the run's"):
+        plan_run(bundled, RunSettings("Hi", rows=(SteeredRow(None, budget=Budget.parse("budget:min=5")),
+                                                  SteeredRow(vec, 2.0, scope=Scope.parse("at-end:8"),
+                                                             budget=Budget.parse("budget:min=5")))))
 
 
 def test_a_budget_run_is_logged_replayed_and_exported_with_its_interventions(tiny, tmp_path):

@@ -43,7 +43,7 @@ def test_every_question_runs_every_arm_once_with_its_dynamics(arms_sweep):
         assert int(r["settled_at"]) <= int(r["cot_tokens"]) and int(r["flips"]) >= 0
         assert (r["coef"] == "") == (r["arm"] == "budget:min=20")
     budget = [r for r in rows if r["arm"] == "budget:min=20"]
-    assert all(int(r["cot_tokens"]) >= min(20, 24) or r["finish_reason"] == "length" for r in budget)
+    assert all(int(r["cot_tokens"]) >= 20 for r in budget)  # no end taken before 20 tokens
     assert {"summary.json", "pareto.html", "figure.html"} <= {p.name for p in result.files}
 
 

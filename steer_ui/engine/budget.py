@@ -6,8 +6,9 @@ instead, token by token. ``budget:max=M``: after M thinking tokens the closing t
 and the row goes on to answer. On a model without a thinking block the end is end-of-sequence and every
 generated token counts, so the bundled model shows the mechanics (``max`` needs a thinking block).
 
-This module only reads and checks the spec; ``engine.decode`` applies it, one position per step like
-every other row, so a budget row shares the batch and the cache with the baseline.
+This module reads and checks the spec (``Budget``) and holds its token-id form (``RowBudget``, built by
+``engine.plan``, and ``Ends``); ``engine.budget_state`` applies it in the decode loop, one position per
+step like every other row, so a budget row shares the batch and the cache with the baseline.
 """
 
 from __future__ import annotations
@@ -83,6 +84,30 @@ class Budget:
         already) is replaced by the wait text."""
         return (self.min_tokens is not None and think_tokens < self.min_tokens
                 and (self.times is None or extended < self.times))
+
+
+@dataclass(frozen=True)
+class Ends:
+    """The tokens that end a row's thinking: the closing tag's first token while thinking (and
+    end-of-sequence), or end-of-sequence on a model without a thinking block. ``close_ids`` is the whole
+    tag, forced by ``max``."""
+
+    thinking: bool  # the model has a thinking block
+    close_first: int | None
+    close_ids: tuple[int, ...]
+    eos: frozenset[int]
+
+
+@dataclass(frozen=True)
+class RowBudget:
+    """A row's budget as token ids. ``at_end`` rows (scope at-end:K) refuse ends on the run's budget:min
+    schedule (``budget``) and steer the next K tokens instead of feeding ``wait_ids``."""
+
+    budget: Budget
+    wait_ids: tuple[int, ...]
+    cap_ids: tuple[int, ...]  # the closing tag, then the cue (empty without max)
+    at_end: int = 0  # K of at-end:K (0: a budget row)
+    cap_text: str = ""  # what cap_ids say, for the intervention event
 
 
 def _count(values: dict[str, str], name: str, body: str) -> int | None:

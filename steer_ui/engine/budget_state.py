@@ -1,4 +1,4 @@
-"""Applying a row's budget one step at a time (the spec and its token ids: ``engine.budget``, ``plan.RowBudget``).
+"""Applying a row's budget one step at a time (the spec and its token ids: ``engine.budget``).
 
 A budget row still takes one position per step. Where it intervenes it feeds a forced token instead of
 the model's choice (the wait text after an end it refused, or the closing tag and cue at its cap) and
@@ -12,14 +12,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from steer_ui.engine.budget import Ends, RowBudget
 from steer_ui.engine.events import InterventionKind
 
 
 @dataclass
 class BudgetState:
-    """One row's budget (a ``plan.RowBudget``) and what it has done so far."""
+    """One row's budget and what it has done so far."""
 
-    spec: object  # plan.RowBudget (not imported: plan imports the engine's events, this stays below it)
+    spec: RowBudget
     pending: list[int] = field(default_factory=list)  # forced tokens still to feed, in order
     extended: int = 0  # ends refused so far
     capped: bool = False
@@ -27,7 +28,7 @@ class BudgetState:
     interventions: int = 0
 
 
-def choose(state: BudgetState, token: int, think_tokens: int, index: int, thinking: bool, ends,
+def choose(state: BudgetState, token: int, think_tokens: int, index: int, thinking: bool, ends: Ends,
            ignore_eos: bool, again: Callable[[frozenset[int]], int]
            ) -> tuple[int, bool, tuple[InterventionKind, str] | None]:
     """The row's token at generated ``index`` given the model's choice ``token``: (token, forced, intervention).
@@ -55,7 +56,7 @@ def _intervened(state: BudgetState, token: int, forced: bool, kind: Intervention
     return token, forced, (kind, text)
 
 
-def _end_ids(ends, ignore_eos: bool) -> frozenset[int]:
+def _end_ids(ends: Ends, ignore_eos: bool) -> frozenset[int]:
     """What the model chooses when it ends: end-of-sequence (unless ignored) and the closing tag's first token."""
     ids = set() if ignore_eos else set(ends.eos)
     if ends.thinking and ends.close_first is not None:

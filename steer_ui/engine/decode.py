@@ -104,7 +104,7 @@ def decode(lm: LoadedModel, plan: RunPlan, cancel: threading.Event | None = None
     profile = lm.profile
     yield _start_event(lm, plan)
     rows = [_Row(info, Detokenizer(lm.tokenizer), plan.starts_thinking, think_start=0 if plan.starts_thinking
-                 else None, budget=BudgetState(b) if b else None) for info, b in zip(plan.rows, _row_budgets(plan))]
+                 else None, budget=BudgetState(b) if b else None) for info, b in zip(plan.rows, plan.budgets)]
     ends = plan.ends
     coefs = torch.tensor(plan.coefs, dtype=torch.float32, device=lm.input_device)
     sampler = Sampler(settings, lm.input_device)
@@ -178,10 +178,6 @@ def decode(lm: LoadedModel, plan: RunPlan, cancel: threading.Event | None = None
         timing=Timing(load_s=lm.load_s, prefill_s=prefill_s, decode_s=time.perf_counter() - start - prefill_s,
                       steps=steps, compiled=session is not None, eager_because=eager_because),
     )
-
-
-def _row_budgets(plan: RunPlan) -> list:
-    return plan.budgets or [None] * len(plan.rows)
 
 
 def _choose(rows: list[_Row], logits: torch.Tensor, sampler: Sampler, ends, ignore_eos: bool):

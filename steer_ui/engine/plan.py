@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from steer_ui.engine.budget import Budget
+from steer_ui.engine.budget import Budget, Ends, RowBudget
 from steer_ui.engine.events import RowInfo
 from steer_ui.engine.kv_cache import check_static_cache
 from steer_ui.engine.probe import ProbeSpec, build_probe
@@ -47,30 +47,6 @@ class RunPlan:
     warnings: list[str] = field(default_factory=list)
     budgets: list[RowBudget | None] = field(default_factory=list)  # per row, baseline first (None: no budget)
     ends: Ends | None = None  # what ends thinking (budgets act on it; every row's urge to stop is read from it)
-
-
-@dataclass(frozen=True)
-class Ends:
-    """The tokens that end a row's thinking: the closing tag's first token while thinking (and
-    end-of-sequence), or end-of-sequence on a model without a thinking block. ``close_ids`` is the whole
-    tag, forced by ``max``."""
-
-    thinking: bool  # the model has a thinking block
-    close_first: int | None
-    close_ids: tuple[int, ...]
-    eos: frozenset[int]
-
-
-@dataclass(frozen=True)
-class RowBudget:
-    """A row's budget as token ids. ``at_end`` rows (scope at-end:K) refuse ends on the run's budget:min
-    schedule (``budget``) and steer the next K tokens instead of feeding ``wait_ids``."""
-
-    budget: Budget
-    wait_ids: tuple[int, ...]
-    cap_ids: tuple[int, ...]  # the closing tag, then the cue (empty without max)
-    at_end: int = 0  # K of at-end:K (0: a budget row)
-    cap_text: str = ""  # what cap_ids say, for the intervention event
 
 
 def render_prompt(lm: LoadedModel, settings: RunSettings) -> tuple[str, list[int], list[str]]:
@@ -147,6 +123,9 @@ def _budgets(lm: LoadedModel, settings: RunSettings) -> tuple[list[RowBudget | N
             raise UserError(f"row {number} ({row.budget}): budget max=N closes a thinking block, and "
                             f"{lm.model_id} has none (min=N works on any model: end-of-sequence is its end)")
         if row.scope.kind == "at-end":
+            if row.budget is not None:
+                raise UserError(f"row {number} ({row.scope}+{row.budget}): an at-end row follows the run's "
+                                "budget:min row; give it no budget of its own")
             # The vector takes the wait text's place: the row refuses ends on the budget:min row's schedule.
             out.append(RowBudget(replace(schedule, max_tokens=None), (), (), at_end=row.scope.every))
         elif row.budget is not None:

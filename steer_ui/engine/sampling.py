@@ -63,11 +63,14 @@ def _top_p(scores: torch.Tensor, top_p: float) -> torch.Tensor:
 
 def stop_logprobs(logits: torch.Tensor, thinking: list[bool], ends) -> list[float]:
     """Per row, log p(ending) from the step's next-token ``logits``: the closing tag's first token for a row
-    inside its thinking block, end-of-sequence otherwise (no extra forward: the step has these logits)."""
-    logp = torch.log_softmax(logits.float(), dim=-1)
+    inside its thinking block, end-of-sequence otherwise. No extra forward (the step has these logits), and
+    per step one reduction over the vocabulary and one transfer: the end tokens' logits minus logsumexp,
+    not a whole log-softmax."""
+    logits = logits.float()
+    norm = torch.logsumexp(logits, dim=-1)
     eos = sorted(ends.eos)
-    at_eos = torch.logsumexp(logp[:, eos], dim=-1) if eos else torch.full((logp.shape[0],), float("-inf"))
+    at_eos = torch.logsumexp(logits[:, eos], dim=-1) - norm if eos else torch.full_like(norm, float("-inf"))
     if not ends.thinking or ends.close_first is None:
         return at_eos.tolist()
-    inside = torch.tensor(thinking, device=logp.device)
-    return torch.where(inside, logp[:, ends.close_first], at_eos).tolist()  # one transfer per step
+    at_close, at_end = torch.stack([logits[:, ends.close_first] - norm, at_eos]).tolist()
+    return [c if t else e for c, e, t in zip(at_close, at_end, thinking)]
