@@ -101,7 +101,10 @@ function apply(v) {
       s.textContent = t[k];  // text, never markup
       const bg = shade(lo[k]);
       if (bg) { s.style.background = bg; s.title = 'log-odds ' + lo[k].toFixed(2); }
-      if (f[k]) { s.classList.add('f'); s.title = 'inserted by the budget, not chosen by the model' + (s.title ? ' | ' + s.title : ''); }
+      if (f[k]) {
+        s.classList.add('f');
+        s.title = 'inserted by the budget, not chosen by the model' + (s.title ? ' | ' + s.title : '');
+      }
       frag.append(s);
     }
     p.body.append(frag); p.n = Math.max(p.n, r.from + t.length);
