@@ -19,6 +19,7 @@ from steer_ui.engine.run_settings import RunSettings, steered
 from steer_ui.errors import UserError
 from steer_ui.experiments.analysis import analyze, split_steps
 from steer_ui.experiments.grading import is_correct, last_boxed, read_answer
+from steer_ui.experiments.paired import wilson
 from steer_ui.experiments.questions import (
     Question,
     kind_of,
@@ -27,7 +28,7 @@ from steer_ui.experiments.questions import (
     word_problems,
     yesno_questions,
 )
-from steer_ui.experiments.sweep import SweepConfig, run_sweep, wilson
+from steer_ui.experiments.sweep import SweepConfig, run_sweep
 from steer_ui.log.store import Store
 from steer_ui.vectors.files import load_vector
 from steer_ui.vectors.presets import preset_vector_path

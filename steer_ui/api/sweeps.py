@@ -15,7 +15,8 @@ from steer_ui.engine.knobs import BY_NAME
 from steer_ui.errors import UserError
 from steer_ui.experiments.arms import arms_from_specs
 from steer_ui.experiments.questions import Question, load_questions, question_from, unique_ids
-from steer_ui.experiments.sweep import CoefSummary, SweepConfig, run_sweep
+from steer_ui.experiments.sweep import SweepConfig, run_sweep
+from steer_ui.experiments.sweep_report import CoefSummary
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -43,7 +44,7 @@ class SweepRun:
         """Accuracy (with its interval) and chain-of-thought length against the coefficient."""
         import plotly.graph_objects as go
 
-        from steer_ui.experiments.sweep import figure
+        from steer_ui.experiments.sweep_report import figure
 
         return go.Figure(figure(self._summary, self._title))
 

@@ -97,7 +97,7 @@ class SweepTab:
     def _shown(result, cfg, n_questions: int) -> dict:
         import plotly.graph_objects as go
 
-        from steer_ui.experiments.sweep import figure as sweep_figure
+        from steer_ui.experiments.sweep_report import figure as sweep_figure
 
         table = [[f"{s.coef:+g}", s.n, f"{s.accuracy:.0%}", f"{s.ci_low:.0%}-{s.ci_high:.0%}",
                   f"{s.mean_tokens:.1f}", f"{s.mean_tokens_correct:.1f}" if s.mean_tokens_correct is not None else "-",

@@ -81,7 +81,8 @@ def sweep_config(args: argparse.Namespace):
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from steer_ui.experiments.sweep import run_sweep, summary_table
+    from steer_ui.experiments.sweep import run_sweep
+    from steer_ui.experiments.sweep_report import summary_table
     from steer_ui.model.loading import load_model
 
     config = sweep_config(args)
@@ -169,7 +170,7 @@ def _write_plot(figures: list[dict], path: Path, title: str) -> None:
         fig.add_traces(extra["data"])
     fig.update_layout(title_text=f"{title}: probe at step boundaries (x = flagged step, dashed = answer emerges)")
     if path.suffix.lower() == ".png":
-        from steer_ui.experiments.sweep import find_browser
+        from steer_ui.experiments.sweep_report import find_browser
 
         find_browser()
         try:

@@ -67,3 +67,8 @@ def check_arms(arms: Sequence[Arm]) -> None:
     if len(set(names)) != len(names):
         repeated = sorted({n for n in names if names.count(n) > 1})
         raise UserError(f"arms repeat: {', '.join(repeated)}")
+
+
+def arm_of(row: dict) -> str:
+    """A results row's arm (rows written before arms existed have only their coefficient)."""
+    return row.get("arm") or coef_arm_name(float(row["coef"]))

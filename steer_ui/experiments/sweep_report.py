@@ -1,0 +1,216 @@
+"""A sweep's results read back: per-arm summary with paired statistics (``paired``), the table, the CSV
+and JSON summaries, and the figures (accuracy and tokens per coefficient; the Pareto figure per arm).
+
+``experiments.sweep`` runs the questions and appends ``results.csv``; everything here is computed from
+those rows, so a resumed sweep's summary is the same as an uninterrupted one's.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from steer_ui import csv_cells
+from steer_ui.experiments.arms import BASELINE, Arm, arm_of
+from steer_ui.experiments.paired import Paired, mean_interval, paired, wilson
+from steer_ui.experiments.questions import Question
+
+
+@dataclass(frozen=True)
+class CoefSummary:
+    """One arm's results (named for the coefficients it began with: --coefs arms have one)."""
+
+    coef: float | None  # None for a budget arm
+    n: int
+    correct: int
+    accuracy: float
+    ci_low: float  # Wilson 95 % interval
+    ci_high: float
+    no_answer: float  # share with no extractable answer
+    mean_tokens: float
+    mean_tokens_correct: float | None
+    mean_final_logodds_gold: float | None  # yes/no questions: final log-odds toward the right answer
+    forced_accuracy: float | None  # yes/no questions: the probe's answer after the chain, scored
+    mean_final_p_gold: float | None = None  # the gold answer's probability where each row ended
+    arm: str = ""
+    mean_think_tokens: float | None = None
+    flips: float | None = None  # mean flips of the probed answer (engine.dynamics)
+    after_settle: float | None = None  # mean tokens generated after the answer settled
+    vs_baseline: Paired | None = None  # None for the baseline itself, or when the sweep has no baseline arm
+
+
+
+def summarise(rows: list[dict], arms: Sequence[Arm], questions: Sequence[Question]) -> list[CoefSummary]:
+    """Per arm, in the sweep's order; each arm against the baseline arm, paired by question and sample."""
+    kinds = {q.id: q for q in questions}
+    mine_by_arm = {a.name: [r for r in rows if arm_of(r) == a.name and r["question_id"] in kinds] for a in arms}
+    base = {(r["question_id"], int(r["sample"])): r for r in mine_by_arm.get(BASELINE, [])}
+    return [_arm_summary(a, mine_by_arm[a.name], kinds, base if a.name != BASELINE and base else None)
+            for a in arms]
+
+
+def _arm_summary(arm: Arm, mine: list[dict], kinds: dict, base: dict | None) -> CoefSummary:
+    n = len(mine)
+    k = sum(int(r["correct"]) for r in mine)
+    lo, hi = wilson(k, n)
+    tokens = [int(r["cot_tokens"]) for r in mine]
+    tokens_ok = [int(r["cot_tokens"]) for r in mine if int(r["correct"])]
+    toward = [float(r["final_logodds"]) * (1 if kinds[r["question_id"]].answer.lower() in ("yes", "true") else -1)
+              for r in mine if kinds[r["question_id"]].kind == "yesno" and r["final_logodds"] != ""]
+    forced = [int(r["forced_correct"]) for r in mine if r.get("forced_correct", "") != ""]
+    p_gold = [float(r["final_p_gold"]) for r in mine if r.get("final_p_gold", "") != ""]
+    think = [int(r["think_tokens"]) for r in mine if r.get("think_tokens", "") != ""]
+    flips = [int(r["flips"]) for r in mine if r.get("flips", "") != ""]
+    after = [int(r["cot_tokens"]) - int(r["settled_at"]) for r in mine if r.get("settled_at", "") != ""]
+    vs = None
+    if base is not None:
+        both = [(r, base[(r["question_id"], int(r["sample"]))]) for r in mine
+                if (r["question_id"], int(r["sample"])) in base]
+        vs = paired([bool(int(a["correct"])) for a, _ in both], [bool(int(b["correct"])) for _, b in both],
+                    [int(a["cot_tokens"]) for a, _ in both], [int(b["cot_tokens"]) for _, b in both])
+    return CoefSummary(
+        coef=arm.coef, n=n, correct=k, accuracy=k / n if n else 0.0, ci_low=lo, ci_high=hi,
+        no_answer=sum(1 for r in mine if r["how"] == "none") / n if n else 0.0,
+        mean_tokens=sum(tokens) / n if n else 0.0,
+        mean_tokens_correct=sum(tokens_ok) / len(tokens_ok) if tokens_ok else None,
+        mean_final_logodds_gold=sum(toward) / len(toward) if toward else None,
+        forced_accuracy=sum(forced) / len(forced) if forced else None,
+        mean_final_p_gold=sum(p_gold) / len(p_gold) if p_gold else None,
+        arm=arm.name, mean_think_tokens=_mean(think), flips=_mean(flips), after_settle=_mean(after), vs_baseline=vs)
+
+
+def _mean(xs: list) -> float | None:
+    return sum(xs) / len(xs) if xs else None
+
+
+def summary_table(summary: list[CoefSummary]) -> str:
+    width = max([len("arm")] + [len(x.arm) for x in summary])
+    head = (f"{'arm':<{width}}  {'n':>4}  {'accuracy':>8}  {'95% CI':>13}  {'no answer':>9}  {'CoT tokens':>10}  "
+            f"{'(correct)':>9}  {'think':>7}  {'flips':>5}  {'final log-odds to gold':>22}  {'forced acc':>10}  "
+            f"{'final P(gold)':>13}  {'vs baseline: +/-':>16}  {'McNemar p':>9}  {'tokens diff (95% CI)':>24}")
+    lines = [head]
+    for s in summary:
+        ok = f"{s.mean_tokens_correct:.1f}" if s.mean_tokens_correct is not None else "-"
+        lo = f"{s.mean_final_logodds_gold:+.2f}" if s.mean_final_logodds_gold is not None else "-"
+        forced = f"{s.forced_accuracy:.1%}" if s.forced_accuracy is not None else "-"
+        p_gold = f"{s.mean_final_p_gold:.3f}" if s.mean_final_p_gold is not None else "-"
+        think = f"{s.mean_think_tokens:.1f}" if s.mean_think_tokens is not None else "-"
+        flips = f"{s.flips:.2f}" if s.flips is not None else "-"
+        v = s.vs_baseline
+        counts = f"+{v.only_arm}/-{v.only_baseline}" if v else "-"
+        pval = f"{v.p_value:.3g}" if v else "-"
+        diff = (f"{v.token_diff:+.1f} ({v.token_diff_ci[0]:+.1f}, {v.token_diff_ci[1]:+.1f})"
+                if v and v.token_diff_ci else f"{v.token_diff:+.1f}" if v and v.token_diff is not None else "-")
+        lines.append(f"{s.arm:<{width}}  {s.n:>4}  {s.accuracy:>8.1%}  {s.ci_low:>6.1%}-{s.ci_high:<6.1%}  "
+                     f"{s.no_answer:>9.1%}  {s.mean_tokens:>10.1f}  {ok:>9}  {think:>7}  {flips:>5}  {lo:>22}  "
+                     f"{forced:>10}  {p_gold:>13}  {counts:>16}  {pval:>9}  {diff:>24}")
+    return "\n".join(lines)
+
+
+def write_summary(summary: list[CoefSummary], out: Path) -> None:
+    """summary.csv (a row per arm), summary.txt (the table) and summary.json (arms with paired statistics)."""
+    flat = [{**{k: v for k, v in asdict(s).items() if k != "vs_baseline"},
+             **{f"vs_baseline_{k}": v for k, v in (s.vs_baseline.to_dict() if s.vs_baseline else {}).items()}}
+            for s in summary]
+    with (out / "summary.csv").open("w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for row in flat for k in row)))
+        writer.writeheader()
+        writer.writerows(csv_cells.row(r) for r in flat)
+    (out / "summary.txt").write_text(summary_table(summary) + "\n", encoding="utf-8")
+    arms = [{"arm": s.arm, "n": s.n, "correct": s.correct, "accuracy": s.accuracy, "ci": [s.ci_low, s.ci_high],
+             "mean_cot_tokens": s.mean_tokens, "mean_think_tokens": s.mean_think_tokens, "flips": s.flips,
+             "after_settle": s.after_settle, "coef": s.coef,
+             "vs_baseline": s.vs_baseline.to_dict() if s.vs_baseline else None} for s in summary]
+    (out / "summary.json").write_text(json.dumps({"arms": arms}, indent=1), encoding="utf-8")
+
+
+def token_interval(rows: list[dict], arm: str) -> tuple[float, float] | None:
+    """A bootstrap interval of an arm's mean chain-of-thought tokens (the Pareto figure's horizontal bar)."""
+    tokens = [int(r["cot_tokens"]) for r in rows if arm_of(r) == arm]
+    return mean_interval(tokens)
+
+
+def figure(summary: list[CoefSummary], title: str = "") -> dict:
+    """Accuracy (with its interval) and mean chain-of-thought length against the coefficient (the arms
+    that have one: --coefs arms and vector arms)."""
+    summary = sorted((s for s in summary if s.coef is not None), key=lambda s: s.coef)
+    xs = [s.coef for s in summary]
+    return {
+        "data": [
+            {"type": "scatter", "mode": "lines+markers", "name": "accuracy", "x": xs,
+             "y": [s.accuracy for s in summary], "line": {"color": "#2563eb"},
+             "error_y": {"type": "data", "symmetric": False, "array": [s.ci_high - s.accuracy for s in summary],
+                         "arrayminus": [s.accuracy - s.ci_low for s in summary]}},
+            *([{"type": "scatter", "mode": "lines+markers", "name": "forced answer accuracy (probe)", "x": xs,
+                "y": [s.forced_accuracy for s in summary], "line": {"color": "#2563eb", "dash": "dash", "width": 1}}]
+              if any(s.forced_accuracy is not None for s in summary) else []),
+            {"type": "scatter", "mode": "lines+markers", "name": "mean CoT tokens", "x": xs,
+             "y": [s.mean_tokens for s in summary], "yaxis": "y2", "line": {"color": "#dc2626", "dash": "dot"}},
+        ],
+        "layout": {
+            "title": {"text": title}, "height": 380, "margin": {"l": 60, "r": 60, "t": 50, "b": 50},
+            "xaxis": {"title": {"text": "steering coefficient"}},
+            "yaxis": {"title": {"text": "accuracy (95% Wilson interval)"}, "range": [0, 1.05], "tickformat": ".0%"},
+            "yaxis2": {"title": {"text": "mean chain-of-thought tokens"}, "overlaying": "y", "side": "right",
+                       "rangemode": "tozero", "showgrid": False},
+            "legend": {"orientation": "h", "y": -0.2}, "plot_bgcolor": "#ffffff",
+        },
+    }
+
+
+def pareto_figure(summary: list[CoefSummary], intervals: dict[str, tuple[float, float] | None],
+                  title: str = "") -> dict:
+    """Accuracy against mean chain-of-thought tokens, one point per arm with both intervals (Wilson for
+    accuracy, bootstrap for tokens): what each arm buys in accuracy for the tokens it spends."""
+    def bar(s, side):
+        ci = intervals.get(s.arm)
+        return (ci[1] - s.mean_tokens if side else s.mean_tokens - ci[0]) if ci else 0.0
+    return {
+        "data": [{"type": "scatter", "mode": "markers+text", "name": s.arm, "x": [s.mean_tokens], "y": [s.accuracy],
+                  "text": [s.arm], "textposition": "top center", "marker": {"size": 11},
+                  "error_y": {"type": "data", "symmetric": False, "array": [s.ci_high - s.accuracy],
+                              "arrayminus": [s.accuracy - s.ci_low]},
+                  "error_x": {"type": "data", "symmetric": False, "array": [bar(s, True)],
+                              "arrayminus": [bar(s, False)]}} for s in summary],
+        "layout": {
+            "title": {"text": title}, "height": 420, "margin": {"l": 60, "r": 30, "t": 50, "b": 50},
+            "xaxis": {"title": {"text": "mean chain-of-thought tokens (95% bootstrap interval)"}},
+            "yaxis": {"title": {"text": "accuracy (95% Wilson interval)"}, "range": [0, 1.05], "tickformat": ".0%"},
+            "showlegend": False, "plot_bgcolor": "#ffffff",
+        },
+    }
+
+
+def find_browser() -> None:
+    """kaleido renders PNGs with a Chrome/Chromium: point it at the system's when it has no other."""
+    if "BROWSER_PATH" not in os.environ:
+        found = shutil.which("chromium") or shutil.which("google-chrome") or shutil.which("chromium-browser")
+        if found:
+            os.environ["BROWSER_PATH"] = found
+
+
+def write_figure(summary: list[CoefSummary], out: Path, title: str = "",
+                 intervals: dict[str, tuple[float, float] | None] | None = None) -> list[str]:
+    """figure.html (per coefficient, when arms have one) and pareto.html (every arm) always; their PNGs when
+    kaleido finds a Chrome/Chromium. Returns notes for the user."""
+    import plotly.graph_objects as go
+
+    figures = {"pareto": pareto_figure(summary, intervals or {}, title)}
+    if any(s.coef is not None for s in summary):
+        figures["figure"] = figure(summary, title)
+    notes = []
+    for name, spec in figures.items():
+        fig = go.Figure(spec)
+        fig.write_html(out / f"{name}.html", include_plotlyjs=True)
+        find_browser()
+        try:
+            fig.write_image(out / f"{name}.png", width=900, height=420, scale=2)
+        except Exception as err:  # noqa: BLE001 - no kaleido or no browser: the HTML figure is still there
+            notes.append(f"{name}.png not written ({type(err).__name__}: "
+                         f"{str(err).splitlines()[0] if str(err) else ''}); {name}.html has the same chart")
+    return notes
