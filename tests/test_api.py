@@ -55,7 +55,9 @@ def test_compare_is_the_engine_run_of_the_same_settings(model, run, bundled):
     assert [r.label for r in run.rows] == ["baseline", "coef +4", "coef +8"] and run.baseline.row == 0
     # The tidy frame: one line per token with the reading taken just before it, and the final reading.
     frame = run.to_pandas()
-    assert list(frame.columns) == ["row", "label", "coef", "step", "token_id", "token", "logodds", "mass", "reliable"]
+    assert list(frame.columns) == ["row", "label", "coef", "step", "token_id", "token", "logodds", "mass", "reliable",
+                                   "forced", "stop_logprob", "intervention", "flips", "settled_at"]
+    assert not frame.forced.any() and frame.intervention.isna().all()  # no budget rows here
     token_lines = frame.dropna(subset=["token_id"])
     assert [(t.row, t.step, t.token_id, t.text) for t in tokens] == sorted(
         zip(token_lines.row, token_lines.step, token_lines.token_id, token_lines.token), key=lambda x: (x[1], x[0]))

@@ -248,8 +248,9 @@ def test_rows_with_their_own_vectors_stream_side_by_side(page: Page, shots: Path
     page.screenshot(path=str(shots / "8-rows.png"), full_page=True)
 
 
-def test_a_budget_row_shows_its_inserted_wait_marked_in_its_pane(page: Page, shots: Path):
-    """budget:min=N beside a vector row: where the model chose to end, "Wait" is fed, marked as not its own."""
+def test_a_budget_row_shows_its_inserted_wait_marked_in_its_pane(page: Page, shots: Path, app_server):
+    """budget:min=N beside a vector row: where the model chose to end, "Wait" is fed, marked as not its own;
+    the chart's strip below draws each row's urge to stop, a point per token, as streamed."""
     titles = generate_with_rows(page, "What is 2+2? Answer briefly.", "budget:min=30", 40)
     assert titles[0] == "Baseline" and titles[-1] == "budget:min=30"
     budget_pane = page.locator(".su-body").last
@@ -257,6 +258,12 @@ def test_a_budget_row_shows_its_inserted_wait_marked_in_its_pane(page: Page, sho
     assert marked.count() >= 1 and "Wait" in "".join(marked.all_text_contents())
     assert "inserted by the budget" in marked.first.get_attribute("title")
     assert page.locator(".su-body").first.locator("span.f").count() == 0  # the baseline has none
+    store = app_server[1].ctx.store
+    run = store.run_record(store.get_run(store.list_runs(limit=1)[0].id))
+    want = [len(st["token_ids"]) for st in run["streams"]]
+    urge = "() => (document.querySelector('.su-chart').data || []).filter(t => t.yaxis === 'y3').map(t => t.x.length)"
+    page.wait_for_function(f"() => JSON.stringify(({urge})()) === '{json.dumps(want, separators=(',', ':'))}'",
+                           timeout=30_000)
     page.screenshot(path=str(shots / "9-budget.png"), full_page=True)
 
 

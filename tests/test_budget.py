@@ -92,6 +92,29 @@ def test_budget_min_on_the_bundled_model_feeds_wait_where_it_would_end(bundled):
     # Dynamics recomputed from the row's readings.
     readings = [(p.step, p.logprobs) for p in events if getattr(p, "event", "") == "probe" and p.row == 1]
     assert row.dynamics == dynamics(readings, len(row.token_ids))
+    _check_notebook_run(events, s, tokens, notes, row)
+
+
+def _check_notebook_run(events, settings, tokens, notes, row) -> None:
+    """The notebook's Run folds the same events: its frame marks forced tokens, interventions, the urge to
+    stop and the row's dynamics; its figure draws the urge to stop for a budget run (and not when told)."""
+    from steer_ui.api.result import Run
+
+    run = Run(events, settings)
+    mine = run.to_pandas().query("row == 1 and token_id.notna()")
+    assert list(mine.step[mine.forced]) == [t.step for t in tokens if t.forced] == run.rows[1].forced
+    assert dict(zip(mine.step[mine.intervention.notna()], mine.intervention.dropna())) == {
+        k: n.kind for k, n in notes.items()}
+    assert mine.stop_logprob.tolist() == pytest.approx([t.stop_logprob for t in tokens], abs=1e-3)
+    assert set(mine.flips) == {row.dynamics.flips} and set(mine.settled_at) == {row.dynamics.settled_at}
+    assert run.rows[1].dynamics["after_settle"] == row.dynamics.after_settle
+    urge = [t for t in run.figure().data if t.yaxis == "y3"]
+    assert [len(t.x) for t in urge] == [len(r.token_ids) for r in run.rows]
+    assert list(urge[1].y) == pytest.approx([t.stop_logprob for t in tokens], abs=1e-3)
+    assert not [t for t in run.figure(urge_to_stop=False).data if t.yaxis == "y3"]
+    from steer_ui.api.display import panes_html
+
+    assert panes_html(run).count("inserted by the budget") == sum(t.forced for t in tokens)
 
 
 def _eos(lm):

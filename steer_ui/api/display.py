@@ -19,6 +19,9 @@ if TYPE_CHECKING:
 
 _plotly_sent = False  # whether this kernel has inlined plotly.js into an output already
 SHADE_LIMIT = 4.0  # log-odds at which a token's colour is full strength
+# A token a budget fed (not the model's choice), marked as the dashboard's panes mark it.
+FORCED_STYLE = ";font-style:italic;color:#b45309;text-decoration:underline wavy #d97706"
+FORCED_TITLE = ", inserted by the budget, not chosen by the model"
 
 
 def shade(logodds: float | None) -> str:
@@ -38,8 +41,9 @@ def panes_html(run: Run) -> str:
     columns = []
     for r in run.view.rows:
         spans = "".join(
-            f"<span title='step {i}, log-odds {_number(s)}' style='background:{shade(s)}'>{escape(piece)}</span>"
-            for i, (piece, s) in enumerate(zip(r.pieces, r.shade)))
+            f"<span title='step {i}, log-odds {_number(s)}{FORCED_TITLE if f else ''}' "
+            f"style='background:{shade(s)}{FORCED_STYLE if f else ''}'>{escape(piece)}</span>"
+            for i, (piece, s, f) in enumerate(zip(r.pieces, r.shade, r.forced)))
         diverge = "" if r.row == 0 or r.diverge is None else f", diverges at {r.diverge}"
         head = (f"<div style='font-weight:600;color:{row_colour(r.row)}'>{escape(r.display_label)}</div>"
                 f"<div style='font-size:11px;color:#6b7280'>{len(r.pieces)} tokens"

@@ -6,7 +6,7 @@ first divergences and probe series are the ones the dashboard shows for the same
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from steer_ui.engine.events import Event
@@ -20,7 +20,8 @@ if TYPE_CHECKING:
 
     from steer_ui.api.model import Model
 
-FRAME_COLUMNS = ("row", "label", "coef", "step", "token_id", "token", "logodds", "mass", "reliable")
+FRAME_COLUMNS = ("row", "label", "coef", "step", "token_id", "token", "logodds", "mass", "reliable", "forced",
+                 "stop_logprob", "intervention", "flips", "settled_at")
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,11 @@ class Row:
     logodds: list[float | None]  # log p(first choice) - log p(second choice) at each reading
     mass: list[float | None]  # probability on all the choices together at each reading
     reliable: list[bool]  # the reading's mass is at least probe_min_mass
+    budget: str | None = None  # the row's thinking budget ('budget:min=200'), None without one
+    forced: list[int] = field(default_factory=list)  # steps of the tokens a budget fed (not the model's choice)
+    interventions: list[dict] = field(default_factory=list)  # {"step", "kind", "text"}, in order
+    stop_logprobs: list[float | None] = field(default_factory=list)  # per token: log p(end) where it was chosen
+    dynamics: dict | None = None  # {"flips", "settled_at", "after_settle", "readings"} once the row ended
 
 
 class Run:
@@ -77,7 +83,8 @@ class Run:
     def rows(self) -> list[Row]:
         return [Row(r.row, "baseline" if r.row == 0 else r.label, r.coef, r.text or "".join(r.pieces),
                     list(r.token_ids), r.finish, r.diverge, list(r.steps), list(r.logodds), list(r.mass),
-                    list(r.reliable))
+                    list(r.reliable), r.budget, [i for i, f in enumerate(r.forced) if f], list(r.interventions),
+                    list(r.stop_logprobs), self.view.dynamics(r.row))
                 for r in self.view.rows]
 
     @property
@@ -100,31 +107,39 @@ class Run:
     def to_pandas(self) -> pd.DataFrame:
         """One line per generated token of each row (``FRAME_COLUMNS``): its step (0-based), id and text,
         and the probe reading taken after ``step`` tokens, just before this one (NaN on steps without a
-        reading). A reading after a row's last token gets its own line with no token."""
+        reading). A reading after a row's last token gets its own line with no token.
+
+        Budget columns: ``forced`` (a budget fed this token), ``stop_logprob`` (log p(end of thinking) where
+        it was chosen), ``intervention`` (the kind of intervention starting at this step: extend, cap or
+        trigger); and the row's answer dynamics, the same on each of its lines: ``flips``, ``settled_at``."""
         import pandas as pd
 
         lines = []
-        for r in self.view.rows:
+        for r, row in zip(self.view.rows, self.rows):
             readings = {s: (lo, m, ok) for s, lo, m, ok in zip(r.steps, r.logodds, r.mass, r.reliable)}
-            label = "baseline" if r.row == 0 else r.label
+            kinds = {n["step"]: n["kind"] for n in r.interventions}
+            moved = (row.dynamics or {}).get("flips"), (row.dynamics or {}).get("settled_at")
             for step in range(len(r.token_ids) + (1 if len(r.token_ids) in readings else 0)):
                 lo, m, ok = readings.get(step, (None, None, None))
                 token = (r.token_ids[step], r.pieces[step]) if step < len(r.token_ids) else (None, None)
-                lines.append((r.row, label, r.coef, step, *token, lo, m, ok))
+                budget = ((r.forced[step], r.stop_logprobs[step]) if step < len(r.token_ids) else (None, None))
+                lines.append((r.row, row.label, r.coef, step, *token, lo, m, ok, *budget, kinds.get(step), *moved))
         frame = pd.DataFrame(lines, columns=list(FRAME_COLUMNS))
-        frame["token_id"] = frame["token_id"].astype("Int64")
-        frame[["logodds", "mass"]] = frame[["logodds", "mass"]].astype(float)
-        frame["reliable"] = frame["reliable"].astype("boolean")
+        for name in ("token_id", "flips", "settled_at"):
+            frame[name] = frame[name].astype("Int64")
+        frame[["logodds", "mass", "stop_logprob"]] = frame[["logodds", "mass", "stop_logprob"]].astype(float)
+        frame[["reliable", "forced"]] = frame[["reliable", "forced"]].astype("boolean")
         return frame
 
-    def figure(self) -> go.Figure:
+    def figure(self, urge_to_stop: bool | None = None) -> go.Figure:
         """The log-odds chart (dotted: mass on the choices; dashed: where thinking ends), as the dashboard
-        draws it."""
+        draws it; ``urge_to_stop`` adds each row's log p(end of thinking) in a strip below (None: when the
+        run has a budget or at-end row, as the dashboard does)."""
         import plotly.graph_objects as go
 
         from steer_ui.views.chart import figure
 
-        fig = figure(self.view)
+        fig = figure(self.view, urge=urge_to_stop)
         return go.Figure({"data": fig["data"], "layout": fig["layout"]})
 
     def _repr_html_(self) -> str:

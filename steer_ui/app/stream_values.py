@@ -29,10 +29,11 @@ def streams_value(view: RunView, start: list[int] | None = None) -> dict:
     }
 
 
-def chart_value(view: RunView, start: list[int] | None = None) -> dict:
+def chart_value(view: RunView, start: list[int] | None = None, token_start: list[int] | None = None) -> dict:
     """The figure for the live chart: per trace its static properties, "from", and its points from
-    there as a JSON string ``[x, y, marker symbols or null]``."""
-    fig = figure(view, start)
+    there as a JSON string ``[x, y, marker symbols or null]`` (``start``: per row, probe readings;
+    ``token_start``: tokens, for the urge-to-stop traces)."""
+    fig = figure(view, start, token_start)
     points = []
     for trace in fig["data"]:
         symbols = trace.get("marker", {}).pop("symbol", None)
@@ -57,4 +58,4 @@ class Windower:
         else:
             start_t, start_p = self._past[0]
         self._past.append((tokens, probes))
-        return streams_value(view, start_t), chart_value(view, start_p)
+        return streams_value(view, start_t), chart_value(view, start_p, start_t)

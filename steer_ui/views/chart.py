@@ -2,21 +2,29 @@
 
 from __future__ import annotations
 
-from steer_ui.views.run_view import RunView, row_colour
+from steer_ui.views.run_view import RowView, RunView, row_colour
 
 MAX_MARKS = 100  # intervention ticks per row: the layout travels whole with every live update
 
 
-def figure(view: RunView, start: list[int] | None = None) -> dict:
+def figure(view: RunView, start: list[int] | None = None, token_start: list[int] | None = None,
+           urge: bool | None = None) -> dict:
     """The plotly figure (data + layout) as plain JSON, for the HTML export (and ``chart_value``).
 
-    ``from`` gives, per trace, the index of its first point included (0: the whole figure).
+    ``from`` gives, per trace, the index of its first point included (0: the whole figure): ``start``
+    per row for the probe traces, ``token_start`` for the urge-to-stop traces (one point per token).
+    ``urge``: draw each row's urge to stop below the log-odds (None: when the run has a budget row or an
+    ``at-end`` scope, where it shows when budget forcing fires and what a vector does to it).
     """
     start = start or [0] * len(view.rows)
+    token_start = token_start or [0] * len(view.rows)
+    urge = view.has_budget if urge is None else urge
     yes, no = view.choices[:2] if len(view.choices) >= 2 else ("Yes", "No")
     data: list[dict] = []
+    froms: list[int] = []
     for r, k in zip(view.rows, start):
         colour = row_colour(r.row)
+        froms += [k, k]
         data.append({
             "type": "scatter", "mode": "lines+markers", "name": r.display_label, "legendgroup": str(r.row),
             "x": r.steps[k:], "y": r.logodds[k:], "line": {"color": colour, "width": 2},
@@ -30,6 +38,10 @@ def figure(view: RunView, start: list[int] | None = None) -> dict:
             "line": {"color": colour, "width": 1, "dash": "dot"},
             "hovertemplate": f"{r.display_label}<br>token %{{x}}<br>mass %{{y:.2f}}<extra></extra>",
         })
+    if urge:
+        for r, t in zip(view.rows, token_start):
+            froms.append(t)
+            data.append(_urge_trace(r, t))
     shapes = [{"type": "line", "xref": "x", "yref": "paper", "x0": r.think_end, "x1": r.think_end, "y0": 0,
                "y1": 1, "line": {"color": row_colour(r.row), "dash": "dash", "width": 1}}
               for r in view.rows if r.think_end is not None]
@@ -49,7 +61,26 @@ def figure(view: RunView, start: list[int] | None = None) -> dict:
         # Same revision for a whole run: Plotly.react keeps the user's zoom while points arrive.
         "uirevision": view.key,
     }
-    return {"run": view.key, "data": data, "layout": layout, "from": [k for k in start for _ in (0, 1)]}
+    if urge:
+        _add_urge_axis(layout)
+    return {"run": view.key, "data": data, "layout": layout, "from": froms}
+
+
+def _urge_trace(r: RowView, t: int) -> dict:
+    """log p(end of thinking) where each token was chosen, from the step's own logits (no extra forward)."""
+    colour = row_colour(r.row)
+    return {"type": "scatter", "mode": "lines", "name": f"{r.display_label} urge to stop",
+            "legendgroup": str(r.row), "showlegend": False, "x": list(range(t, len(r.stop_logprobs))),
+            "y": r.stop_logprobs[t:], "yaxis": "y3", "line": {"color": colour, "width": 1},
+            "hovertemplate": f"{r.display_label}<br>token %{{x}}<br>log p(end) %{{y:.2f}}<extra></extra>"}
+
+
+def _add_urge_axis(layout: dict) -> None:
+    """A strip under the log-odds for log p(end): its own scale (typically -20..0), the same tokens."""
+    layout["height"] = 420
+    layout["yaxis"]["domain"] = [0.34, 1]
+    layout["xaxis"]["anchor"] = "y3"
+    layout["yaxis3"] = {"domain": [0, 0.26], "title": {"text": "log p(end)"}, "zeroline": False}
 
 
 def _symbol(reliable: bool, final: bool) -> str:

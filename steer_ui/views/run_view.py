@@ -48,6 +48,7 @@ class RowView:
     stop_logprobs: list[float | None] = field(default_factory=list)  # per token: log p(end) where it was chosen
     interventions: list[dict] = field(default_factory=list)  # {"step", "kind", "text"}
     budget: str | None = None
+    scope: str | None = None  # the row's own scope (None for the baseline)
 
     @property
     def display_label(self) -> str:
@@ -72,7 +73,7 @@ class RunView:
 
     def apply(self, event: Event) -> None:
         if isinstance(event, StartEvent):
-            self.rows = [RowView(r.row, r.label, r.coef, budget=r.budget) for r in event.rows]
+            self.rows = [RowView(r.row, r.label, r.coef, budget=r.budget, scope=r.scope) for r in event.rows]
             self.choices = [c.label for c in event.probe_choices]
             self.gold = event.probe_gold
             self.warnings, self.layers, self.scope = list(event.warnings), list(event.layers), event.scope
@@ -113,12 +114,22 @@ class RunView:
                 row.think_end = ev.step + 1
 
     @property
+    def has_budget(self) -> bool:
+        """A budget row or an at-end row runs: the urge to stop is what they act on."""
+        return any(r.budget or (r.scope or "").startswith("at-end") for r in self.rows)
+
+    @property
     def finished(self) -> bool:
         return self.done is not None or self.error is not None
 
     def counts(self) -> tuple[list[int], list[int]]:
         """(tokens, probe readings) per row so far."""
         return [len(r.pieces) for r in self.rows], [len(r.steps) for r in self.rows]
+
+    def dynamics(self, row: int) -> dict | None:
+        """The row's answer dynamics (``engine.dynamics``) once the run is done; None before, or unprobed."""
+        result = self.done.rows[row] if self.done is not None and row < len(self.done.rows) else None
+        return asdict(result.dynamics) if result is not None and result.dynamics is not None else None
 
     def result(self, run_id: str | None = None, status: str | None = None) -> dict:
         """The API's answer: each row's final text and its probe series."""
@@ -130,13 +141,8 @@ class RunView:
                       "tokens": len(r.pieces), "finish_reason": r.finish, "first_divergence": r.diverge,
                       "think_end": r.think_end, "budget": r.budget,
                       "forced": [i for i, f in enumerate(r.forced) if f], "interventions": r.interventions,
-                      "stop_logprob": r.stop_logprobs, "dynamics": _dynamics(self.done, r.row),
+                      "stop_logprob": r.stop_logprobs, "dynamics": self.dynamics(r.row),
                       "probe": {"step": r.steps, "logodds": r.logodds, "mass": r.mass, "reliable": r.reliable,
                                 "final": r.final}}
                      for r in self.rows],
         }
-
-
-def _dynamics(done: DoneEvent | None, row: int) -> dict | None:
-    result = done.rows[row] if done is not None and row < len(done.rows) else None
-    return asdict(result.dynamics) if result is not None and result.dynamics is not None else None
