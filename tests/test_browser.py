@@ -273,11 +273,14 @@ def test_the_sweep_tab_shows_its_table_and_figure(page: Page, shots: Path):
     page.get_by_role("tab", name="Sweep").click()
     page.get_by_label("Questions").fill("yesno:2")
     page.get_by_label("Sweep coefficients").fill("0, 4")
+    page.get_by_label("Arms").fill("budget:min=12")
     page.get_by_role("button", name="Run sweep").click()
-    expect(page.get_by_text(re.compile(r"^finished: 2 questions x 2 coefficients"))).to_be_visible(timeout=120_000)
+    expect(page.get_by_text(re.compile(r"^finished: 2 questions x 3 arms"))).to_be_visible(timeout=120_000)
     table = page.get_by_label("Summary")
-    expect(table.get_by_text("+4", exact=True).filter(visible=True).first).to_be_visible()
-    expect(page.locator(".js-plotly-plot").filter(visible=True).first).to_be_visible(timeout=60_000)
+    for arm in ("baseline", "coef +4", "budget:min=12"):
+        expect(table.get_by_text(arm, exact=True).filter(visible=True).first).to_be_visible()
+    expect(table.get_by_text("McNemar p").filter(visible=True).first).to_be_visible()
+    expect(page.locator(".js-plotly-plot").filter(visible=True)).to_have_count(2, timeout=60_000)  # Pareto + per coef
     page.screenshot(path=str(shots / "7-sweep.png"), full_page=True)
 
 

@@ -21,6 +21,7 @@ from steer_ui.app.generate_tab import UPDATES_PER_S
 from steer_ui.app.stream_values import streams_value
 from steer_ui.app.vector_panel import FILE_VECTOR, NO_VECTOR
 from steer_ui.engine.run_settings import RunSettings, steered
+from steer_ui.experiments.sweep_report import summary_rows
 from steer_ui.log.archive import record_events
 from steer_ui.log.store import Store
 from steer_ui.vectors.files import load_vector, save_vector
@@ -386,7 +387,7 @@ def test_sweep_tab_handler_runs_a_small_sweep_and_logs_it(dash):
     out = dash.sweep.sweep(questions="yesno:2", sweep_coefs="0, 4", browser_id=dash.token_a, progress=None,
                            **form(max_new_tokens=8, probe_every=1))
     table, fig, files, status = out["sweep_table"], out["sweep_plot"], out["sweep_files"], out["sweep_status"]
-    assert [row[0] for row in table] == ["+0", "+4"] and all(row[1] == 2 for row in table)
+    assert [row[0] for row in table] == ["baseline", "coef +4"] and all(row[1] == "2" for row in table)
     assert "finished" in status and len(dash.history.history(dash.token_a)) == 2  # one run per question
     assert {p.rsplit("/", 1)[1] for p in files} >= {"results.csv", "summary.csv", "figure.html"}
     assert [t.name for t in fig.data][:1] == ["accuracy"]
@@ -396,12 +397,42 @@ def test_sweep_tab_handler_runs_a_small_sweep_and_logs_it(dash):
     for over, message in [({"sweep_coefs": "0, 4", "vector": NO_VECTOR}, "need a steering vector"),
                           ({"questions": "yesno:500"}, "at most"),
                           ({"questions": "nope.jsonl"}, "no such questions file"),
-                          ({"sweep_coefs": "x"}, "not a number")]:
+                          ({"sweep_coefs": "x"}, "not a number"),
+                          ({"sweep_coefs": "", "sweep_arms": ""}, "at least one arm"),
+                          ({"sweep_arms": "budget:min=x"}, "budget"),
+                          ({"sweep_arms": "baseline"}, "arms repeat: baseline")]:
         args = {"questions": "yesno:2", "sweep_coefs": "0", **form(max_new_tokens=8)}
         args.update(over)
         args.pop("prompt")
         with pytest.raises(gr.Error, match=message):
             dash.sweep.sweep(browser_id=dash.token_a, progress=None, **args)
+
+
+def test_every_example_is_a_run_the_bundled_model_accepts(dash):
+    """Shown whole (the bundled model has every preset they name) and planned without a message; the budget
+    example runs baseline, a reconsideration row, budget:min and an at-end row side by side."""
+    from steer_ui.app.generate_tab import EXAMPLES
+    from steer_ui.engine.plan import plan_run
+
+    assert dash.generate._examples() == [[ex[k] for k in EXAMPLES[0]] for ex in EXAMPLES]
+    plans = [plan_run(dash.ctx.lm, dash.generate.settings(form(**ex))) for ex in EXAMPLES]
+    rows = plans[-1].rows
+    assert [(r.budget, r.scope) for r in rows] == [(None, None), (None, "generated"), ("budget:min=48", None),
+                                                  (None, "at-end:8")]
+
+
+def test_sweep_tab_runs_arms_with_paired_statistics_and_the_pareto_figure(dash):
+    """Arms of their own beside the coefficients: a budget arm and a vector row, against the baseline."""
+    out = dash.sweep.sweep(questions="yesno:2", sweep_coefs="", sweep_arms="baseline\nbudget:min=12\n"
+                           "confidence=-4@16-19", browser_id=dash.token_a, progress=None, **form(max_new_tokens=16))
+    table = {row[0]: row for row in out["sweep_table"]}
+    assert list(table) == ["baseline", "budget:min=12", "confidence=-4@16-19"]
+    p_value = summary_rows([])[0].index("McNemar p")
+    assert table["baseline"][p_value] == "-" and float(table["budget:min=12"][p_value]) <= 1.0
+    assert [t.name for t in out["sweep_pareto"].data] == list(table)
+    assert list(out["sweep_plot"].data[0].x) == [-4.0, 0.0]  # the arms with a coefficient, in order
+    assert "2 questions x 3 arms" in out["sweep_status"]
+    assert any(p.endswith("summary.json") for p in out["sweep_files"])
 
 
 def test_the_browser_session_key_survives_a_restart(tmp_path, monkeypatch):

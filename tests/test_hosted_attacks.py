@@ -31,6 +31,9 @@ from steer_ui.app.dashboard import Dashboard
 from steer_ui.app.hosted import Limits, RateLimiter, rate_validator
 from steer_ui.app.sessions import SessionTokens
 from steer_ui.errors import UserError
+
+# Imported once up front (scipy comes with it): a refusal's cost is what a request spends, not a first import.
+from steer_ui.experiments import sweep as _sweep  # noqa: F401
 from steer_ui.log.store import Store
 from steer_ui.vectors.files import load_vector
 from steer_ui.vectors.presets import preset_vector_path
@@ -180,7 +183,9 @@ def sweep(dash: Dashboard, questions: str = "yesno:1", coefs: str = "0", browser
 
 
 @pytest.mark.parametrize("over, message", [
-    ({"coefs": "-4, 4, 8"}, "3 steered coefficients; this server's limit is 2 steered rows"),
+    ({"coefs": "-4, 4, 8"}, "3 steered arms; this server's limit is 2 steered rows"),
+    ({"coefs": "4", "sweep_arms": "budget:min=8\nconfidence=4"}, "3 steered arms; this server's limit is 2"),
+    ({"sweep_arms": "budget:min=8\n" * 100_000}, "the arms field is 1,300,000 characters; this server's limit"),
     ({"max_new_tokens": 1024}, "above this server's limit of 16"),
     ({"questions": "yesno:3000000"}, "yesno:3000000 asks for 3,000,000 questions; at most 2 are allowed here"),
     ({"layers": "0-30000000"}, "layer 30000000 is out of range"),

@@ -53,6 +53,11 @@ EXAMPLES: list[dict[str, Any]] = [
      "scope": "generated", "max_new_tokens": 48},
     {"prompt": "Is the Great Wall of China visible from the Moon with the naked eye? Answer Yes or No.",
      "vector": "confidence", "coefs": "6, -6", "rows": "", "scope": "all", "max_new_tokens": 64},
+    # Budget forcing beside steering: the word "Wait" where the model would stop, against the
+    # reconsideration direction throughout, and at the same moments (at-end) for 8 tokens.
+    {"prompt": "Is 91 a prime number? Answer in one short sentence.",
+     "vector": "reconsideration", "coefs": "4", "rows": "budget:min=48\nreconsideration=4@16-19/at-end:8",
+     "scope": "generated", "max_new_tokens": 80},
 ]
 
 log = logging.getLogger(__name__)
@@ -185,7 +190,7 @@ class GenerateTab:
         presets = set(self.vectors.presets())
         out = []
         for ex in EXAMPLES:
-            if not {ex["vector"], *(spec.vector for spec in parse_rows(ex["rows"]))} <= presets:
+            if not {ex["vector"], *(s.vector for s in parse_rows(ex["rows"]) if s.vector is not None)} <= presets:
                 ex = {**ex, "vector": NO_VECTOR, "coefs": "", "rows": ""}
             out.append([ex[name] for name in EXAMPLES[0]])
         return out

@@ -117,6 +117,7 @@ class SweepResult:
     files: list[Path]
     notes: list[str]
     ran: int  # engine runs this call (0 when everything was already there)
+    intervals: dict[str, tuple[float, float] | None] = field(default_factory=dict)  # per arm: tokens' bootstrap CI
 
 
 def run_sweep(lm: LoadedModel, cfg: SweepConfig, out: str | Path, store: Store | None = None,
@@ -158,8 +159,8 @@ def run_sweep(lm: LoadedModel, cfg: SweepConfig, out: str | Path, store: Store |
     rows = _read(results)
     summary = summarise(rows, arms, cfg.questions)
     write_summary(summary, out)
-    notes = write_figure(summary, out, title=cfg.label.get("title", ""),
-                         intervals={a.name: token_interval(rows, a.name) for a in cfg.arms})
+    intervals = {a.name: token_interval(rows, a.name) for a in cfg.arms}
+    notes = write_figure(summary, out, title=cfg.label.get("title", ""), intervals=intervals)
     files = [out / n for n in ("results.csv", "summary.csv", "summary.txt", "summary.json", "figure.html",
                                "figure.png", "pareto.html", "pareto.png", "sweep.json") if (out / n).exists()]
     if not todo:
@@ -171,7 +172,7 @@ def run_sweep(lm: LoadedModel, cfg: SweepConfig, out: str | Path, store: Store |
     if ran < len(todo):
         notes.append(f"stopped: {total - len(todo) + ran} of {total} question runs done; run the same sweep "
                      "into the same folder to resume")
-    return SweepResult(out, summary, files, notes, ran)
+    return SweepResult(out, summary, files, notes, ran, intervals)
 
 
 def _prepare(out: Path, cfg: SweepConfig) -> Path:

@@ -11,7 +11,7 @@ import csv
 import json
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -88,28 +88,49 @@ def _mean(xs: list) -> float | None:
     return sum(xs) / len(xs) if xs else None
 
 
+def _opt(x, fmt: str) -> str:
+    return "-" if x is None else format(x, fmt)
+
+
+def _token_diff(v: Paired | None) -> str:
+    if v is None or v.token_diff is None:
+        return "-"
+    ci = f" ({v.token_diff_ci[0]:+.1f}, {v.token_diff_ci[1]:+.1f})" if v.token_diff_ci else ""
+    return f"{v.token_diff:+.1f}{ci}"
+
+
+# The summary's columns, declared once for the text table (summary.txt, stdout) and the Sweep tab's table:
+# (header, width in the text table, the cell).
+COLUMNS: tuple[tuple[str, int, Callable[[CoefSummary], str]], ...] = (
+    ("n", 4, lambda s: str(s.n)),
+    ("accuracy", 8, lambda s: f"{s.accuracy:.1%}"),
+    ("95% CI", 13, lambda s: f"{s.ci_low:.1%}-{s.ci_high:.1%}"),
+    ("no answer", 9, lambda s: f"{s.no_answer:.1%}"),
+    ("CoT tokens", 10, lambda s: f"{s.mean_tokens:.1f}"),
+    ("(correct)", 9, lambda s: _opt(s.mean_tokens_correct, ".1f")),
+    ("think", 7, lambda s: _opt(s.mean_think_tokens, ".1f")),
+    ("flips", 5, lambda s: _opt(s.flips, ".2f")),
+    ("final log-odds to gold", 22, lambda s: _opt(s.mean_final_logodds_gold, "+.2f")),
+    ("forced acc", 10, lambda s: _opt(s.forced_accuracy, ".1%")),
+    ("final P(gold)", 13, lambda s: _opt(s.mean_final_p_gold, ".3f")),
+    ("vs baseline: +/-", 16,
+     lambda s: f"+{s.vs_baseline.only_arm}/-{s.vs_baseline.only_baseline}" if s.vs_baseline else "-"),
+    ("McNemar p", 9, lambda s: f"{s.vs_baseline.p_value:.3g}" if s.vs_baseline else "-"),
+    ("tokens diff (95% CI)", 24, lambda s: _token_diff(s.vs_baseline)),
+)
+
+
+def summary_rows(summary: list[CoefSummary]) -> tuple[list[str], list[list[str]]]:
+    """The headers and a row of cells per arm (the arm's name first)."""
+    return ["arm", *(h for h, _, _ in COLUMNS)], [[s.arm, *(cell(s) for _, _, cell in COLUMNS)] for s in summary]
+
+
 def summary_table(summary: list[CoefSummary]) -> str:
-    width = max([len("arm")] + [len(x.arm) for x in summary])
-    head = (f"{'arm':<{width}}  {'n':>4}  {'accuracy':>8}  {'95% CI':>13}  {'no answer':>9}  {'CoT tokens':>10}  "
-            f"{'(correct)':>9}  {'think':>7}  {'flips':>5}  {'final log-odds to gold':>22}  {'forced acc':>10}  "
-            f"{'final P(gold)':>13}  {'vs baseline: +/-':>16}  {'McNemar p':>9}  {'tokens diff (95% CI)':>24}")
-    lines = [head]
-    for s in summary:
-        ok = f"{s.mean_tokens_correct:.1f}" if s.mean_tokens_correct is not None else "-"
-        lo = f"{s.mean_final_logodds_gold:+.2f}" if s.mean_final_logodds_gold is not None else "-"
-        forced = f"{s.forced_accuracy:.1%}" if s.forced_accuracy is not None else "-"
-        p_gold = f"{s.mean_final_p_gold:.3f}" if s.mean_final_p_gold is not None else "-"
-        think = f"{s.mean_think_tokens:.1f}" if s.mean_think_tokens is not None else "-"
-        flips = f"{s.flips:.2f}" if s.flips is not None else "-"
-        v = s.vs_baseline
-        counts = f"+{v.only_arm}/-{v.only_baseline}" if v else "-"
-        pval = f"{v.p_value:.3g}" if v else "-"
-        diff = (f"{v.token_diff:+.1f} ({v.token_diff_ci[0]:+.1f}, {v.token_diff_ci[1]:+.1f})"
-                if v and v.token_diff_ci else f"{v.token_diff:+.1f}" if v and v.token_diff is not None else "-")
-        lines.append(f"{s.arm:<{width}}  {s.n:>4}  {s.accuracy:>8.1%}  {s.ci_low:>6.1%}-{s.ci_high:<6.1%}  "
-                     f"{s.no_answer:>9.1%}  {s.mean_tokens:>10.1f}  {ok:>9}  {think:>7}  {flips:>5}  {lo:>22}  "
-                     f"{forced:>10}  {p_gold:>13}  {counts:>16}  {pval:>9}  {diff:>24}")
-    return "\n".join(lines)
+    headers, rows = summary_rows(summary)
+    width = max([len("arm")] + [len(r[0]) for r in rows])
+    widths = [width, *(w for _, w, _ in COLUMNS)]
+    return "\n".join("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+                     for r in [headers, *rows])
 
 
 def write_summary(summary: list[CoefSummary], out: Path) -> None:
