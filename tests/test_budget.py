@@ -269,3 +269,17 @@ def test_a_budget_run_is_logged_replayed_and_exported_with_its_interventions(tin
     with streams_csv.open() as f:
         row = list(csv.DictReader(f))[1]
     assert json.loads(row["interventions"])[0]["kind"] == "cap" and json.loads(row["dynamics"])["readings"] >= 1
+
+
+def test_rollouts_refuse_rows_whose_budget_depends_on_their_history():
+    """analyze --rollouts restarts a row from its text: a budget or an at-end row would count from zero."""
+    from steer_ui.experiments.analysis import no_rollouts, rollout_values
+    from steer_ui.vectors.vector import SteeringVector
+
+    vec = SteeringVector({1: torch.ones(8)}, name="ones")
+    assert no_rollouts(None) is None and no_rollouts(SteeredRow(vec, 2.0)) is None
+    assert "its budget (budget:min=30)" in no_rollouts(SteeredRow(None, budget=Budget.parse("budget:min=30")))
+    at_end = SteeredRow(vec, 2.0, scope=Scope.parse("at-end:8"))
+    assert "its scope (at-end:8)" in no_rollouts(at_end)
+    with pytest.raises(UserError, match="which its text does not carry"):
+        rollout_values(None, "", None, None, 2, 8, RunSettings("x"), at_end)

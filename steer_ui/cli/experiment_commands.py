@@ -103,7 +103,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
-    from steer_ui.experiments.analysis import agreement, analyze, report, rollout_values
+    from steer_ui.experiments.analysis import agreement, analyze, no_rollouts, report, rollout_values
     from steer_ui.experiments.analysis import figure as step_figure
     from steer_ui.experiments.questions import Question, kind_of
     from steer_ui.log.archive import record_events, replay_settings, run_record
@@ -131,9 +131,11 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     for r in rows:
         result = analyze(r.pieces, r.steps, r.logodds, r.mass, r.reliable, args.commit, args.drop,
                          _p_gold(r, answer) if answer else None, args.collapse)
-        if args.rollouts:
+        steered = settings.rows[r.row - 1] if r.row > 0 else None
+        if args.rollouts and no_rollouts(steered) is not None:
+            print(f"note: no rollouts for {r.display_label}: {no_rollouts(steered)}", file=sys.stderr)
+        elif args.rollouts:
             question = Question("q", settings.prompt, answer, kind_of(answer))
-            steered = settings.rows[r.row - 1] if r.row > 0 else None
             with progress_bar(f"rollouts for {r.display_label}", unit="step") as progress:
                 result = rollout_values(lm, record["prompt_text"], result, question, args.rollouts,
                                         args.rollout_tokens, settings, steered, progress)

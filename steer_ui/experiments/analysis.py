@@ -22,6 +22,7 @@ from dataclasses import dataclass, replace
 from steer_ui.engine.decode import run as engine_run
 from steer_ui.engine.events import DoneEvent
 from steer_ui.engine.run_settings import RunSettings, SteeredRow
+from steer_ui.errors import UserError
 from steer_ui.experiments.grading import is_correct, read_answer
 from steer_ui.experiments.questions import Question
 from steer_ui.model.loading import LoadedModel
@@ -138,6 +139,9 @@ def rollout_values(lm: LoadedModel, prompt_text: str, analysis: Analysis, questi
     The continuation runs under the row's own steering (``row``: its vector, coefficient, layers and
     scope; None for the baseline), as the only steered row.
     """
+    why = no_rollouts(row)
+    if why is not None:
+        raise UserError(why)
     steps = []
     prefix = ""
     for i, step in enumerate(analysis.steps):
@@ -154,6 +158,19 @@ def rollout_values(lm: LoadedModel, prompt_text: str, analysis: Analysis, questi
         if progress is not None:
             progress(i + 1, len(analysis.steps))
     return replace(analysis, steps=steps)
+
+
+def no_rollouts(row: SteeredRow | None) -> str | None:
+    """Why a row's continuations cannot be sampled from its text alone (None: they can). A budget (and an
+    at-end row, which follows another row's budget) acts on the row's whole history, the thinking tokens
+    it used and the insertions it made; a continuation restarted from text would count them from zero."""
+    if row is None:
+        return None
+    if row.budget is not None or row.scope.kind == "at-end":
+        what = f"its budget ({row.budget})" if row.budget is not None else f"its scope ({row.scope})"
+        return (f"rollouts continue a row from its text under its own steering, and {what} depends on the row's "
+                "whole history (thinking tokens used, insertions made), which its text does not carry")
+    return None
 
 
 def report(analysis: Analysis, label: str) -> str:
