@@ -118,3 +118,7 @@ def test_sweep_over_arms_from_python(bundled, tmp_path):
     vs = result.summary["vs_baseline"][1]
     assert vs["both"] + vs["neither"] + vs["only_arm"] + vs["only_baseline"] == 2
     assert set(result.frame["arm"]) == {"baseline", "budget:min=16"}
+    pareto = result.pareto()
+    assert [t.name for t in pareto.data] == ["baseline", "budget:min=16"]
+    assert [t.x[0] for t in pareto.data] == pytest.approx(
+        list(result.frame.groupby("arm", sort=False)["cot_tokens"].mean()))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import tempfile
 import threading
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,11 +27,11 @@ if TYPE_CHECKING:
 
 @dataclass
 class SweepRun:
-    """A sweep's results: ``frame`` (a line per question x coefficient x sample: extracted answer,
-    correct, chain-of-thought tokens, final log-odds, the logged run's id, the text), ``summary`` (a
-    line per coefficient: accuracy with its 95% interval, tokens, forced accuracy), ``figure()``, and
-    ``out``, the folder holding results.csv, summary.csv, figure.html (resume by sweeping into it again).
-    ``notes`` says what was skipped or stopped."""
+    """A sweep's results: ``frame`` (a line per question x arm x sample: extracted answer, correct,
+    chain-of-thought tokens, final log-odds, the logged run's id, the text), ``summary`` (a line per arm:
+    accuracy with its 95% interval, tokens, forced accuracy, ``vs_baseline``'s paired statistics),
+    ``figure()``, ``pareto()``, and ``out``, the folder holding results.csv, summary.csv, the figures
+    (resume by sweeping into it again). ``notes`` says what was skipped or stopped."""
 
     out: Path
     frame: pd.DataFrame
@@ -39,6 +39,7 @@ class SweepRun:
     notes: list[str]
     _summary: list[CoefSummary]
     _title: str
+    _intervals: dict[str, tuple[float, float] | None] = field(default_factory=dict)
 
     def figure(self) -> go.Figure:
         """Accuracy (with its interval) and chain-of-thought length against the coefficient."""
@@ -47,6 +48,14 @@ class SweepRun:
         from steer_ui.experiments.sweep_report import figure
 
         return go.Figure(figure(self._summary, self._title))
+
+    def pareto(self) -> go.Figure:
+        """Accuracy against mean chain-of-thought tokens, a point per arm with both intervals."""
+        import plotly.graph_objects as go
+
+        from steer_ui.experiments.sweep_report import pareto_figure
+
+        return go.Figure(pareto_figure(self._summary, self._intervals, self._title))
 
     def _repr_html_(self) -> str:
         notes = "".join(f"<p>{n}</p>" for n in self.notes)
@@ -94,7 +103,8 @@ def sweep(model: Model, questions: str | Sequence[Mapping | Question], coefs: Se
         frame[column] = frame[column].map(lambda v: csv_cells.read(v) if isinstance(v, str) else v)
     summary = pd.DataFrame([{**vars(s), "vs_baseline": s.vs_baseline.to_dict() if s.vs_baseline else None}
                             for s in result.summary])
-    return SweepRun(result.out, frame, summary, list(result.notes), list(result.summary), cfg.label["title"])
+    return SweepRun(result.out, frame, summary, list(result.notes), list(result.summary), cfg.label["title"],
+                    result.intervals)
 
 
 def _questions(questions: str | Sequence[Mapping | Question]) -> list[Question]:
