@@ -10,35 +10,30 @@ different sweep cannot be appended to the wrong folder.
 
 from __future__ import annotations
 
-import csv
+import hashlib
 import json
 import math
-import os
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from steer_ui import csv_cells
 from steer_ui.engine import worker
-from steer_ui.engine.events import DoneEvent, ProbeEvent
+from steer_ui.engine.events import DoneEvent, Event, ProbeEvent
 from steer_ui.engine.knobs import default
 from steer_ui.engine.probe import build_tree, choice_of
 from steer_ui.engine.run_settings import MAX_CHOICE_CHARS, RunSettings
 from steer_ui.engine.scope import Scope
 from steer_ui.errors import UserError
-from steer_ui.experiments.arms import Arm, arm_of, arms_from_coefs, check_arms
+from steer_ui.experiments.arms import Arm, arms_from_coefs, check_arms
 from steer_ui.experiments.grading import is_correct, read_answer
 from steer_ui.experiments.questions import Question
-from steer_ui.experiments.sweep_report import CoefSummary, summarise, token_interval, write_figure, write_summary
+from steer_ui.experiments.sweep_files import FIELDS, SweepFolder, SweepResult  # noqa: F401 - re-exported
 from steer_ui.log.recorder import RunRecorder
 from steer_ui.log.store import Store
 from steer_ui.model.loading import LoadedModel
 from steer_ui.vectors.vector import SteeringVector
 
-FIELDS = ["question_id", "arm", "coef", "sample", "seed", "gold", "extracted", "how", "correct", "forced",
-          "forced_correct", "cot_tokens", "think_tokens", "flips", "settled_at", "finish_reason", "final_logodds",
-          "final_mass", "final_p_gold", "run_id", "text"]
 Progress = Callable[[int, int], None]  # (runs done, runs total)
 HoldModel = Callable[[], AbstractContextManager]  # entered around each decode (a server's model lock)
 
@@ -92,9 +87,19 @@ class SweepConfig:
         if question.kind == "yesno":  # the forced answer is read as Yes against No, whatever the template's
             return replace(t, prompt=question.prompt(), rows=rows, seed=t.seed + sample, probe_gold=None,
                            probe_choices=default("probe_choices"))
-        return replace(t, prompt=question.prompt(), rows=rows, seed=t.seed + sample,
-                       probe_gold=question.answer if read_gold else None, probe_choices=default("probe_choices"),
-                       probe_every=t.probe_every if read_gold else 0)
+        settings = replace(t, prompt=question.prompt(), rows=rows, seed=t.seed + sample,
+                           probe_gold=question.answer, probe_choices=default("probe_choices"))
+        return settings if read_gold else without_gold(settings)
+
+    def units(self, done: set[tuple[str, str, int]], model: str) -> list[Unit]:
+        """What is left to run: each (question, sample) with the arms ``done`` (results.csv's keys) lacks."""
+        units = []
+        for q in self.questions:
+            for s in range(self.samples):
+                pending = [a for a in self.arms if (q.id, a.name, s) not in done]
+                if pending:
+                    units.append(Unit(q, s, pending, unit_id(model, self.run_settings(q, s, pending), q, s, pending)))
+        return units
 
     def fingerprint(self) -> dict:
         """What must match for a resume to append to existing results."""
@@ -111,13 +116,26 @@ class SweepConfig:
 
 
 @dataclass(frozen=True)
-class SweepResult:
-    out: Path
-    summary: list[CoefSummary]
-    files: list[Path]
-    notes: list[str]
-    ran: int  # engine runs this call (0 when everything was already there)
-    intervals: dict[str, tuple[float, float] | None] = field(default_factory=dict)  # per arm: tokens' bootstrap CI
+class Unit:
+    """One engine run of a sweep: a question's sample with all its pending arms as rows of one batch."""
+
+    question: Question
+    sample: int
+    arms: list[Arm]
+    id: str  # deterministic: the same unit has the same id in every run of the sweep, on any machine
+
+
+def unit_id(model: str, settings: RunSettings, question: Question, sample: int, arms: Sequence[Arm]) -> str:
+    """A hash of what decides the unit's result: the model, the settings (vectors by content hash), the
+    question, the sample and the arms' names."""
+    key = {"model": model, "settings": settings.to_dict(), "question": [question.id, question.question,
+           question.answer], "sample": sample, "arms": [a.name for a in arms]}
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def without_gold(settings: RunSettings) -> RunSettings:
+    """A gold answer the probe cannot read in this model (too long, or past a server's cap): no probe."""
+    return replace(settings, probe_gold=None, probe_every=0)
 
 
 def run_sweep(lm: LoadedModel, cfg: SweepConfig, out: str | Path, store: Store | None = None,
@@ -132,67 +150,26 @@ def run_sweep(lm: LoadedModel, cfg: SweepConfig, out: str | Path, store: Store |
 
     Setting ``cancel`` (a threading.Event) stops the running question within a step; its partial run is
     logged as cancelled and not counted, and the questions done so far are summarised (a later call on
-    the same folder resumes)."""
+    the same folder resumes). ``experiments.cluster.run_sweep_on_ray`` runs the same units on Ray workers."""
     cfg.validate()
-    out = _prepare(Path(out).expanduser(), cfg)
-    results = out / "results.csv"
-    arms = cfg.arms
-    done = {(r["question_id"], arm_of(r), int(r["sample"])) for r in _read(results)}
-    todo = [(q, s) for q in cfg.questions for s in range(cfg.samples)
-            if any((q.id, a.name, s) not in done for a in arms)]
-    session = (session_id or store.new_session("sweep", str(out)[:200])) if store is not None else None
+    folder = SweepFolder.open(out, cfg)
+    todo = cfg.units(folder.done(), lm.model_id)
+    session = (session_id or store.new_session("sweep", str(folder.path)[:200])) if store is not None else None
     total = len(cfg.questions) * cfg.samples
     if progress is not None:
         progress(total - len(todo), total)
     ran = 0
-    for i, (q, sample) in enumerate(todo):
+    for i, unit in enumerate(todo):
         if cancel is not None and cancel.is_set():
             break
-        pending = [a for a in arms if (q.id, a.name, sample) not in done]
-        rows = _one_run(lm, cfg, q, sample, pending, store, session, cancel, probe_positions, hold_model)
+        rows = _one_run(lm, cfg, unit, store, session, cancel, probe_positions, hold_model)
         if rows is None:  # stopped in the middle of this question
             break
-        _append(results, rows)
+        folder.append(rows)
         ran += 1
         if progress is not None:
             progress(total - len(todo) + i + 1, total)
-    rows = _read(results)
-    summary = summarise(rows, arms, cfg.questions)
-    write_summary(summary, out)
-    intervals = {a.name: token_interval(rows, a.name) for a in cfg.arms}
-    notes = write_figure(summary, out, title=cfg.label.get("title", ""), intervals=intervals)
-    files = [out / n for n in ("results.csv", "summary.csv", "summary.txt", "summary.json", "figure.html",
-                               "figure.png", "pareto.html", "pareto.png", "sweep.json") if (out / n).exists()]
-    if not todo:
-        notes.append(f"every result was already in {results} ({total} question runs): ran nothing, and wrote "
-                     "the summary and figure again")
-    elif len(todo) < total and ran == len(todo):
-        notes.append(f"resumed: {total - len(todo)} of {total} question runs were already in {results.name}; "
-                     f"ran the other {ran}")
-    if ran < len(todo):
-        notes.append(f"stopped: {total - len(todo) + ran} of {total} question runs done; run the same sweep "
-                     "into the same folder to resume")
-    return SweepResult(out, summary, files, notes, ran, intervals)
-
-
-def _prepare(out: Path, cfg: SweepConfig) -> Path:
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} is a file, not a folder")
-    out.mkdir(parents=True, exist_ok=True)
-    meta = out / "sweep.json"
-    mine = cfg.fingerprint()
-    if meta.exists():
-        try:
-            theirs = json.loads(meta.read_text())["settings"]
-        except (json.JSONDecodeError, KeyError):
-            raise UserError(f"{meta} is damaged; use another --out folder") from None
-        if theirs != mine:
-            changed = sorted(k for k in mine if theirs.get(k) != mine[k])
-            raise UserError(f"{out} holds a different sweep (differs in: {', '.join(changed)}); "
-                            "use another --out folder to start a new one")
-    else:
-        meta.write_text(json.dumps({"settings": mine, **cfg.label}, indent=1))
-    return out
+    return folder.finish(cfg, total, len(todo), ran)
 
 
 def gold_readable(lm: LoadedModel, answer: str, max_positions: int | None = None) -> bool:
@@ -207,23 +184,19 @@ def gold_readable(lm: LoadedModel, answer: str, max_positions: int | None = None
     return max_positions is None or tree.size <= max_positions
 
 
-def _one_run(lm: LoadedModel, cfg: SweepConfig, q: Question, sample: int, pending: list[Arm],
-             store: Store | None, session: str | None, cancel=None,
+def _one_run(lm: LoadedModel, cfg: SweepConfig, unit: Unit, store: Store | None, session: str | None, cancel=None,
              probe_positions: int | None = None, hold_model: HoldModel = nullcontext) -> list[dict] | None:
+    q = unit.question
     readable = q.kind == "yesno" or gold_readable(lm, q.answer, probe_positions)
-    settings = cfg.run_settings(q, sample, pending, readable)
+    settings = cfg.run_settings(q, unit.sample, unit.arms, readable)
     recorder = RunRecorder(store, session, lm, settings) if store is not None else None
-    last: dict[int, ProbeEvent] = {}
-    done: DoneEvent | None = None
+    events = []
     try:
         with hold_model():  # the decode only: grading below runs without the model
             for event in worker.stream(lm, settings, cancel):
                 if recorder is not None:
                     recorder(event)
-                if isinstance(event, ProbeEvent):
-                    last[event.row] = event
-                elif isinstance(event, DoneEvent):
-                    done = event
+                events.append(event)
     except Exception as err:  # Ctrl-C is not an error: close() below saves the run as cancelled
         if recorder is not None:
             recorder.fail(f"{type(err).__name__}: {err}")
@@ -231,21 +204,32 @@ def _one_run(lm: LoadedModel, cfg: SweepConfig, q: Question, sample: int, pendin
     finally:
         if recorder is not None:
             recorder.close()
-    assert done is not None
+    rows = score(unit, settings.seed, events, lm.profile.think_close)
+    if rows is None:
+        return None
+    return [{**r, "run_id": recorder.run_id if recorder is not None else "", "worker": "local"} for r in rows]
+
+
+def score(unit: Unit, seed: int, events: Sequence[Event], think_close: str | None) -> list[dict] | None:
+    """results.csv's rows for a unit's run (``events``, ending in its done event), one per arm, graded;
+    None when the run was cancelled. ``run_id`` and ``worker`` are the caller's to fill."""
+    q = unit.question
+    last: dict[int, ProbeEvent] = {e.row: e for e in events if isinstance(e, ProbeEvent)}
+    done = next(e for e in reversed(events) if isinstance(e, DoneEvent))
     if any(r.finish_reason == "cancelled" for r in done.rows):
         return None
     steering = iter(done.rows[1:])
     out = []
-    for arm in pending:
+    for arm in unit.arms:
         r = next(steering) if arm.row is not None else done.rows[0]
-        got = read_answer(r.text, q.kind, lm.profile.think_close)
+        got = read_answer(r.text, q.kind, think_close)
         probe = last.get(r.row)
         # The forced answer: what the probe says right after the chain of thought, when it is reliable.
         forced = ("Yes" if probe.logodds > 0 else "No") if probe and probe.reliable and probe.step == len(
             r.token_ids) else None
         out.append({
             "question_id": q.id, "arm": arm.name, "coef": arm.coef if arm.coef is not None else "",
-            "sample": sample, "seed": settings.seed, "gold": q.answer,
+            "sample": unit.sample, "seed": seed, "gold": q.answer,
             "extracted": got.value if got.value is not None else "", "how": got.how,
             "correct": int(is_correct(got.value, q)), "forced": forced or "",
             "forced_correct": int(is_correct(forced, q)) if q.kind == "yesno" else "",
@@ -254,8 +238,7 @@ def _one_run(lm: LoadedModel, cfg: SweepConfig, q: Question, sample: int, pendin
             "finish_reason": r.finish_reason,
             "final_logodds": round(probe.logodds, 4) if probe else "",
             "final_mass": round(probe.mass, 4) if probe else "",
-            "final_p_gold": _p_gold(probe, q),
-            "run_id": recorder.run_id if recorder is not None else "", "text": r.text,
+            "final_p_gold": _p_gold(probe, q), "text": r.text, "unit": unit.id,
         })
     return out
 
@@ -267,29 +250,3 @@ def _p_gold(probe: ProbeEvent | None, q: Question) -> float | str:
     label = ("Yes" if q.answer.strip().lower() in ("yes", "true") else "No") if q.kind == "yesno" else q.answer
     lp = probe.logprobs.get(label)
     return round(math.exp(lp), 4) if lp is not None else ""
-
-
-def _read(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    with path.open(newline="", encoding="utf-8") as f:
-        return [csv_cells.read_row(r) for r in csv.DictReader(f)]
-
-
-def _append(path: Path, rows: list[dict]) -> None:
-    """Rows under the file's own header: a folder a sweep began before a column existed (final_p_gold)
-    resumes without it, never with shifted columns."""
-    new = not path.exists()
-    fields = FIELDS if new else _header(path)
-    with path.open("a", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
-        if new:
-            writer.writeheader()
-        writer.writerows(csv_cells.row(r) for r in rows)
-        f.flush()
-        os.fsync(f.fileno())  # a finished question survives a crash right after
-
-
-def _header(path: Path) -> list[str]:
-    with path.open(newline="", encoding="utf-8") as f:
-        return next(csv.reader(f), None) or FIELDS
