@@ -65,7 +65,8 @@ class SweepRun:
 def sweep(model: Model, questions: str | Sequence[Mapping | Question], coefs: Sequence[float] | str = (),
           vector: VectorLike | None = None, layers: str | Sequence[int] | None = None, scope: str | None = None,
           out: str | Path | None = None, samples: int = 1, log: bool = False, db: str | None = None,
-          arms: Sequence[str] = (), **knobs: Any) -> SweepRun:
+          arms: Sequence[str] = (), ray: bool | str | None = None, workers: int | None = None,
+          **knobs: Any) -> SweepRun:
     """Run every question at every coefficient of ``vector`` (0 is the baseline), and on every arm of
     ``arms`` ('baseline', 'budget:min=200', 'confidence=4@10-19', ...), and score the answers; each arm's
     ``summary`` row carries its paired statistics against the baseline arm (``vs_baseline``).
@@ -75,6 +76,10 @@ def sweep(model: Model, questions: str | Sequence[Mapping | Question], coefs: Se
     same settings into it again runs only what is missing. ``log=True`` writes every run to the session
     log (``db``: another one). The other settings are ``compare``'s run knobs (``max_new_tokens``,
     ``probe_every``, ...). Ctrl-C stops within a step and returns what is done.
+
+    ``ray=True`` runs the questions on Ray workers that each load ``model``'s name (a local Ray instance,
+    this notebook's own ``ray.init``, or the cluster in ``RAY_ADDRESS``); ``ray='auto'`` or an address names
+    a cluster; ``workers``: how many (default one per GPU, or 1 on CPUs). The results are the same.
     """
     qs = _questions(questions)
     template = model.settings("(each question)", **knobs)
@@ -95,7 +100,16 @@ def sweep(model: Model, questions: str | Sequence[Mapping | Question], coefs: Se
         from steer_ui.log.store import Store
 
         store = Store(db)
-    result = _interruptible(lambda cancel: run_sweep(model.lm, cfg, folder, store, cancel=cancel))
+    if ray is None or ray is False:
+        if workers is not None:
+            raise UserError("workers= is for ray=: workers on a Ray cluster")
+        result = _interruptible(lambda cancel: run_sweep(model.lm, cfg, folder, store, cancel=cancel))
+    else:
+        from steer_ui.experiments.cluster import Cluster, run_sweep_on_ray
+
+        cluster = Cluster(ray if isinstance(ray, str) and ray else None, workers)
+        result = _interruptible(lambda cancel: run_sweep_on_ray(cfg, folder, model.id, cluster, store=store,
+                                                                cancel=cancel))
     import pandas as pd
 
     frame = pd.read_csv(result.out / "results.csv") if (result.out / "results.csv").exists() else pd.DataFrame()

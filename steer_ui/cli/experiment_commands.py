@@ -7,8 +7,8 @@ import json
 import sys
 from pathlib import Path
 
-from steer_ui.cli.options import (COMPILE_HELP, add_db, add_knobs, add_model, attach_fast_path, form_from_args,
-                                  progress_bar)
+from steer_ui.cli.options import (COMPILE_HELP, add_db, add_knobs, add_model, attach_fast_path, ctrl_c_sets,
+                                  form_from_args, progress_bar)
 from steer_ui.cli.run_commands import open_store
 from steer_ui.engine.knobs import KNOBS
 from steer_ui.errors import UserError
@@ -36,6 +36,15 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="folder for results.csv, summary.csv/.txt/.json, figure.html/.png "
                    "(per coefficient) and pareto.html/.png (accuracy against tokens, per arm)")
     p.add_argument("--compile", action="store_true", help=COMPILE_HELP)
+    p.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                   help="run the questions on Ray workers, each holding the model: a local Ray instance (or the "
+                        "cluster in RAY_ADDRESS), or the cluster at ADDRESS (auto, ray://host:10001, host:6379); "
+                        "needs pip install 'steer-ui[ray]'")
+    p.add_argument("--workers", type=int, default=None,
+                   help="with --ray: how many workers (default: one per GPU in the cluster; 1 on CPUs, which the "
+                        "workers split between them)")
+    p.add_argument("--jsonl", action="store_true",
+                   help="stdout: a JSON progress event per finished question, then the summary as one event")
     add_db(p, no_log=True)
     p.set_defaults(func=cmd_sweep)
 
@@ -81,25 +90,59 @@ def sweep_config(args: argparse.Namespace):
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from steer_ui.experiments.sweep import run_sweep
+    import threading
+
     from steer_ui.experiments.sweep_report import summary_table
-    from steer_ui.model.loading import load_model
 
     config = sweep_config(args)
     config.validate()
+    if args.workers is not None and args.ray is None:
+        raise UserError("--workers is for --ray (workers on a Ray cluster)")
     store = None if args.no_log else open_store(args.db)
+    cancel = threading.Event()
+    desc = f"{len(config.questions)} questions x {len(config.arms)} arms"
+    with progress_bar(desc, unit="run") as bar, ctrl_c_sets(cancel):
+        def progress(done: int, total: int, note: str = "") -> None:
+            bar(done, total, note)
+            if args.jsonl and note:
+                print(json.dumps({"event": "progress", "done": done, "total": total, "workers": note}), flush=True)
+
+        result = (_sweep_on_ray(args, config, store, progress, cancel) if args.ray is not None
+                  else _sweep_here(args, config, store, progress, cancel))
+    if args.jsonl:
+        print(json.dumps({"event": "summary", **json.loads((result.out / "summary.json").read_text())}))
+    else:
+        print(summary_table(result.summary))
+    for note in result.notes:
+        print(f"note: {note}", file=sys.stderr)
+    print(f"wrote {', '.join(p.name for p in result.files)} in {result.out}", file=sys.stderr)
+    return 130 if cancel.is_set() else 0
+
+
+def _sweep_here(args: argparse.Namespace, config, store, progress, cancel):
+    from steer_ui.experiments.sweep import run_sweep
+    from steer_ui.model.loading import load_model
+
     print(f"loading {args.model} ...", file=sys.stderr, flush=True)
     lm = load_model(args.model, device=args.device, dtype=args.dtype)
     attach_fast_path(lm, args.compile, getattr(args, "eager", False))
     if config.vector is not None:
         config.vector.check_against(lm.n_layers, lm.hidden_size, config.layers)
-    with progress_bar(f"{len(config.questions)} questions x {len(config.arms)} arms", unit="run") as progress:
-        result = run_sweep(lm, config, args.out, store, progress)
-    print(summary_table(result.summary))
-    for note in result.notes:
-        print(f"note: {note}", file=sys.stderr)
-    print(f"wrote {', '.join(p.name for p in result.files)} in {result.out}", file=sys.stderr)
-    return 0
+    return run_sweep(lm, config, args.out, store, lambda done, total: progress(done, total, "in process"),
+                     cancel=cancel)
+
+
+def _sweep_on_ray(args: argparse.Namespace, config, store, progress, cancel):
+    from steer_ui.experiments.cluster import Cluster, run_sweep_on_ray
+
+    if args.compile:
+        raise UserError("--compile (compiled steps on CPU) is for a sweep in this process; Ray workers use "
+                        "compiled steps on GPUs, as a sweep in process does, and decode eagerly on CPUs")
+    print(f"starting Ray workers for {args.model} ...", file=sys.stderr, flush=True)
+    return run_sweep_on_ray(config, args.out, args.model, Cluster(args.ray or None, args.workers), args.device,
+                            args.dtype, store, cancel=cancel,
+                            on_start=lambda line: print(f"sweep {line}", file=sys.stderr, flush=True),
+                            on_unit=lambda e: progress(e["done"], e["total"], e["line"]))
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:

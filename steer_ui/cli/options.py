@@ -11,7 +11,9 @@ from __future__ import annotations
 import argparse
 import math
 import re
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -94,9 +96,26 @@ def join_negative_lists(argv: list[str], options: tuple[str, ...] = ("--coefs", 
 
 
 @contextmanager
-def progress_bar(desc: str, unit: str = "text") -> Iterator[Callable[[int, int], None]]:
-    """``update(done, total)``: a tqdm bar on a terminal; otherwise (a log file, CI, nohup) a plain line
-    every twentieth of the total, so a long job's progress is visible where a bar would be hidden."""
+def ctrl_c_sets(cancel: threading.Event) -> Iterator[None]:
+    """Ctrl-C sets ``cancel`` (the job stops at its next step and keeps what it made); a second one
+    raises KeyboardInterrupt at once."""
+    def on_interrupt(signum: int, frame: object) -> None:
+        if cancel.is_set():
+            raise KeyboardInterrupt
+        cancel.set()
+
+    previous = signal.signal(signal.SIGINT, on_interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+@contextmanager
+def progress_bar(desc: str, unit: str = "text") -> Iterator[Callable[..., None]]:
+    """``update(done, total, note="")``: a tqdm bar on a terminal; otherwise (a log file, CI, nohup) a plain
+    line every twentieth of the total, so a long job's progress is visible where a bar would be hidden.
+    ``note`` (per-worker speed) goes after the count."""
     if not sys.stderr.isatty():
         yield _progress_lines(desc, unit)
         return
@@ -104,8 +123,10 @@ def progress_bar(desc: str, unit: str = "text") -> Iterator[Callable[[int, int],
 
     bar = tqdm(total=0, desc=desc, unit=unit, file=sys.stderr)
 
-    def update(done: int, total: int) -> None:
+    def update(done: int, total: int, note: str = "") -> None:
         bar.total = total
+        if note:
+            bar.set_postfix_str(note, refresh=False)
         bar.update(done - bar.n)
 
     try:
@@ -114,10 +135,10 @@ def progress_bar(desc: str, unit: str = "text") -> Iterator[Callable[[int, int],
         bar.close()
 
 
-def _progress_lines(desc: str, unit: str) -> Callable[[int, int], None]:
+def _progress_lines(desc: str, unit: str) -> Callable[..., None]:
     started, first, shown = time.monotonic(), [None], [-1]
 
-    def update(done: int, total: int) -> None:
+    def update(done: int, total: int, note: str = "") -> None:
         first[0] = done if first[0] is None else first[0]  # a resumed job starts part-way
         every = max(1, math.ceil(total / 20))
         if shown[0] >= 0 and done < total and done - shown[0] < every:
@@ -127,7 +148,7 @@ def _progress_lines(desc: str, unit: str) -> Callable[[int, int], None]:
         line = f"{desc}: {done}/{total} {unit}s"
         if here > 0 and done < total:
             line += f", {elapsed:.0f} s so far, about {elapsed / here * (total - done):.0f} s to go"
-        print(line, file=sys.stderr, flush=True)
+        print(line + (f" ({note})" if note else ""), file=sys.stderr, flush=True)
 
     return update
 

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 import threading
 
-from steer_ui.cli.options import COMPILE_HELP, add_db, add_knobs, add_model, attach_fast_path, form_from_args
+from steer_ui.cli.options import (COMPILE_HELP, add_db, add_knobs, add_model, attach_fast_path, ctrl_c_sets,
+                                  form_from_args)
 
 
 def add(sub: argparse._SubParsersAction) -> None:
@@ -77,23 +77,17 @@ def run_and_log(lm, settings, store, jsonl: bool) -> int:
     if store is not None:
         recorder = RunRecorder(store, store.new_session("cli", " ".join(sys.argv[1:])[:200]), lm, settings)
 
-    def on_interrupt(signum: int, frame: object) -> None:
-        if cancel.is_set():  # a second Ctrl-C: stop at once
-            raise KeyboardInterrupt
-        cancel.set()  # the engine stops at its next step and still reports what it produced
-
-    previous = signal.signal(signal.SIGINT, on_interrupt)
     try:
-        for event in events:
-            printer(event)
-            if recorder is not None:
-                recorder(event)
+        with ctrl_c_sets(cancel):  # the engine stops at its next step and still reports what it produced
+            for event in events:
+                printer(event)
+                if recorder is not None:
+                    recorder(event)
     except BaseException as err:
         if recorder is not None and not isinstance(err, KeyboardInterrupt):
             recorder.fail(f"{type(err).__name__}: {err}")
         raise
     finally:
-        signal.signal(signal.SIGINT, previous)
         if recorder is not None:
             recorder.close()
             if recorder.error is not None:

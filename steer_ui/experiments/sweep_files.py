@@ -29,7 +29,7 @@ FIELDS = ["question_id", "arm", "coef", "sample", "seed", "gold", "extracted", "
           "final_mass", "final_p_gold", "run_id", "text", "unit", "worker"]
 Key = tuple[str, str, int]  # (question id, arm, sample)
 OUTPUTS = ("results.csv", "summary.csv", "summary.txt", "summary.json", "figure.html", "figure.png", "pareto.html",
-           "pareto.png", "sweep.json", "failed.jsonl")
+           "pareto.png", "sweep.json", "failed.jsonl", "workers.json")
 
 
 @dataclass(frozen=True)

@@ -37,10 +37,21 @@ class _RowBuffer:
                 "think_tokens": self.think_tokens, "dynamics": self.dynamics}
 
 
+@dataclass(frozen=True)
+class ModelStamp:
+    """What the log records of the model a run ran on, when the model is in another process (a Ray worker):
+    the ``LoadedModel`` fields ``RunRecorder`` reads."""
+
+    model_id: str
+    source: str
+    dtype: str
+    device: str
+
+
 class RunRecorder:
     """Records one run. Call it with every event, then ``close()`` (also after an error: ``fail(text)``)."""
 
-    def __init__(self, store: Store, session_id: str, lm: LoadedModel, settings: RunSettings,
+    def __init__(self, store: Store, session_id: str, lm: LoadedModel | ModelStamp, settings: RunSettings,
                  flush_tokens: int = 64, flush_s: float = 1.0):
         self.store, self.session_id, self.lm, self.settings = store, session_id, lm, settings
         self.run_id = new_id()
