@@ -159,6 +159,31 @@ def test_a_worker_killed_mid_unit_costs_nothing(in_process, local_ray, tmp_path)
     assert not (tmp_path / "ray" / "failed.jsonl").exists()
 
 
+def test_the_dashboard_sweep_tab_runs_on_the_cluster_and_logs_into_the_browser_s_history(bundled, local_ray,
+                                                                                         tmp_path):
+    from steer_ui.app.context import AppContext
+    from steer_ui.app.dashboard import Dashboard
+    from steer_ui.log.store import Store
+
+    dash = Dashboard(AppContext(lm=bundled, store=Store(str(tmp_path / "log.sqlite")), files=tmp_path / "files",
+                                cluster=Cluster(workers=1)))
+    sid, token = dash.ctx.session_for(None)
+    out = dash.sweep.sweep(questions="yesno:1", sweep_coefs="", sweep_arms="baseline\nbudget:min=12",
+                           browser_id=token, progress=None, prompt="", vector="(none)", layers="", scope="all",
+                           max_new_tokens=12, probe_every=4)
+    assert "finished**: 1 questions x 2 arms, 1 runs" in out["sweep_status"]
+    assert "workers: " in out["sweep_status"] and [row[0] for row in out["sweep_table"]] == ["baseline",
+                                                                                          "budget:min=12"]
+    assert len(dash.history.history(token)) == 1  # the worker's run, logged by the driver in this session
+
+
+def test_the_dashboard_refuses_ray_in_hosted_mode(capsys):
+    from steer_ui.app.launch import main
+
+    assert main(["--hosted", "--ray"]) == 2
+    assert "error: --ray is for a dashboard of your own" in capsys.readouterr().err
+
+
 def test_two_nodes_with_a_gpu_each_get_one_worker_per_gpu_and_a_bad_unit_fails_alone(tmp_path):
     """Ray's GPU count is a scheduling label: two nodes with a logical GPU each, the default worker count
     is one per GPU, and each worker holds one. An error the engine raises in a worker (a question longer

@@ -17,7 +17,7 @@ from packaging.utils import canonicalize_name
 
 ROOT = Path(__file__).resolve().parent.parent
 RUNTIME = ("requirements.txt", "requirements-setup.txt")
-DEV = (*RUNTIME, "requirements-dev.txt")
+DEV = (*RUNTIME, "requirements-dev.txt", "requirements-ray.txt")  # the ray extra is locked for its tests
 
 
 def declared(*files: str) -> list[Requirement]:
@@ -91,6 +91,10 @@ def test_the_package_declares_requirements_txt():
                 for r in metadata.requires("steer-ui") or []}
     for req in declared("requirements.txt"):
         assert requires.get(canonicalize_name(req.name)) == str(req.specifier), req
+    # pip install "steer-ui[ray]": requirements-ray.txt's ranges, under the extra.
+    extra = {canonicalize_name(r.name): str(r.specifier) for r in map(Requirement, metadata.requires("steer-ui") or [])
+             if r.marker is not None and r.marker.evaluate({"extra": "ray"})}
+    assert extra == {canonicalize_name(r.name): str(r.specifier) for r in declared("requirements-ray.txt")}
 
 
 def readme_python_quickstart() -> tuple[str, str]:

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import gradio as gr
 
@@ -23,6 +24,9 @@ from steer_ui.errors import UserError
 from steer_ui.log.store import Store
 from steer_ui.model.loading import LoadedModel
 from steer_ui.views.run_view import RunView
+
+if TYPE_CHECKING:
+    from steer_ui.experiments.cluster import Cluster
 
 KEEP_VIEWS = 32  # runs whose full view a browser can fetch again (GenerateTab.snapshot)
 
@@ -47,6 +51,7 @@ class AppContext:
     compile_on_cpu: bool = False  # --compile: compiled steps on CPU too (a CUDA GPU has them unless eager)
     eager: bool = False  # --eager: no compiled steps at all
     tokens: SessionTokens | None = None  # signs browser sessions (default: the secret in the cache dir)
+    cluster: Cluster | None = None  # --ray: the Sweep tab's questions run on Ray workers there
 
     def __post_init__(self) -> None:
         if self.limits is not None:

@@ -23,6 +23,7 @@ from steer_ui.app.layout import CSS, build  # noqa: E402
 from steer_ui.app.request_limits import RequestLimits  # noqa: E402
 from steer_ui.engine import worker  # noqa: E402
 from steer_ui.errors import UserError  # noqa: E402
+from steer_ui.experiments.cluster import Cluster  # noqa: E402
 from steer_ui.model.known import BUNDLED_ALIAS  # noqa: E402
 
 
@@ -48,23 +49,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile", action="store_true",
                    help="on CPU, also compile the decode steps (inductor; each shape compiles in the background: "
                         "~3 minutes for the bundled model on 2 CPU cores)")
+    p.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                   help="the Sweep tab runs its questions on Ray workers: a local Ray instance (or RAY_ADDRESS), or "
+                        "the cluster at ADDRESS; needs pip install 'steer-ui[ray]'")
+    p.add_argument("--workers", type=int, default=None, help="with --ray: how many workers (default: one per GPU; "
+                   "1 on CPUs)")
     return p
 
 
 def create_app(model: str = BUNDLED_ALIAS, db: str | None = None, device: str = "auto", dtype: str = "auto",
-               limits: Limits | None = None, compile: bool = False, eager: bool = False
+               limits: Limits | None = None, compile: bool = False, eager: bool = False, cluster: Cluster | None = None
                ) -> tuple[gr.Blocks, Dashboard]:
     """Load the model, open the log and build the app (UserError on bad arguments). Compiled steps, where
-    there are any, warm in the background: runs decode eagerly until their shape is ready."""
+    there are any, warm in the background: runs decode eagerly until their shape is ready. ``cluster``: the
+    Sweep tab's questions run on Ray workers there."""
     from steer_ui.log.store import Store
     from steer_ui.model.loading import load_model
 
+    if cluster is not None:
+        if limits is not None:  # a hosted server's caps and model time are counted on its own model
+            raise UserError("--ray is for a dashboard of your own; hosted mode sweeps on this server's model")
+        from steer_ui.experiments.cluster import import_ray
+
+        import_ray()  # without Ray: its one message, before the model loads
     store = Store(db)  # a bad --db fails before the model loads
     device = worker.startup_device(device)
     lm = load_model(model, device=device, dtype=dtype)
     worker.attach(lm)
     ctx = AppContext(lm=lm, store=store, device=device, dtype=dtype, limits=limits, compile_on_cpu=compile,
-                     eager=eager or worker.ACTIVE)  # ZeroGPU forks a worker per run: no long-lived graphs there
+                     eager=eager or worker.ACTIVE,  # ZeroGPU forks a worker per run: no long-lived graphs there
+                     cluster=cluster)
     ctx.prepare(lm)
     dash = Dashboard(ctx)
     gr.set_static_paths(widgets.static_paths())
@@ -138,7 +152,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         auth = parse_auth(args.auth)  # a malformed --auth fails before the model loads
         limits = Limits.from_env() if args.hosted else None
-        demo, dash = create_app(args.model, args.db, args.device, args.dtype, limits, args.compile, args.eager)
+        if args.workers is not None and args.ray is None:
+            raise UserError("--workers is for --ray (the Sweep tab's workers on a Ray cluster)")
+        cluster = Cluster(args.ray or None, args.workers) if args.ray is not None else None
+        demo, dash = create_app(args.model, args.db, args.device, args.dtype, limits, args.compile, args.eager,
+                                cluster)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -88,10 +88,16 @@ class SweepTab:
 
             cancel = threading.Event()
             self.ctx.sweeps[getattr(request, "session_hash", None) or sid] = cancel
-            try:  # the model is held per question's decode (grading leaves it to others), its time charged
-                result = run_sweep(self.ctx.lm, cfg, out, self.ctx.store, report, session_id=sid, cancel=cancel,
-                                   probe_positions=self.ctx.limits.probe_positions if self.ctx.limits else None,
-                                   hold_model=lambda: self.ctx.hold_model(sid, request))
+            try:
+                if self.ctx.cluster is not None:  # --ray: workers there load the model by its name
+                    from steer_ui.experiments.cluster import run_sweep_on_ray
+
+                    result = run_sweep_on_ray(cfg, out, self.ctx.lm.model_id, self.ctx.cluster, self.ctx.device,
+                                              self.ctx.dtype, self.ctx.store, report, session_id=sid, cancel=cancel)
+                else:  # the model is held per question's decode (grading leaves it to others), its time charged
+                    result = run_sweep(self.ctx.lm, cfg, out, self.ctx.store, report, session_id=sid, cancel=cancel,
+                                       probe_positions=self.ctx.limits.probe_positions if self.ctx.limits else None,
+                                       hold_model=lambda: self.ctx.hold_model(sid, request))
             finally:
                 self.ctx.sweeps.pop(getattr(request, "session_hash", None) or sid, None)
         except UserError as err:
@@ -124,10 +130,13 @@ class SweepTab:
     def layout(self, ui: Components) -> None:
         from steer_ui.experiments.sweep_report import summary_rows
 
+        where = (f" The questions run on Ray workers ({self.ctx.cluster.address or 'a local Ray instance'})."
+                 if self.ctx.cluster is not None else "")
         gr.Markdown("Run every question on every arm with the decoding and probe chosen on the Generate tab (the "
                     "question replaces the prompt): the coefficients of the Generate tab's vector (with its layers "
                     "and scope; 0 is the baseline) and arms of their own, one per line. Each question runs all its "
-                    "arms in one batch; each run is logged in History. Big sweeps: `python -m steer_ui sweep`.")
+                    "arms in one batch; each run is logged in History. Big sweeps: `python -m steer_ui sweep`."
+                    + where)
         with gr.Row():
             ui.add("questions", gr.Dropdown(["yesno:8", "yesno:20", "wordproblems:8"], value="yesno:8",
                                             allow_custom_value=True, label="Questions",

@@ -182,6 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--contended", action="store_true",
                    help="CPU: also time case 3 beside one other CPU-bound process (a busy Python loop), with the "
                         "thread count following the load and fixed")
+    p.add_argument("--sweeps", type=int, default=None, metavar="QUESTIONS",
+                   help="instead: sweep throughput in process and on 1 and 2 Ray workers (QUESTIONS yes/no "
+                        "questions x 3 arms, --new-tokens each; needs Ray)")
     p.add_argument("--json", default=None, help="also write the full report here")
     p.add_argument("--memory-case", default=None, help=argparse.SUPPRESS)  # internal: one case, print its peaks
     p.add_argument("--restart-probe", action="store_true", help=argparse.SUPPRESS)  # internal: a warm restart
@@ -195,6 +198,8 @@ def main(argv: list[str] | None = None) -> int:
             return _memory_case(args)
         if args.restart_probe:
             return _restart_probe(args)
+        if args.sweeps is not None:
+            return _sweeps(args)
         if args.quick:
             args.new_tokens, args.repeats, args.contexts = 16, 1, "32,128"
         try:
@@ -217,6 +222,22 @@ def main(argv: list[str] | None = None) -> int:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump(report, f, indent=2)
     print(markdown(report))
+    return 0
+
+
+def _sweeps(args: argparse.Namespace) -> int:
+    from steer_ui.bench.sweeps import markdown as sweeps_markdown
+    from steer_ui.bench.sweeps import sweep_throughput
+    from steer_ui.experiments.cluster import import_ray
+
+    if args.sweeps < 1 or args.new_tokens < 1:
+        raise UserError("--sweeps and --new-tokens must be >= 1")
+    import_ray()
+    lines = sweep_throughput(args.model, args.sweeps, args.new_tokens)
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump({"sweeps": lines, "questions": args.sweeps, "new_tokens": args.new_tokens}, f, indent=2)
+    print(sweeps_markdown(lines, args.sweeps, args.new_tokens))
     return 0
 
 

@@ -128,8 +128,7 @@ def _sweep_here(args: argparse.Namespace, config, store, progress, cancel):
     attach_fast_path(lm, args.compile, getattr(args, "eager", False))
     if config.vector is not None:
         config.vector.check_against(lm.n_layers, lm.hidden_size, config.layers)
-    return run_sweep(lm, config, args.out, store, lambda done, total: progress(done, total, "in process"),
-                     cancel=cancel)
+    return run_sweep(lm, config, args.out, store, progress, cancel=cancel)
 
 
 def _sweep_on_ray(args: argparse.Namespace, config, store, progress, cancel):

@@ -65,7 +65,8 @@ class WorkerStats:
     gpus: list[str] = field(default_factory=list)  # the GPU ids Ray gave it
     units: int = 0
     tokens: int = 0
-    seconds: float = 0.0
+    seconds: float = 0.0  # decoding
+    overhead_s: float = 0.0  # Ray's part: a unit's time at the driver (sent to result back) minus the worker's
 
     @property
     def tokens_per_s(self) -> float:
@@ -113,6 +114,7 @@ class SweepWorker:
         from steer_ui.experiments.questions import Question
         from steer_ui.experiments.sweep import gold_readable, score, without_gold
 
+        began = time.perf_counter()
         q = Question(**unit["question"])
         settings = RunSettings.from_dict(unit["settings"], self.vectors)
         if q.kind != "yesno" and not gold_readable(self.lm, q.answer):
@@ -125,7 +127,8 @@ class SweepWorker:
         scored = score(Unit(q, unit["sample"], arms, unit["id"]), settings.seed, events, self.lm.profile.think_close)
         lm = self.lm
         return {"id": unit["id"], "settings": settings.to_dict(), "events": events, "rows": scored,
-                "worker": self.name, "seconds": seconds, "tokens": sum(isinstance(e, TokenEvent) for e in events),
+                "worker": self.name, "seconds": seconds, "run_s": time.perf_counter() - began,
+                "tokens": sum(isinstance(e, TokenEvent) for e in events),
                 "stamp": {"model_id": lm.model_id, "source": lm.source, "dtype": str(lm.dtype),
                           "device": str(lm.device)}}
 
@@ -150,8 +153,9 @@ class _Driver:
     failed: int = 0
     ran: int = 0
 
-    def take(self, unit: Unit, ref) -> None:
-        """A finished unit's result (or its failure) into results.csv / failed.jsonl."""
+    def take(self, unit: Unit, ref, latency: float) -> None:
+        """A finished unit's result (or its failure) into results.csv / failed.jsonl; ``latency``: from
+        sending it to its result being ready, as the driver saw it."""
         ray = self.ray
         try:
             out = ray.get(ref)
@@ -166,6 +170,7 @@ class _Driver:
         s = self.stats.setdefault(out["worker"], WorkerStats(node=out["worker"].rsplit(":", 1)[0],
                                                              device=out["stamp"]["device"]))
         s.units, s.tokens, s.seconds = s.units + 1, s.tokens + out["tokens"], s.seconds + out["seconds"]
+        s.overhead_s += max(0.0, latency - out["run_s"])
         self.ran += 1
 
     def _fail(self, unit: Unit, why: str) -> None:
@@ -298,13 +303,13 @@ def _drive(ray, actors: list, infos: list[dict], cfg: SweepConfig, folder: Sweep
                 break
             while idle and pending:
                 unit, actor = pending.pop(0), idle.pop(0)
-                inflight[actor.run.remote(payload(unit, cfg.run_settings(unit.question, unit.sample, unit.arms)))] = (
-                    unit, actor)
+                work = payload(unit, cfg.run_settings(unit.question, unit.sample, unit.arms))
+                inflight[actor.run.remote(work)] = (unit, actor, time.perf_counter())
             ready, _ = ray.wait(list(inflight), num_returns=1, timeout=WAIT_S)
             for ref in ready:
-                unit, actor = inflight.pop(ref)
+                unit, actor, sent = inflight.pop(ref)
                 idle.append(actor)
-                driver.take(unit, ref)
+                driver.take(unit, ref, time.perf_counter() - sent)
                 done = total - len(todo) + driver.ran + driver.failed
                 if progress is not None:
                     progress(done, total)
@@ -324,6 +329,7 @@ def _drive(ray, actors: list, infos: list[dict], cfg: SweepConfig, folder: Sweep
 def _write_workers(path: Path, stats: dict[str, WorkerStats]) -> None:
     """workers.json: which worker ran how many units, at what speed (for debugging a slow node)."""
     data = {name: {"node": s.node, "device": s.device, "gpus": s.gpus, "units": s.units, "tokens": s.tokens,
-                   "seconds": round(s.seconds, 2), "tokens_per_s": round(s.tokens_per_s, 1)}
+                   "seconds": round(s.seconds, 2), "tokens_per_s": round(s.tokens_per_s, 1),
+                   "overhead_s_per_unit": round(s.overhead_s / s.units, 4) if s.units else None}
             for name, s in sorted(stats.items())}
     (path / "workers.json").write_text(json.dumps(data, indent=1), encoding="utf-8")
