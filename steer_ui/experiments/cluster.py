@@ -146,7 +146,6 @@ class _Driver:
     """The driver's state for one sweep: the actors, what each runs, and what came back."""
 
     ray: Any
-    cfg: SweepConfig
     folder: SweepFolder
     record: Callable[[dict], str | None]  # logs a unit's events; returns the run id
     stats: dict[str, WorkerStats] = field(default_factory=dict)
@@ -226,7 +225,7 @@ def run_sweep_on_ray(cfg: SweepConfig, out: str | Path, model: str, cluster: Clu
     (``{"event": "progress", "done", "total", "worker", "tokens_per_s", ...}``)."""
     cfg.validate()
     import_ray()  # without Ray: its one message, before anything is written
-    folder = SweepFolder.open(out, cfg)
+    folder = SweepFolder.open(out, cfg.fingerprint(), cfg.label)
     ray, started = connect(cluster)
     actors: list = []
     try:
@@ -290,7 +289,7 @@ def _drive(ray, actors: list, infos: list[dict], cfg: SweepConfig, folder: Sweep
         recorder.close()
         return recorder.run_id
 
-    driver = _Driver(ray, cfg, folder, record, {i["name"]: WorkerStats(i["name"].rsplit(":", 1)[0], i["device"],
+    driver = _Driver(ray, folder, record, {i["name"]: WorkerStats(i["name"].rsplit(":", 1)[0], i["device"],
                                                                        i["gpus"]) for i in infos})
     pending, idle, inflight = list(todo), list(actors), {}
     if progress is not None:
@@ -322,8 +321,8 @@ def _drive(ray, actors: list, infos: list[dict], cfg: SweepConfig, folder: Sweep
     _write_workers(folder.path, driver.stats)
     notes = [f"{driver.failed} units failed (see failed.jsonl; the next run tries them again)"] if driver.failed else []
     notes.append("workers: " + (driver.line() or "none finished a unit"))
-    result = folder.finish(cfg, total, len(todo), driver.ran + driver.failed if not stopped else driver.ran, notes)
-    return result
+    return folder.finish(cfg.arms, cfg.questions, cfg.label.get("title", ""), total, len(todo),
+                         driver.ran + driver.failed if not stopped else driver.ran, notes)
 
 
 def _write_workers(path: Path, stats: dict[str, WorkerStats]) -> None:

@@ -152,7 +152,7 @@ def run_sweep(lm: LoadedModel, cfg: SweepConfig, out: str | Path, store: Store |
     logged as cancelled and not counted, and the questions done so far are summarised (a later call on
     the same folder resumes). ``experiments.cluster.run_sweep_on_ray`` runs the same units on Ray workers."""
     cfg.validate()
-    folder = SweepFolder.open(out, cfg)
+    folder = SweepFolder.open(out, cfg.fingerprint(), cfg.label)
     todo = cfg.units(folder.done(), lm.model_id)
     session = (session_id or store.new_session("sweep", str(folder.path)[:200])) if store is not None else None
     total = len(cfg.questions) * cfg.samples
@@ -169,7 +169,7 @@ def run_sweep(lm: LoadedModel, cfg: SweepConfig, out: str | Path, store: Store |
         ran += 1
         if progress is not None:
             progress(total - len(todo) + i + 1, total)
-    return folder.finish(cfg, total, len(todo), ran)
+    return folder.finish(cfg.arms, cfg.questions, cfg.label.get("title", ""), total, len(todo), ran)
 
 
 def gold_readable(lm: LoadedModel, answer: str, max_positions: int | None = None) -> bool:

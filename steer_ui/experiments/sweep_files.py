@@ -11,18 +11,15 @@ from __future__ import annotations
 import csv
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from steer_ui import csv_cells
 from steer_ui.errors import UserError
-from steer_ui.experiments.arms import arm_of
+from steer_ui.experiments.arms import Arm, arm_of
+from steer_ui.experiments.questions import Question
 from steer_ui.experiments.sweep_report import CoefSummary, summarise, token_interval, write_figure, write_summary
-
-if TYPE_CHECKING:
-    from steer_ui.experiments.sweep import SweepConfig
 
 FIELDS = ["question_id", "arm", "coef", "sample", "seed", "gold", "extracted", "how", "correct", "forced",
           "forced_correct", "cot_tokens", "think_tokens", "flips", "settled_at", "finish_reason", "final_logodds",
@@ -55,13 +52,15 @@ class SweepFolder:
         self._written: set[Key] = {key_of(r) for r in self.rows()}
 
     @classmethod
-    def open(cls, out: str | Path, cfg: SweepConfig) -> SweepFolder:
+    def open(cls, out: str | Path, fingerprint: dict, label: dict) -> SweepFolder:
+        """The folder for the sweep whose settings are ``fingerprint`` (``SweepConfig.fingerprint``): a new
+        one, or one that holds the same sweep (a resume); ``label`` goes into sweep.json beside them."""
         path = Path(out).expanduser()
         if path.exists() and not path.is_dir():
             raise UserError(f"--out {path} is a file, not a folder")
         path.mkdir(parents=True, exist_ok=True)
         meta = path / "sweep.json"
-        mine = cfg.fingerprint()
+        mine = fingerprint
         if meta.exists():
             try:
                 theirs = json.loads(meta.read_text())["settings"]
@@ -72,7 +71,7 @@ class SweepFolder:
                 raise UserError(f"{path} holds a different sweep (differs in: {', '.join(changed)}); "
                                 "use another --out folder to start a new one")
         else:
-            meta.write_text(json.dumps({"settings": mine, **cfg.label}, indent=1))
+            meta.write_text(json.dumps({"settings": mine, **label}, indent=1))
         return cls(path)
 
     def done(self) -> set[Key]:
@@ -111,13 +110,15 @@ class SweepFolder:
         with self.results.open(newline="", encoding="utf-8") as f:
             return next(csv.reader(f), None) or FIELDS
 
-    def finish(self, cfg: SweepConfig, total: int, todo: int, ran: int, notes: Iterable[str] = ()) -> SweepResult:
-        """summary.csv/.txt/.json and the figures from results.csv, and what to tell the user."""
+    def finish(self, arms: Sequence[Arm], questions: Sequence[Question], title: str, total: int, todo: int, ran: int,
+               notes: Iterable[str] = ()) -> SweepResult:
+        """summary.csv/.txt/.json and the figures from results.csv, and what to tell the user: ``total``
+        question runs in the sweep, ``todo`` of them left at the start, ``ran`` of those run now."""
         rows = self.rows()
-        summary = summarise(rows, cfg.arms, cfg.questions)
+        summary = summarise(rows, arms, questions)
         write_summary(summary, self.path)
-        intervals = {a.name: token_interval(rows, a.name) for a in cfg.arms}
-        notes = [*write_figure(summary, self.path, title=cfg.label.get("title", ""), intervals=intervals), *notes]
+        intervals = {a.name: token_interval(rows, a.name) for a in arms}
+        notes = [*write_figure(summary, self.path, title=title, intervals=intervals), *notes]
         files = [self.path / n for n in OUTPUTS if (self.path / n).exists()]
         if not todo:
             notes.append(f"every result was already in {self.results} ({total} question runs): ran nothing, and "
