@@ -29,7 +29,7 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "load": "steer_ui.api.model", "Model": "steer_ui.api.model", "Run": "steer_ui.api.result",
-    "Row": "steer_ui.api.result", "open_run": "steer_ui.api.result", "sweep": "steer_ui.api.sweeps",
+    "Row": "steer_ui.api.result", "open_run": "steer_ui.api.model", "sweep": "steer_ui.api.sweeps",
     "SweepRun": "steer_ui.api.sweeps", "load_vector": "steer_ui.vectors.files",
     "save_vector": "steer_ui.vectors.files", "SteeringVector": "steer_ui.vectors.vector",
     "RunSettings": "steer_ui.engine.run_settings",

@@ -92,9 +92,12 @@ def test_ctrl_c_stops_the_cli_sweep_and_the_next_run_resumes(tmp_path):
     kept = len(by_key(out))
     assert 1 <= kept < 4
     assert not ray_processes()  # no stray raylet, GCS or workers
-    again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    again = subprocess.run([*cmd, "--jsonl"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr
     assert f"resumed: {kept} of 4 question runs were already in results.csv" in again.stderr
+    events = [json.loads(line) for line in again.stdout.splitlines()]  # --jsonl: progress, then the summary
+    assert [e["done"] for e in events[:-1]] == list(range(kept + 1, 5)) and all(e["workers"] for e in events[:-1])
+    assert events[-1]["event"] == "summary" and [a["arm"] for a in events[-1]["arms"]] == ["baseline"]
     assert len(by_key(out)) == 4 and not ray_processes()
     workers = json.loads((out / "workers.json").read_text())
     assert len(workers) == 2 and sum(w["units"] for w in workers.values()) == 4 - kept
@@ -115,66 +118,41 @@ def in_process(bundled, tmp_path_factory) -> dict:
     return by_key(out)
 
 
-def test_two_workers_give_the_in_process_rows_and_only_the_driver_writes(in_process, local_ray, tmp_path):
+def test_two_workers_one_killed_mid_unit_give_the_in_process_rows_once_written_by_the_driver(
+        in_process, local_ray, tmp_path):
+    """Two workers; after the first unit, the worker running the next one is SIGKILLed: Ray restarts it and
+    the unit runs again. Every row once, as in process; results and the session log written by the driver."""
     from steer_ui.log.archive import record_events, run_record
     from steer_ui.log.store import Store
 
     store = Store(str(tmp_path / "log.sqlite"))
-    started, events = [], []
+    started, events, killed = [], [], []
+
+    def kill_one(event: dict) -> None:
+        events.append(event)
+        for p in psutil.process_iter(["cmdline"]):
+            if not killed and " ".join(p.info["cmdline"] or []).startswith("ray::SweepWorker.run"):
+                p.send_signal(signal.SIGKILL)
+                killed.append(p.pid)
+
     result = run_sweep_on_ray(config(), tmp_path / "ray", "smollm2-135m", Cluster(workers=2), store=store,
-                              on_start=started.append, on_unit=events.append)
+                              on_start=started.append, on_unit=kill_one)
+    assert killed, "no worker was running a unit after the first finished"
     got = by_key(tmp_path / "ray")
     same_results(got, in_process)
+    assert not (tmp_path / "ray" / "failed.jsonl").exists()
     assert started == ["on a local Ray instance: 2 workers (cpu, cpu), 1 CPU each"]
     assert [e["done"] for e in events] == [1, 2, 3] and all(e["line"] for e in events)
-    workers = json.loads((tmp_path / "ray" / "workers.json").read_text())
-    assert len(workers) == 2 and sum(w["units"] for w in workers.values()) == 3
-    assert {r["worker"] for r in got.values()} == set(workers)
+    workers = json.loads((tmp_path / "ray" / "workers.json").read_text())  # the restarted worker is a new one
+    assert sum(w["units"] for w in workers.values()) == 3 and {r["worker"] for r in got.values()} <= set(workers)
     assert [s.arm for s in result.summary] == ARMS and result.summary[1].vs_baseline is not None
-    # The session log, written by the driver from the workers' events: each run replays as it ran.
+    # The session log, written by the driver from the workers' events: each run once, replaying as it ran.
     runs = store.list_runs()
     assert len(runs) == 3 and {r.id for r in runs} == {r["run_id"] for r in got.values()}
     for q in config().questions:
         run_id = got[(q.id, "baseline", "0")]["run_id"]
         done = list(record_events(run_record(store, store.get_run(run_id))))[-1]
         assert [x.text for x in done.rows] == [got[(q.id, arm, "0")]["text"] for arm in ARMS]
-
-
-def test_a_worker_killed_mid_unit_costs_nothing(in_process, local_ray, tmp_path):
-    """SIGKILL the worker running a unit: Ray restarts it and the unit runs again; every row once."""
-    killed = []
-
-    def kill_one(event: dict) -> None:
-        if killed:
-            return
-        for p in psutil.process_iter(["cmdline"]):
-            if " ".join(p.info["cmdline"] or []).startswith("ray::SweepWorker.run"):
-                p.send_signal(signal.SIGKILL)
-                killed.append(p.pid)
-                return
-
-    run_sweep_on_ray(config(), tmp_path / "ray", "smollm2-135m", Cluster(workers=2), on_unit=kill_one)
-    assert killed, "no worker was running a unit after the first finished"
-    same_results(by_key(tmp_path / "ray"), in_process)
-    assert not (tmp_path / "ray" / "failed.jsonl").exists()
-
-
-def test_the_dashboard_sweep_tab_runs_on_the_cluster_and_logs_into_the_browser_s_history(bundled, local_ray,
-                                                                                         tmp_path):
-    from steer_ui.app.context import AppContext
-    from steer_ui.app.dashboard import Dashboard
-    from steer_ui.log.store import Store
-
-    dash = Dashboard(AppContext(lm=bundled, store=Store(str(tmp_path / "log.sqlite")), files=tmp_path / "files",
-                                cluster=Cluster(workers=1)))
-    sid, token = dash.ctx.session_for(None)
-    out = dash.sweep.sweep(questions="yesno:1", sweep_coefs="", sweep_arms="baseline\nbudget:min=12",
-                           browser_id=token, progress=None, prompt="", vector="(none)", layers="", scope="all",
-                           max_new_tokens=12, probe_every=4)
-    assert "finished**: 1 questions x 2 arms, 1 runs" in out["sweep_status"]
-    assert "workers: " in out["sweep_status"] and [row[0] for row in out["sweep_table"]] == ["baseline",
-                                                                                          "budget:min=12"]
-    assert len(dash.history.history(token)) == 1  # the worker's run, logged by the driver in this session
 
 
 def test_the_dashboard_refuses_ray_in_hosted_mode(capsys):
@@ -184,38 +162,45 @@ def test_the_dashboard_refuses_ray_in_hosted_mode(capsys):
     assert "error: --ray is for a dashboard of your own" in capsys.readouterr().err
 
 
-def test_two_nodes_with_a_gpu_each_get_one_worker_per_gpu_and_a_bad_unit_fails_alone(tmp_path):
-    """Ray's GPU count is a scheduling label: two nodes with a logical GPU each, the default worker count
-    is one per GPU, and each worker holds one. An error the engine raises in a worker (a question longer
-    than the model's context) fails that unit once, into failed.jsonl with its one-line message; the other
-    finishes; a later run tries it again."""
+def test_the_sweep_tab_on_two_nodes_with_a_gpu_each_one_worker_per_gpu_and_a_bad_unit_failing_alone(
+        bundled, tmp_path):
+    """The dashboard's Sweep tab on a cluster (``app.py --ray ADDRESS``) of two nodes with a logical GPU each
+    (Ray's GPU count is a scheduling label): the default worker count is one per GPU, each holding one; the
+    run is logged into the browser's History; a question longer than the model's context fails alone, once,
+    into failed.jsonl with its one-line message, and the status says so."""
     from ray.cluster_utils import Cluster as TwoNodes
 
-    from steer_ui.experiments.questions import Question
+    from steer_ui.app.context import AppContext
+    from steer_ui.app.dashboard import Dashboard
+    from steer_ui.log.store import Store
 
     if ray.is_initialized():
         ray.shutdown()
     nodes = TwoNodes(initialize_head=True, head_node_args={"num_cpus": 1, "num_gpus": 1})
     nodes.add_node(num_cpus=1, num_gpus=1)
-    address = nodes.address
-    cfg = config(1)
-    long = Question("too-long", "word " * 9000 + "?", "Yes", "yesno")
-    cfg = SweepConfig(questions=[*cfg.questions, long], coefs=(), extra_arms=cfg.extra_arms[:1], template=cfg.template)
+    questions = tmp_path / "questions.jsonl"
+    questions.write_text(json.dumps({"id": "short", "question": "Is 7 prime?", "answer": "Yes"}) + "\n" +
+                         json.dumps({"id": "too-long", "question": "word " * 9000 + "?", "answer": "Yes"}) + "\n")
+    dash = Dashboard(AppContext(lm=bundled, store=Store(str(tmp_path / "log.sqlite")), files=tmp_path / "files",
+                                cluster=Cluster(address=nodes.address)))
+    sid, token = dash.ctx.session_for(None)
     try:
-        seen = []
-        result = run_sweep_on_ray(cfg, tmp_path / "ray", "smollm2-135m", Cluster(address=address),
-                                  on_start=seen.append)
+        out = dash.sweep.sweep(questions=str(questions), sweep_coefs="", sweep_arms="baseline\nbudget:min=12",
+                               browser_id=token, progress=None, prompt="", vector="(none)", layers="", scope="all",
+                               max_new_tokens=12, probe_every=4)
     finally:
         ray.shutdown()
         nodes.shutdown()
-    assert seen == [f"on {address}: 2 workers (cpu, cpu), 1 GPU and 1 CPU each"]
-    workers = json.loads((tmp_path / "ray" / "workers.json").read_text())
+    assert "finished**: 2 questions x 2 arms" in out["sweep_status"] and "1 units failed" in out["sweep_status"]
+    assert [row[0] for row in out["sweep_table"]] == ["baseline", "budget:min=12"]
+    folder = Path(out["sweep_files"][0]).parent
+    workers = json.loads((folder / "workers.json").read_text())
     assert sorted(w["gpus"] for w in workers.values()) == [["0"], ["0"]]  # one logical GPU on each node
-    assert [r["question_id"] for r in rows(tmp_path / "ray")] == [cfg.questions[0].id]
-    failed = [json.loads(line) for line in (tmp_path / "ray" / "failed.jsonl").read_text().splitlines()]
+    assert [r["question_id"] for r in rows(folder)] == ["short", "short"]
+    failed = [json.loads(line) for line in (folder / "failed.jsonl").read_text().splitlines()]
     assert [f["question_id"] for f in failed] == ["too-long"]
     assert failed[0]["error"].startswith("prompt (") and "Traceback" not in failed[0]["error"]
-    assert any("1 units failed" in n for n in result.notes)
+    assert len(dash.history.history(token)) == 1  # the worker's run, logged by the driver in this session
 
 
 def test_without_ray_one_message_names_the_install(monkeypatch, tmp_path, capsys):

@@ -296,9 +296,11 @@ def test_sweep_and_analyze_from_the_command_line(tmp_path):
     progress = [line for line in proc.stderr.splitlines() if line.startswith("2 questions x 2 arms: ")]
     assert [line.split(": ")[1].split(",")[0] for line in progress] == ["0/2 runs", "1/2 runs", "2/2 runs"]
     again = cli("sweep", "--questions", "yesno:2", "--vector", "reconsideration", "--layers", "15-18",
-                "--coefs", "-4,0", "--max-new-tokens", "10", "--out", str(out), env_db=db)
+                "--coefs", "-4,0", "--max-new-tokens", "10", "--out", str(out), "--jsonl", env_db=db)
     assert again.returncode == 0 and "note: every result was already in" in again.stderr
-    assert "ran nothing" in again.stderr and "accuracy" in again.stdout
+    events = [json.loads(line) for line in again.stdout.splitlines()]  # --jsonl: progress, then the summary
+    assert "ran nothing" in again.stderr and events[0] == {"event": "progress", "done": 2, "total": 2}
+    assert events[-1]["event"] == "summary" and [a["arm"] for a in events[-1]["arms"]] == ["coef -4", "baseline"]
     # The run knobs go into the sweep's template: the given ones, and the sweep's own probe default (every token).
     template = json.loads((out / "sweep.json").read_text())["settings"]["template"]
     assert template["max_new_tokens"] == 10 and template["probe_every"] == 1

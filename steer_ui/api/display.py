@@ -10,12 +10,28 @@ from __future__ import annotations
 
 import math
 from html import escape
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
-from steer_ui.views.run_view import row_colour
+from steer_ui.views.run_view import RunView, row_colour
 
 if TYPE_CHECKING:
-    from steer_ui.api.result import Run
+    import plotly.graph_objects as go
+
+
+class Run(Protocol):
+    """What a display reads of ``api.result.Run`` (a protocol: that module shows itself through this one)."""
+
+    view: RunView
+    interrupted: bool
+    id: str | None
+
+    @property
+    def prompt(self) -> str: ...
+
+    @property
+    def warnings(self) -> list[str]: ...
+
+    def figure(self) -> go.Figure: ...
 
 _plotly_sent = False  # whether this kernel has inlined plotly.js into an output already
 SHADE_LIMIT = 4.0  # log-odds at which a token's colour is full strength

@@ -144,11 +144,11 @@ class Model:
         """Decode ``settings`` (from ``model.settings(...)`` or ``RunSettings``) into a ``Run``."""
         if not live:
             events, interrupted = drive(self.lm, settings)
-            return Run(events, settings, self, interrupted=interrupted)
-        display, shown = LiveDisplay(), Run([], settings, self)
+            return Run(events, settings, self.lm, interrupted=interrupted)
+        display, shown = LiveDisplay(), Run([], settings, self.lm)
         events, interrupted = drive(self.lm, settings, on_event=shown.view.apply,
                                     on_tick=lambda: display.update(shown))
-        run = Run(events, settings, self, interrupted=interrupted)
+        run = Run(events, settings, self.lm, interrupted=interrupted)
         display.update(run, live=False)
         return run
 
@@ -157,6 +157,21 @@ class Model:
         from steer_ui.api.sweeps import sweep
 
         return sweep(self, questions, coefs, **kwargs)
+
+
+def open_run(run_id: str, db: str | None = None, model: Model | None = None) -> Run:
+    """A logged run (from the CLI, the dashboard or ``run.save()``) as a ``Run``. With the ``model`` it ran
+    on, each token gets its own text in ``to_pandas()``; without it a row's text is whole on its first
+    token (the tokenizer is not loaded for you)."""
+    from steer_ui.log.archive import record_events, replay_settings, run_record
+    from steer_ui.log.store import Store
+
+    store = Store(db)
+    run = store.get_run(str(run_id).strip())
+    _, settings = replay_settings(store, run.id)
+    lm = model.lm if model is not None and model.id == run.model_id else None
+    events = list(record_events(run_record(store, run), lm.tokenizer if lm is not None else None))
+    return Run(events, settings, lm, run_id=run.id)
 
 
 def _row(row: RowLike, name_of) -> RowSpec | str:

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     import pandas as pd
     import plotly.graph_objects as go
 
-    from steer_ui.api.model import Model
+    from steer_ui.model.loading import LoadedModel
 
 FRAME_COLUMNS = ("row", "label", "coef", "step", "token_id", "token", "logodds", "mass", "reliable", "forced",
                  "stop_logprob", "intervention", "flips", "settled_at")
@@ -59,12 +59,14 @@ class Run:
     - In Jupyter a run displays itself: the panes with tokens coloured by log-odds, and the chart.
     """
 
-    def __init__(self, events: list[Event], settings: RunSettings, model: Model | None = None,
+    def __init__(self, events: list[Event], settings: RunSettings, lm: LoadedModel | None = None,
                  run_id: str | None = None, interrupted: bool = False):
-        self.events, self.settings, self.model = events, settings, model
+        """``lm``: the model it ran on (None for a run from the log opened without it: it cannot be saved
+        again, and each row's text is whole on its first token)."""
+        self.events, self.settings, self.lm = events, settings, lm
         self.id = run_id  # the session log's id, once saved (or when opened from the log)
         self.interrupted = interrupted  # stopped by Ctrl-C / the notebook's interrupt: rows are 'cancelled'
-        think_close = model.lm.profile.think_close if model is not None else None
+        think_close = lm.profile.think_close if lm is not None else None
         self.view = RunView(run_id or "notebook", think_close)
         for event in events:
             self.view.apply(event)
@@ -153,13 +155,13 @@ class Run:
         a path or SQLAlchemy URL); returns its id. Saving again gives the same id."""
         if self.id is not None:
             return self.id
-        if self.model is None:
+        if self.lm is None:
             raise UserError("this run came from the log already; it has an id: use run.id")
         from steer_ui.log.recorder import RunRecorder
         from steer_ui.log.store import Store
 
         store = Store(db)
-        recorder = RunRecorder(store, store.new_session("notebook"), self.model.lm, self.settings)
+        recorder = RunRecorder(store, store.new_session("notebook"), self.lm, self.settings)
         for event in self.events:
             recorder(event)
         recorder.close()
@@ -168,17 +170,3 @@ class Run:
         self.id = recorder.run_id
         return self.id
 
-
-def open_run(run_id: str, db: str | None = None, model: Model | None = None) -> Run:
-    """A logged run (from the CLI, the dashboard or ``run.save()``) as a ``Run``. With the ``model`` it ran
-    on, each token gets its own text in ``to_pandas()``; without it a row's text is whole on its first
-    token (the tokenizer is not loaded for you)."""
-    from steer_ui.log.archive import record_events, replay_settings, run_record
-    from steer_ui.log.store import Store
-
-    store = Store(db)
-    run = store.get_run(str(run_id).strip())
-    _, settings = replay_settings(store, run.id)
-    tokenizer = model.lm.tokenizer if model is not None and model.id == run.model_id else None
-    events = list(record_events(run_record(store, run), tokenizer))
-    return Run(events, settings, model if tokenizer is not None else None, run_id=run.id)

@@ -8,7 +8,7 @@ import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from steer_ui import csv_cells
 from steer_ui.engine.knobs import BY_NAME
@@ -22,7 +22,22 @@ if TYPE_CHECKING:
     import pandas as pd
     import plotly.graph_objects as go
 
-    from steer_ui.api.model import Model, VectorLike
+    from steer_ui.engine.run_settings import RunSettings
+    from steer_ui.model.loading import LoadedModel
+    from steer_ui.vectors.vector import SteeringVector
+
+
+class Model(Protocol):
+    """What a sweep uses of ``api.model.Model`` (a protocol: ``Model.sweep`` calls into this module)."""
+
+    lm: LoadedModel
+    id: str
+    n_layers: int
+    hidden_size: int
+
+    def settings(self, prompt: str, **knobs: Any) -> RunSettings: ...
+
+    def vector(self, spec: SteeringVector | str) -> SteeringVector: ...
 
 
 @dataclass
@@ -63,7 +78,8 @@ class SweepRun:
 
 
 def sweep(model: Model, questions: str | Sequence[Mapping | Question], coefs: Sequence[float] | str = (),
-          vector: VectorLike | None = None, layers: str | Sequence[int] | None = None, scope: str | None = None,
+          vector: SteeringVector | str | None = None, layers: str | Sequence[int] | None = None,
+          scope: str | None = None,
           out: str | Path | None = None, samples: int = 1, log: bool = False, db: str | None = None,
           arms: Sequence[str] = (), ray: bool | str | None = None, workers: int | None = None,
           **knobs: Any) -> SweepRun:

@@ -44,7 +44,8 @@ def add(sub: argparse._SubParsersAction) -> None:
                    help="with --ray: how many workers (default: one per GPU in the cluster; 1 on CPUs, which the "
                         "workers split between them)")
     p.add_argument("--jsonl", action="store_true",
-                   help="stdout: a JSON progress event per finished question, then the summary as one event")
+                   help="stdout: a JSON progress event per finished question ({event, done, total}; on Ray also "
+                        "failed and each worker's tokens/s), then the summary as one event")
     add_db(p, no_log=True)
     p.set_defaults(func=cmd_sweep)
 
@@ -102,10 +103,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     cancel = threading.Event()
     desc = f"{len(config.questions)} questions x {len(config.arms)} arms"
     with progress_bar(desc, unit="run") as bar, ctrl_c_sets(cancel):
-        def progress(done: int, total: int, note: str = "") -> None:
-            bar(done, total, note)
-            if args.jsonl and note:
-                print(json.dumps({"event": "progress", "done": done, "total": total, "workers": note}), flush=True)
+        def progress(event: dict) -> None:
+            """A question finished (or the count at the start): the bar, and with --jsonl the event."""
+            bar(event["done"], event["total"], event.get("line", ""))
+            if args.jsonl:
+                print(json.dumps({k: v for k, v in event.items() if k != "line"}), flush=True)
 
         result = (_sweep_on_ray(args, config, store, progress, cancel) if args.ray is not None
                   else _sweep_here(args, config, store, progress, cancel))
@@ -128,7 +130,8 @@ def _sweep_here(args: argparse.Namespace, config, store, progress, cancel):
     attach_fast_path(lm, args.compile, getattr(args, "eager", False))
     if config.vector is not None:
         config.vector.check_against(lm.n_layers, lm.hidden_size, config.layers)
-    return run_sweep(lm, config, args.out, store, progress, cancel=cancel)
+    return run_sweep(lm, config, args.out, store,
+                     lambda done, total: progress({"event": "progress", "done": done, "total": total}), cancel=cancel)
 
 
 def _sweep_on_ray(args: argparse.Namespace, config, store, progress, cancel):
@@ -141,7 +144,7 @@ def _sweep_on_ray(args: argparse.Namespace, config, store, progress, cancel):
     return run_sweep_on_ray(config, args.out, args.model, Cluster(args.ray or None, args.workers), args.device,
                             args.dtype, store, cancel=cancel,
                             on_start=lambda line: print(f"sweep {line}", file=sys.stderr, flush=True),
-                            on_unit=lambda e: progress(e["done"], e["total"], e["line"]))
+                            on_unit=progress)
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:

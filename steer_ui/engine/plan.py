@@ -18,6 +18,7 @@ from steer_ui.engine.probe import ProbeSpec, build_probe
 from steer_ui.engine.run_settings import RunSettings, SteeredRow
 from steer_ui.engine.scope import Scope
 from steer_ui.errors import UserError
+from steer_ui.model.chat import render
 from steer_ui.model.loading import LoadedModel
 from steer_ui.vectors.layers import format_layers
 
@@ -50,16 +51,8 @@ class RunPlan:
 
 
 def render_prompt(lm: LoadedModel, settings: RunSettings) -> tuple[str, list[int], list[str]]:
-    """The prompt as text and ids: chat template unless turned off (or the model has none)."""
-    tok = lm.tokenizer
-    if settings.chat_template and getattr(tok, "chat_template", None):
-        messages = [{"role": "user", "content": settings.prompt}]
-        if settings.system_prompt is not None:
-            messages.insert(0, {"role": "system", "content": settings.system_prompt})
-        text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        return text, tok.encode(text, add_special_tokens=False), []
-    warnings = [f"{lm.model_id} has no chat template: the prompt is sent as raw text"] if settings.chat_template else []
-    return settings.prompt, tok.encode(settings.prompt), warnings
+    """The prompt as text and ids (``model.chat.render``): chat template unless turned off (or the model has none)."""
+    return render(lm, settings.prompt, settings.system_prompt, settings.chat_template)
 
 
 def eos_ids(lm: LoadedModel) -> frozenset[int]:

@@ -103,21 +103,16 @@ class FewRowLinear(torch.nn.Linear):
         return out.reshape(*x.shape[:-1], out.shape[-1])
 
 
-def use_where_wanted(model: torch.nn.Module, device: torch.device, dtype: torch.dtype,
-                     cache_dir: Path | None = None) -> int:
+def use_where_wanted(model: torch.nn.Module, device: torch.device, dtype: torch.dtype, cache_dir: Path) -> int:
     """Swap in few-row linears for a CPU float32 model and decide their kernels; how many were swapped.
 
     Nothing happens off the CPU, for other dtypes, or with ``STEER_UI_PLAIN_LINEAR=1``. ``cache_dir`` is
-    the conversion cache's directory (default: ``loading.default_cache_dir()``).
+    the conversion cache's directory (``loading`` passes its own), where the decisions are kept.
     """
     if device.type != "cpu" or dtype != torch.float32 or os.environ.get(OPT_OUT_ENV, "") == "1":
         return 0
     swapped = use_few_row_linears(model)
     if swapped:
-        if cache_dir is None:
-            from steer_ui.model.loading import default_cache_dir  # loading imports this module
-
-            cache_dir = default_cache_dir()
         decide(model, cache_dir)
     return swapped
 

@@ -15,7 +15,7 @@ Two objectives, told apart by each JSONL line's keys:
   ((log p(chosen) - log p(rejected)) - the same under the reference))``, with sums of token
   log-probabilities.
 
-Prompts go through the chat template exactly as ``generate`` renders them (``plan.render_prompt``: the
+Prompts go through the chat template exactly as ``generate`` renders them (``model.chat.render``: the
 same default system prompt, the thinking block opened for thinking models); the completion is the
 assistant's reply, tokenized on its own after it.
 """
@@ -39,6 +39,7 @@ import torch.nn.functional as F
 
 from steer_ui.errors import UserError
 from steer_ui.jsonl import read_jsonl
+from steer_ui.model.chat import render
 from steer_ui.model.loading import LoadedModel
 from steer_ui.vectors.vector import SteeringVector
 
@@ -151,10 +152,7 @@ class _Encoded:
 
 
 def _encode(lm: LoadedModel, prompt: str, reply: str, max_tokens: int) -> _Encoded:
-    from steer_ui.engine.plan import render_prompt
-    from steer_ui.engine.run_settings import RunSettings
-
-    _, prompt_ids, _ = render_prompt(lm, RunSettings(prompt=prompt))
+    _, prompt_ids, _ = render(lm, prompt)
     reply_ids = lm.tokenizer.encode(reply, add_special_tokens=False)
     if len(prompt_ids) >= max_tokens:
         raise UserError(f"a prompt of {len(prompt_ids)} tokens leaves no room for its reply (at most "
