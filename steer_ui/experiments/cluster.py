@@ -222,7 +222,7 @@ def run_sweep_on_ray(cfg: SweepConfig, out: str | Path, model: str, cluster: Clu
     """``run_sweep``'s units on Ray workers (``Cluster``); the same folder, resume and summary.
 
     ``on_start`` gets the line saying where it runs; ``on_unit`` gets a progress event per finished unit
-    (``{"event": "progress", "done", "total", "worker", "tokens_per_s", ...}``)."""
+    (``{"event": "progress", "done", "total", "failed", "workers": {name: tokens/s}, "line"}``)."""
     cfg.validate()
     import_ray()  # without Ray: its one message, before anything is written
     folder = SweepFolder.open(out, cfg.fingerprint(), cfg.label)
@@ -230,8 +230,8 @@ def run_sweep_on_ray(cfg: SweepConfig, out: str | Path, model: str, cluster: Clu
     actors: list = []
     try:
         n, options = worker_options(ray, cluster.workers)
+        vectors = {h: v.to_bytes() for h, v in steering_vectors(cfg).items()}
         steered = [a.row for a in cfg.arms if a.row is not None and a.row.vector is not None]
-        vectors = {row.vector.content_hash(): row.vector.to_bytes() for row in steered}
         uses = [(h, list(layers) or None)
                 for h, layers in sorted({(r.vector.content_hash(), tuple(r.layers or ())) for r in steered})]
         remote = ray.remote(max_restarts=WORKER_RESTARTS, max_task_retries=UNIT_RETRIES)(SweepWorker)
@@ -247,6 +247,12 @@ def run_sweep_on_ray(cfg: SweepConfig, out: str | Path, model: str, cluster: Clu
             ray.kill(actor)  # units still in flight (Ctrl-C, cancel) are dropped with their workers
         if started:
             ray.shutdown()
+
+
+def steering_vectors(cfg: SweepConfig) -> dict:
+    """The arms' vectors by content hash: what the workers get as bytes, and how the driver reads the
+    settings they send back (``RunSettings.from_dict`` names vectors by hash)."""
+    return {a.row.vector.content_hash(): a.row.vector for a in cfg.arms if a.row is not None and a.row.vector}
 
 
 def _infos(ray, actors: list) -> list[dict]:
@@ -276,8 +282,7 @@ def _drive(ray, actors: list, infos: list[dict], cfg: SweepConfig, folder: Sweep
     todo = cfg.units(folder.done(), infos[0]["model_id"])
     total = len(cfg.questions) * cfg.samples
     session = (session_id or store.new_session("sweep", str(folder.path)[:200])) if store is not None else None
-    vectors = {v.content_hash(): v for a in cfg.arms if a.row is not None and a.row.vector is not None
-               for v in (a.row.vector,)}
+    vectors = steering_vectors(cfg)
 
     def record(out: dict) -> str | None:
         if store is None:
