@@ -1,6 +1,7 @@
-"""Regenerate the README's screenshot: the dashboard on the bundled model, the three-vector example run to the end.
+"""Regenerate the README's screenshots: the dashboard on the bundled model at 1440x900, its first screen
+(FIRST) and the three-vector example run to the end (OUT, the page's top 1440x1240: streams and chart).
 
-    python scripts/screenshot.py assets/screenshot.png
+    python scripts/screenshot.py assets/screenshot.png assets/first-screen.png
 
 Needs chromium and Playwright (scripts/setup.sh --dev). Uses a throwaway session log.
 """
@@ -19,7 +20,7 @@ from playwright.sync_api import expect, sync_playwright  # noqa: E402
 from steer_ui.app.launch import create_app, launch_kwargs  # noqa: E402
 
 
-def main(out: str) -> None:
+def main(out: str, first: str) -> None:
     db = Path(tempfile.mkdtemp()) / "screenshot.sqlite"
     demo, dash = create_app(db=str(db), device="cpu", dtype="float32")
     demo.queue().launch(server_name="127.0.0.1", server_port=7869, prevent_thread_lock=True, quiet=True,
@@ -27,19 +28,22 @@ def main(out: str) -> None:
     try:
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=["--no-sandbox", "--disable-gpu"])
-            page = browser.new_page(viewport={"width": 1440, "height": 1000})
+            page = browser.new_page(viewport={"width": 1440, "height": 900})
             page.goto("http://127.0.0.1:7869/")
+            expect(page.locator("#su-examples tbody tr").first).to_be_visible(timeout=60_000)
+            page.wait_for_timeout(1000)
+            page.screenshot(path=first)
             page.get_by_text("Is 17 x 23 greater than 400?").first.click()  # the example with three vectors
             expect(page.get_by_label("Layers", exact=True)).not_to_have_value("", timeout=15_000)
             page.get_by_role("button", name="Generate", exact=True).click()
             expect(page.get_by_text(re.compile(r"^finished:"))).to_be_visible(timeout=300_000)
             page.evaluate("() => window.scrollTo(0, 0)")
             page.wait_for_timeout(1000)
-            page.screenshot(path=out, clip={"x": 0, "y": 0, "width": 1440, "height": 1000})
+            page.screenshot(path=out, full_page=True, clip={"x": 0, "y": 0, "width": 1440, "height": 1240})
             browser.close()
     finally:
         demo.close()
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "assets/screenshot.png")
+    main(*(sys.argv[1:3] if len(sys.argv) > 2 else ("assets/screenshot.png", "assets/first-screen.png")))

@@ -72,6 +72,53 @@ def status(page: Page):
     return page.locator(".prose", has_text=re.compile(r"streaming|finished|stopped|Error"))
 
 
+def above_the_fold(page: Page, locator) -> bool:
+    box = locator.bounding_box()
+    return box is not None and box["y"] >= 0 and box["y"] + box["height"] <= page.viewport_size["height"]
+
+
+def test_the_first_screen_leads_then_the_run_takes_the_room(browser, app_server, shots: Path):
+    """At 1440x900: the prompt, the vector, Generate/Stop and the first example without scrolling; no empty
+    chart or downloads frame; after a run the examples close, the chart and downloads appear, and
+    readings with too little mass on the choices are drawn faint, not as the solid line."""
+    context = browser.new_context(viewport={"width": 1440, "height": 900}, accept_downloads=True)
+    page = context.new_page()
+    page.goto(app_server[0])
+    expect(page.get_by_label("Prompt")).to_be_visible(timeout=60_000)
+    first = page.locator("#su-examples tbody tr").first
+    expect(first).to_be_visible(timeout=60_000)
+    page.screenshot(path=str(shots / "0-first-screen.png"))
+    for control in (page.get_by_label("Prompt"), page.get_by_label("Steering vector"), first,
+                    page.get_by_role("button", name="Generate", exact=True),
+                    page.get_by_role("button", name="Stop", exact=True)):
+        assert above_the_fold(page, control), control
+    assert not page.locator(".su-chart-wrap").is_visible() and not page.get_by_text("Downloads").is_visible()
+
+    first.click()  # the first example: reconsideration at +4 and +8
+    expect(page.get_by_label("Layers", exact=True)).not_to_have_value("", timeout=60_000)
+    tokens = page.get_by_label("Max new tokens").and_(page.locator("input[type=number]"))
+    tokens.fill("32")
+    tokens.press("Enter")
+    page.get_by_role("button", name="Generate", exact=True).click()
+    expect(page.get_by_text(re.compile(r"^finished:"))).to_be_visible(timeout=120_000)
+    expect(page.locator(".su-chart-wrap")).to_be_visible()
+    expect(page.locator("a[download$='.jsonl']")).to_be_visible(timeout=30_000)
+    expect(first).to_be_hidden()  # the examples closed: the streams moved up
+    assert above_the_fold(page, page.locator(".su-pane").first)
+    page.wait_for_function("() => document.querySelector('.su-chart').data?.length >= 9", timeout=60_000)
+    traces = page.locator(".su-chart").evaluate(
+        "d => d.data.filter(t => !t.yaxis).map(t => ({meta: t.meta ?? null, opacity: t.opacity ?? 1, y: t.y}))")
+    solid, faint = traces[0::2], traces[1::2]
+    assert [t["meta"] for t in faint] == ["readings"] * 3 and all(t["opacity"] < 0.5 for t in faint)
+    assert all(t["opacity"] == 1 for t in solid)
+    # The solid line leaves out what the faint one shows; some reading of this run is untrusted.
+    for s, f in zip(solid, faint):
+        assert all(a is None or a == b for a, b in zip(s["y"], f["y"], strict=True))
+    assert any(a is None and b is not None for s, f in zip(solid, faint) for a, b in zip(s["y"], f["y"]))
+    page.screenshot(path=str(shots / "0-first-run.png"))
+    context.close()
+
+
 def test_generate_streams_both_panes_and_the_chart_then_downloads(page: Page, shots: Path):
     fill_form(page, f"{XSS} Is 91 a prime number? Answer Yes or No.", "reconsideration", "4, 8", 48)
     page.get_by_role("button", name="Generate", exact=True).click()

@@ -219,6 +219,9 @@ def test_session_log_commands(tmp_path):
     run_id = r.stderr.split("logged as run ")[1].split()[0]
     listing = cli("runs", "--db", str(db))
     assert listing.returncode == 0 and run_id in listing.stdout and "finished" in listing.stdout
+    # Each run's vector, layers and tokens per row (2 rows of 6 tokens: 6, not 12).
+    line = next(x for x in listing.stdout.splitlines() if x.startswith(run_id)).split()
+    assert line[4:8] == ["6", "reconsideration", "+4", "15-18"]
     assert cli("export", "--db", str(db), "--run", run_id, "--out", str(tmp_path / "one.jsonl")).returncode == 0
     r = cli("import", str(tmp_path / "one.jsonl"), "--db", str(other))
     assert r.returncode == 0 and "imported 1 runs" in r.stderr

@@ -99,9 +99,15 @@ def test_generate_streams_the_engines_run_and_logs_it(dash, bundled):
         mine = [p for p in probes if p.row == row["row"]]
         assert row["probe"]["step"] == [p.step for p in mine]
         assert row["probe"]["logodds"] == pytest.approx([p.logodds for p in mine], abs=1e-3)
-    # One line per row plus its mass, with the points the probe produced.
-    assert len(chart["data"]) == 2 * len(done.rows)
-    assert ys[::2] == [pytest.approx([p.logodds for p in probes if p.row == r.row], abs=1e-3) for r in done.rows]
+    # Per row: a solid line through the readings that can be trusted (gaps where there is too little mass
+    # on the choices), every reading faint under it, and the mass; with the points the probe produced.
+    assert len(chart["data"]) == 3 * len(done.rows)
+    assert [t["meta"] for t in chart["data"][1::3]] == ["readings"] * len(done.rows)
+    assert all(t["opacity"] < 1 for t in chart["data"][1::3]) and all("opacity" not in t for t in chart["data"][::3])
+    mine = [[p for p in probes if p.row == r.row] for r in done.rows]
+    assert ys[1::3] == [pytest.approx([p.logodds for p in m], abs=1e-3) for m in mine]
+    assert ys[::3] == [pytest.approx([p.logodds if p.reliable else None for p in m], abs=1e-3) for m in mine]
+    assert any(not p.reliable for m in mine for p in m)  # the run has readings to leave out of the solid line
     # Every update carries the same static parts; its items start where the windowing says.
     full = dash.generate.snapshot(streams["run"])
     assert streams["run"] != result["run_id"] and dash.generate.snapshot(result["run_id"]) == {}  # not by run id
@@ -130,6 +136,11 @@ def test_generate_streams_the_engines_run_and_logs_it(dash, bundled):
     with pytest.raises(gr.Error, match="no run .* in this session"):
         dash.ctx.any_run_link = False
         dash.generate.chart_download(result["run_id"], dash.token_b)
+    # History: the run's vector, coefficients, layers and tokens per row (as Generate's status counts them).
+    (listed,) = [h for h in dash.history.history(dash.token_a) if h[0] == result["run_id"]]
+    counts = [len(r.token_ids) for r in done.rows]  # here the baseline ends early: 2/24/24
+    assert len(set(counts)) > 1 and listed[4:] == ["reconsideration", "+4, +8", "15-18", "/".join(map(str, counts))]
+    assert f"{max(counts)} tokens per row" in status
     assert dash.history.history(dash.token_a)[0][0] == result["run_id"]
     assert dash.history.history(dash.token_b) == []
 

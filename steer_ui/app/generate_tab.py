@@ -177,12 +177,17 @@ class GenerateTab:
 
     # --- layout and wiring -----------------------------------------------------------------------
     def layout(self, ui: Components) -> None:
+        # At 1440x900 the prompt, the vector, Generate/Stop and the examples are in view without scrolling:
+        # the run's controls first on the left, the examples where the streams will be (closed once a run
+        # shows), and the chart and downloads take room only once they have something in them.
         with gr.Row(equal_height=False):
             with gr.Column(scale=2, min_width=340):
                 self._form(ui)
             with gr.Column(scale=5, min_width=480):
+                with ui.add("examples_box", gr.Accordion("Examples", open=True)):
+                    gr.Examples(self._examples(), inputs=ui.outputs(EXAMPLES[0]), label="",
+                                cache_examples=False, elem_id="su-examples")
                 self._outputs(ui)
-        gr.Examples(self._examples(), inputs=ui.outputs(EXAMPLES[0]), label="Examples", cache_examples=False)
 
     def _examples(self) -> list[list]:
         """The examples by knob name, with their preset vectors where the loaded model has them (else
@@ -197,21 +202,24 @@ class GenerateTab:
 
     def _form(self, ui: Components) -> None:
         lm, limits = self.ctx.lm, self.ctx.limits
-        self.model.layout(ui)
         ui.add("prompt", knob_widget(knobs_in("prompt")[0], limits))
-        with gr.Accordion("System prompt and template", open=False):
-            for knob in knobs_in("prompt", skip=("prompt",)):
-                ui.add(knob.name, knob_widget(knob, limits))
         self.vectors.layout(ui)
-        if self.train is not None:
-            self.train.layout(ui)
         with gr.Row():
             for knob in knobs_in("steering", skip=("vector", "scope", "rows")):
                 ui.add(knob.name, knob_widget(knob, limits))
         with gr.Row():  # the two knobs changed most often stay in sight
             for name in ("scope", "max_new_tokens"):
                 ui.add(name, knob_widget(BY_NAME[name], limits))
+        with gr.Row():
+            ui.add("generate_btn", gr.Button("Generate", variant="primary"))
+            ui.add("stop_btn", gr.Button("Stop", variant="stop"))
         ui.add("rows", knob_widget(BY_NAME["rows"], limits))
+        self.vectors.sources_layout(ui)
+        if self.train is not None:
+            self.train.layout(ui)
+        with gr.Accordion("System prompt and template", open=False):
+            for knob in knobs_in("prompt", skip=("prompt",)):
+                ui.add(knob.name, knob_widget(knob, limits))
         with gr.Accordion("Decoding", open=False):
             for knob in knobs_in("decoding", skip=("max_new_tokens",)):
                 ui.add(knob.name, knob_widget(knob, limits))
@@ -219,20 +227,19 @@ class GenerateTab:
             for knob in knobs_in("probe"):
                 ui.add(knob.name, knob_widget(knob, limits, lm.profile.probe_suffix if knob.name == "probe_suffix"
                                               else None))
-        with gr.Row():
-            ui.add("generate_btn", gr.Button("Generate", variant="primary"))
-            ui.add("stop_btn", gr.Button("Stop", variant="stop"))
+        self.model.layout(ui)
 
     def _outputs(self, ui: Components) -> None:
         ui.add("status", gr.Markdown("", label="Status"))
         ui.add("streams", widgets.streams(self._snapshot_fn(), label="Streams"))
         ui.add("chart", widgets.chart(self._snapshot_fn(), label="Log-odds chart"))
-        ui.add("link", gr.Markdown("", label="Run link"))
-        ui.add("downloads", gr.File(label="Downloads", file_count="multiple", interactive=False))
-        ui.add("chart_btn", gr.Button("Chart as a page (HTML, opens offline)", size="sm"))
         ui.add("shown_run", gr.State(None))
-        with gr.Accordion("Run data (JSON, what the API returns)", open=False):
-            ui.add("result", gr.JSON(label="Run data"))
+        with ui.add("after_run", gr.Column(visible=False)):  # shown once a run is on screen (shown_after)
+            ui.add("link", gr.Markdown("", label="Run link"))
+            ui.add("downloads", gr.File(label="Downloads", file_count="multiple", interactive=False))
+            ui.add("chart_btn", gr.Button("Chart as a page (HTML, opens offline)", size="sm"))
+            with gr.Accordion("Run data (JSON, what the API returns)", open=False):
+                ui.add("result", gr.JSON(label="Run data"))
 
     def _snapshot_fn(self):
         def snapshot(run_key: str) -> dict:  # a plain function: Gradio marks server functions with an attribute
@@ -249,11 +256,24 @@ class GenerateTab:
             outputs=ui.outputs(GENERATE_OUTPUTS), api_name="generate", concurrency_id="gpu", concurrency_limit=1,
             validator=rate_validator(self.ctx.rate, self.ctx.session_of), show_progress="minimal",
             show_progress_on=[ui["status"]])
+        ui["generate_btn"].click(lambda: gr.Accordion(open=False), outputs=ui["examples_box"],
+                                 api_visibility="private", queue=False)
+        shown_after(run, ui)
         ui["stop_btn"].click(self.stop, api_name="stop", queue=False)
         ui["chart_btn"].click(by_name(self.chart_download, ("downloads",)),
                               inputs_kwargs=ui.inputs(["shown_run", "browser_id"]), outputs=ui["downloads"],
                               api_visibility="private", validator=rate_validator(self.ctx.rate, self.ctx.session_of))
         return run
+
+
+def shown_after(event: gr.events.Dependency, ui: Components) -> None:
+    """Once ``event`` has put a run on screen (a run, or one reopened): its link and downloads shown, the
+    examples closed."""
+    def show(shown_run: str | None) -> dict:
+        return {"after_run": gr.Column(visible=bool(shown_run)),
+                "examples_box": gr.Accordion(open=not shown_run)}
+    event.then(by_name(show, ("after_run", "examples_box")), inputs_kwargs=ui.inputs(["shown_run"]),
+               outputs=ui.outputs(("after_run", "examples_box")), api_visibility="private", queue=False)
 
 
 def status_text(view: RunView, notes: list[str], started: float) -> str:

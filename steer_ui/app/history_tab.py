@@ -11,7 +11,7 @@ import gradio as gr
 
 from steer_ui.app.context import AppContext, shown
 from steer_ui.app.downloads import run_downloads, session_folder, stored_copy
-from steer_ui.app.generate_tab import FORM, RUN_OUTPUTS, run_link
+from steer_ui.app.generate_tab import FORM, RUN_OUTPUTS, run_link, shown_after
 from steer_ui.app.hosted import rate_validator
 from steer_ui.app.stream_values import chart_value, streams_value
 from steer_ui.app.vector_panel import FILE_VECTOR, NO_VECTOR, STORED, VectorPanel
@@ -21,7 +21,7 @@ from steer_ui.errors import UserError
 from steer_ui.log.archive import export, record_events, run_record
 from steer_ui.views.run_view import RunView
 
-HEADERS = ["run", "started (UTC)", "status", "prompt", "coefs", "tokens"]
+HEADERS = ["run", "started (UTC)", "status", "prompt", "vector", "coefs", "layers", "tokens per row"]
 OPENED = (*RUN_OUTPUTS, *FORM)  # a reopened run: its outputs, and its settings back in the form
 PAGE_LOAD = ("browser_id", "history", *OPENED, "tabs")
 
@@ -38,8 +38,8 @@ class HistoryTab:
         rows = []
         for r in self.ctx.store.list_runs(sid, limit=200):
             prompt = r.prompt if len(r.prompt) <= 80 else r.prompt[:77] + "..."
-            rows.append([r.id, r.created.strftime("%Y-%m-%d %H:%M:%S"), r.status, prompt,
-                         ", ".join(f"{c:+g}" for c in r.coefs) or "-", r.tokens])
+            rows.append([r.id, r.created.strftime("%Y-%m-%d %H:%M:%S"), r.status, prompt, r.vectors_text(),
+                         ", ".join(f"{c:+g}" for c in r.coefs) or "-", r.layers_text(), r.tokens_text()])
         return rows
 
     def open_run(self, run_id: str, browser_id: str | None) -> dict[str, Any]:
@@ -122,7 +122,7 @@ class HistoryTab:
     # --- layout and wiring -----------------------------------------------------------------------
     def layout(self, ui: Components) -> None:
         gr.Markdown("Runs from this browser, newest first. Click a row to open it.")
-        ui.add("history", gr.Dataframe(headers=HEADERS, datatype=["str", "str", "str", "str", "str", "number"],
+        ui.add("history", gr.Dataframe(headers=HEADERS, datatype=["str"] * len(HEADERS),
                                        interactive=False, label="Runs", wrap=True))
         with gr.Row():
             ui.add("run_id", gr.Textbox(label="Run id", scale=3))
@@ -137,13 +137,14 @@ class HistoryTab:
         opened = ui.outputs(OPENED)
         to_generate = {"fn": lambda: gr.Tabs(selected="generate"), "outputs": ui["tabs"], "api_visibility": "private",
                        "queue": False}
-        ui["open_btn"].click(by_name(self.open_run, OPENED), inputs_kwargs=ui.inputs(["run_id", "browser_id"]),
-                             outputs=opened, api_name="open_run",
-                             validator=rate_validator(self.ctx.rate, self.ctx.session_of)).then(**to_generate)
-        ui["history"].select(_selected_run, inputs=ui["history"], outputs=ui["run_id"], api_visibility="private",
-                             queue=False).then(
+        shown_after(ui["open_btn"].click(
             by_name(self.open_run, OPENED), inputs_kwargs=ui.inputs(["run_id", "browser_id"]), outputs=opened,
-            api_visibility="private", validator=rate_validator(self.ctx.rate, self.ctx.session_of)).then(**to_generate)
+            api_name="open_run", validator=rate_validator(self.ctx.rate, self.ctx.session_of)).then(**to_generate), ui)
+        shown_after(ui["history"].select(_selected_run, inputs=ui["history"], outputs=ui["run_id"],
+                                         api_visibility="private", queue=False).then(
+            by_name(self.open_run, OPENED), inputs_kwargs=ui.inputs(["run_id", "browser_id"]), outputs=opened,
+            api_visibility="private", validator=rate_validator(self.ctx.rate, self.ctx.session_of)).then(**to_generate),
+            ui)
         refresh = {"inputs_kwargs": ui.inputs(["browser_id"]), "outputs": ui["history"], "api_visibility": "private",
                    "queue": False}
         ui["refresh_btn"].click(self.history, **refresh)
@@ -153,8 +154,8 @@ class HistoryTab:
                                       api_visibility="private")
         # Not queued: a page load is a log read, and a flood of them must not fill the queue visitors'
         # runs wait in (rate-limited per address in hosted mode, see on_page_load).
-        demo.load(by_name(self.on_page_load, PAGE_LOAD), inputs_kwargs=ui.inputs(["browser_id"]),
-                  outputs=ui.outputs(PAGE_LOAD), api_visibility="private", queue=False)
+        shown_after(demo.load(by_name(self.on_page_load, PAGE_LOAD), inputs_kwargs=ui.inputs(["browser_id"]),
+                              outputs=ui.outputs(PAGE_LOAD), api_visibility="private", queue=False), ui)
 
     def refresh_after(self, event: gr.events.Dependency, ui: Components) -> None:
         """Refresh the history table after ``event`` (a run or a sweep) finishes."""

@@ -19,12 +19,12 @@ CSS = """
           position: relative; min-width: 8px; }
 .su-bar i { display: block; background: #60a5fa; border-radius: 2px 2px 0 0; }
 .su-bar span { font-size: 9px; text-align: center; color: var(--body-text-color-subdued); }
-#su-title { margin-bottom: 0; }
+#su-title h2 { margin: 0 0 4px; }
 """
 
-INTRO = ("Steer a language model's chain of thought and watch it bend: the **baseline** and each **steered** row "
-         "stream side by side, and a suffix probe (\"So the final answer is\" -> Yes / No) reads each row's "
-         "log-odds as it goes, from a fork of the KV cache. Rows can each carry their own vector.")
+# One line at 1440 px: the first screen keeps its height for the form and the examples.
+INTRO = ("## steer-ui\nSteer a model's chain of thought and watch it bend: the **baseline** and each **steered** row "
+         "stream side by side while a suffix probe reads each row's answer log-odds from a fork of the KV cache.")
 
 
 def build(dash: Dashboard, secret: str | None = None) -> gr.Blocks:
@@ -33,8 +33,7 @@ def build(dash: Dashboard, secret: str | None = None) -> gr.Blocks:
     # Gradio's copies of downloads older than 2 h are deleted hourly (our own folders are pruned too).
     with gr.Blocks(title="steer-ui", fill_width=True, delete_cache=(3600, 7200)) as demo:
         ui.add("browser_id", gr.BrowserState("", storage_key="steer-ui-session", secret=secret or browser_secret()))
-        gr.Markdown("## steer-ui", elem_id="su-title")
-        gr.Markdown(INTRO)
+        gr.Markdown(INTRO, elem_id="su-title")
         with ui.add("tabs", gr.Tabs()):
             with gr.Tab("Generate", id="generate"):
                 dash.generate.layout(ui)

@@ -226,6 +226,10 @@ class VectorPanel:
         with gr.Group():
             ui.add("vector", gr.Dropdown(self.choices(), value=NO_VECTOR, label="Steering vector"))
             ui.add("layer_info", gr.HTML(self.layer_table(None), label="Separation by layer"))
+
+    def sources_layout(self, ui: Components) -> None:
+        """Where a vector comes from besides the presets: a file, or pairs computed here (below the run's
+        controls: used less often than the presets, and tall when open)."""
         with gr.Accordion("Upload a vector file (.gguf, .safetensors, .pt, .npy)", open=False):
             ui.add("vector_file", gr.File(label="Vector file", type="filepath",
                                           file_types=[".gguf", ".safetensors", ".pt", ".pth", ".npy", ".npz"]))

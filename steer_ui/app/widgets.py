@@ -34,7 +34,7 @@ STREAMS_CSS = """
 .su-key .yes { background: rgba(37, 99, 235, 0.35); padding: 0 4px; border-radius: 3px; }
 .su-key .no { background: rgba(220, 38, 38, 0.35); padding: 0 4px; border-radius: 3px; }
 .su-key .div { outline: 2px solid #f59e0b; padding: 0 4px; border-radius: 3px; }
-.su-panes { display: grid; grid-template-columns: repeat(auto-fit, minmax(240px, 1fr)); gap: 10px; }
+.su-panes { display: grid; grid-template-columns: repeat(auto-fit, minmax(200px, 1fr)); gap: 10px; }
 .su-empty { color: var(--body-text-color-subdued); padding: 24px; border: 1px dashed var(--border-color-primary);
             border-radius: 8px; text-align: center; }
 .su-pane { border: 1px solid var(--border-color-primary); border-radius: 8px; display: flex;
@@ -43,7 +43,7 @@ STREAMS_CSS = """
            border-bottom: 1px solid var(--border-color-primary); font-weight: 600; }
 .su-head .su-meta { font-weight: 400; color: var(--body-text-color-subdued); font-size: 12px; }
 .su-body { white-space: pre-wrap; overflow-wrap: anywhere; padding: 8px 10px; line-height: 1.55;
-           height: 340px; overflow-y: auto; font-family: var(--font-mono); font-size: 13px; }
+           height: 300px; overflow-y: auto; font-family: var(--font-mono); font-size: 13px; }
 .su-body .d { outline: 2px solid #f59e0b; border-radius: 2px; }
 .su-body .t { border-bottom: 2px dashed #6b7280; }
 .su-body .f { font-style: italic; color: #b45309; text-decoration: underline wavy #d97706; }
@@ -146,13 +146,15 @@ CHART_TEMPLATE = """
   <div class="su-chart"></div>
   <div class="su-chart-note">Solid: log-odds of the probe's first choice over its second (left axis); with a
   gold answer, of the gold answer against every other answer. Dotted: probability mass on the choices
-  (right axis). x markers: too little mass to trust. Diamonds: where each row ended. Dashed verticals: end
+  (right axis). Faint stretches and x markers: too little mass on the choices to trust. Diamonds: where each row ended. Dashed verticals: end
   of thinking. Short ticks at the top: where a budget intervened; with a budget row, the strip below
   is each row's urge to stop, log p(end of thinking) where each token was chosen.</div>
 </div>
 """
 
 CHART_CSS = """
+/* No empty frame before the first reading: the chart takes its room once it has points (draw()). */
+.su-chart-wrap:not(.su-filled) { display: none; }
 .su-chart { width: 100%; min-height: 320px; }
 .su-chart-note { color: var(--body-text-color-subdued); font-size: 12px; margin: 2px 4px; }
 """
@@ -186,7 +188,8 @@ function draw() {
     if (t.marker && acc[i].s.length) trace.marker = {...t.marker, symbol: acc[i].s};
     return trace;
   });
-  const points = acc.reduce((n, a, i) => n + (latest.data[i].yaxis ? 0 : a.x.length), 0);
+  element.querySelector('.su-chart-wrap').classList.add('su-filled');  // shown before drawing: Plotly sizes to it
+  const points = acc.reduce((n, a, i) => n + (latest.data[i].meta === 'readings' ? a.x.length : 0), 0);
   // react diffs against what is drawn: no re-mount, and uirevision (one per run) keeps the zoom.
   window.Plotly.react(div, data, {...latest.layout, datarevision: points}, config);
   div.dataset.points = String(points);

@@ -38,12 +38,14 @@ def cmd_runs(args: argparse.Namespace) -> int:
     if not runs:
         print(f"no runs in {store.url}", file=sys.stderr)
         return 0
-    print(f"{'run':<12}  {'created (UTC)':<19}  {'status':<11}  {'tokens':>6}  {'coefs':<16}  {'model':<22}  prompt")
+    print(f"{'run':<12}  {'created (UTC)':<19}  {'status':<11}  {'tokens/row':>10}  {'vector':<16}  {'coefs':<12}  "
+          f"{'layers':<10}  {'model':<16}  prompt")
     for r in runs:
         coefs = ",".join(f"{c:+g}" for c in r.coefs) or "-"
         prompt = r.prompt.replace("\n", " ")
-        print(f"{r.id:<12}  {r.created:%Y-%m-%d %H:%M:%S}  {r.status:<11}  {r.tokens:>6}  {coefs[:16]:<16}  "
-              f"{r.model_id[:22]:<22}  {prompt[:60]}")
+        print(f"{r.id:<12}  {r.created:%Y-%m-%d %H:%M:%S}  {r.status:<11}  {r.tokens_text():>10}  "
+              f"{r.vectors_text()[:16]:<16}  {coefs[:12]:<12}  {r.layers_text()[:10]:<10}  {r.model_id[:16]:<16}  "
+              f"{prompt[:50]}")
     return 0
 
 

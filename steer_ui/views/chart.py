@@ -23,19 +23,12 @@ def figure(view: RunView, start: list[int] | None = None, token_start: list[int]
     data: list[dict] = []
     froms: list[int] = []
     for r, k in zip(view.rows, start):
-        colour = row_colour(r.row)
-        froms += [k, k]
-        data.append({
-            "type": "scatter", "mode": "lines+markers", "name": r.display_label, "legendgroup": str(r.row),
-            "x": r.steps[k:], "y": r.logodds[k:], "line": {"color": colour, "width": 2},
-            "marker": {"color": colour, "size": 6,
-                       "symbol": [_symbol(ok, end) for ok, end in zip(r.reliable[k:], r.final[k:])]},
-            "hovertemplate": f"{r.display_label}<br>token %{{x}}<br>log-odds %{{y:.2f}}<extra></extra>",
-        })
+        froms += [k, k, k]
+        data += _logodds_traces(r, k)
         data.append({
             "type": "scatter", "mode": "lines", "name": f"{r.display_label} mass", "legendgroup": str(r.row),
             "showlegend": False, "x": r.steps[k:], "y": r.mass[k:], "yaxis": "y2",
-            "line": {"color": colour, "width": 1, "dash": "dot"},
+            "line": {"color": row_colour(r.row), "width": 1, "dash": "dot"},
             "hovertemplate": f"{r.display_label}<br>token %{{x}}<br>mass %{{y:.2f}}<extra></extra>",
         })
     if urge:
@@ -64,6 +57,29 @@ def figure(view: RunView, start: list[int] | None = None, token_start: list[int]
     if urge:
         _add_urge_axis(layout)
     return {"run": view.key, "data": data, "layout": layout, "from": froms}
+
+
+def _logodds_traces(r: RowView, k: int) -> list[dict]:
+    """A row's log-odds twice: every reading faint (x markers where too little mass is on the choices),
+    and over it, solid, only the readings that can be trusted.
+
+    One line for both read as confident where it was not: on the bundled model the coef +8 row's solid
+    line looked as strong at mass ~0.05 as the baseline's at 0.9. Plotly styles a line per trace, not per
+    segment, so the untrusted stretches are the gaps in the solid trace. The faint trace carries every
+    reading and is the one counted ("meta": "readings").
+    """
+    colour = row_colour(r.row)
+    symbols = [_symbol(ok, end) for ok, end in zip(r.reliable[k:], r.final[k:])]
+    every = {"type": "scatter", "mode": "lines+markers", "name": f"{r.display_label} (all readings)",
+             "legendgroup": str(r.row), "showlegend": False, "meta": "readings", "opacity": 0.35,
+             "x": r.steps[k:], "y": r.logodds[k:], "line": {"color": colour, "width": 1},
+             "marker": {"color": colour, "size": 6, "symbol": symbols},
+             "hovertemplate": f"{r.display_label}<br>token %{{x}}<br>log-odds %{{y:.2f}}<extra></extra>"}
+    trusted = {"type": "scatter", "mode": "lines+markers", "name": r.display_label, "legendgroup": str(r.row),
+               "x": r.steps[k:], "y": [y if ok else None for y, ok in zip(r.logodds[k:], r.reliable[k:])],
+               "line": {"color": colour, "width": 2}, "marker": {"color": colour, "size": 6, "symbol": symbols},
+               "hoverinfo": "skip"}
+    return [trusted, every]
 
 
 def _urge_trace(r: RowView, t: int) -> dict:
