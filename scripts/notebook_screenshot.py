@@ -1,6 +1,6 @@
-"""Regenerate the README's picture of a run as a notebook shows it (``Run._repr_html_``).
+"""Regenerate the docs' picture of a run as a notebook shows it (``Run._repr_html_``).
 
-    python scripts/notebook_screenshot.py assets/notebook-run.png
+    python scripts/notebook_screenshot.py docs/images/notebook-run.png
 
 Needs chromium and Playwright (scripts/setup.sh --dev). Nothing is logged.
 """
@@ -36,4 +36,4 @@ def main(out: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "assets/notebook-run.png")
+    main(sys.argv[1] if len(sys.argv) > 1 else "docs/images/notebook-run.png")

@@ -1,7 +1,7 @@
-"""Regenerate the README's screenshots: the dashboard on the bundled model at 1440x900, its first screen
+"""Regenerate the docs' screenshots: the dashboard on the bundled model at 1440x900, its first screen
 (FIRST) and the three-vector example run to the end (OUT, the page's top 1440x1240: streams and chart).
 
-    python scripts/screenshot.py assets/screenshot.png assets/first-screen.png
+    python scripts/screenshot.py docs/images/screenshot.png docs/images/first-screen.png
 
 Needs chromium and Playwright (scripts/setup.sh --dev). Uses a throwaway session log.
 """
@@ -46,4 +46,4 @@ def main(out: str, first: str) -> None:
 
 
 if __name__ == "__main__":
-    main(*(sys.argv[1:3] if len(sys.argv) > 2 else ("assets/screenshot.png", "assets/first-screen.png")))
+    main(*(sys.argv[1:3] if len(sys.argv) > 2 else ("docs/images/screenshot.png", "docs/images/first-screen.png")))

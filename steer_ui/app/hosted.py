@@ -5,7 +5,7 @@ Caps on run knobs (max new tokens, prompt length) are declared with the knobs th
 
 Off for a local install (everything allowed); on with ``python app.py --hosted`` or
 ``STEER_UI_HOSTED=1``. Every refusal is a UserError that names the limit and its value. The caps can be
-changed through environment variables (``STEER_UI_MAX_NEW_TOKENS=1024`` and so on; see README).
+changed through environment variables (``STEER_UI_MAX_NEW_TOKENS=1024`` and so on; see docs/hosting.md).
 """
 
 from __future__ import annotations

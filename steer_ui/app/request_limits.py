@@ -13,7 +13,7 @@ in front of every route:
 
 The address is the connection's (``scope["client"]``), as the rate limit's: headers such as
 ``X-Forwarded-For`` are the client's to forge. A reverse proxy in front should still cap connections
-and body sizes itself (see README's Security model).
+and body sizes itself (see docs/hosting.md, Security model).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Benchmark: ``python -m steer_ui.bench`` (see README for the table it produces).
+"""Benchmark: ``python -m steer_ui.bench`` (see docs/performance.md for the tables it produces).
 
 Same model, prompt and number of new tokens (greedy, end-of-sequence ignored) in every case:
   1   model.generate, one stream, no steering (the reference)

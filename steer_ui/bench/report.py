@@ -1,4 +1,4 @@
-"""The benchmark's report: the targets it checks and its Markdown table (the README's Performance section)."""
+"""The benchmark's report: the targets it checks and its Markdown table (docs/performance.md)."""
 
 from __future__ import annotations
 

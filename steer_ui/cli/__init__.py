@@ -3,7 +3,7 @@
 One module per group of commands (``run_commands``: generate, replay; ``vector_commands``;
 ``log_commands``: runs, export, import; ``experiment_commands``: sweep, analyze); the run knobs'
 options come from their one declaration (``options``). Argument names are a contract researchers
-script against (see README); keep them stable.
+script against (see docs/cli.md); keep them stable.
 """
 
 from __future__ import annotations

@@ -38,15 +38,20 @@ def cmd_runs(args: argparse.Namespace) -> int:
     if not runs:
         print(f"no runs in {store.url}", file=sys.stderr)
         return 0
-    print(f"{'run':<12}  {'created (UTC)':<19}  {'status':<11}  {'tokens/row':>10}  {'vector':<16}  {'coefs':<12}  "
-          f"{'layers':<10}  {'model':<16}  prompt")
+    print(f"{'run':<12}  {'created (UTC)':<19}  {'status':<11}  {'tokens/row':>11}  {'vector':<28}  {'coefs':<12}  "
+          f"{'layers':<13}  {'model':<16}  prompt")
     for r in runs:
         coefs = ",".join(f"{c:+g}" for c in r.coefs) or "-"
         prompt = r.prompt.replace("\n", " ")
-        print(f"{r.id:<12}  {r.created:%Y-%m-%d %H:%M:%S}  {r.status:<11}  {r.tokens_text():>10}  "
-              f"{r.vectors_text()[:16]:<16}  {coefs[:12]:<12}  {r.layers_text()[:10]:<10}  {r.model_id[:16]:<16}  "
-              f"{prompt[:50]}")
+        print(f"{r.id:<12}  {r.created:%Y-%m-%d %H:%M:%S}  {r.status:<11}  {r.tokens_text():>11}  "
+              f"{_cut(r.vectors_text(), 28):<28}  {_cut(coefs, 12):<12}  {_cut(r.layers_text(), 13):<13}  "
+              f"{_cut(r.model_id, 16):<16}  {_cut(prompt, 50)}")
     return 0
+
+
+def _cut(text: str, width: int) -> str:
+    """``text`` in ``width`` characters, '...' marking what was cut."""
+    return text if len(text) <= width else text[:width - 3] + "..."
 
 
 def cmd_export(args: argparse.Namespace) -> int:

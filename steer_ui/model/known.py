@@ -1,6 +1,6 @@
 """What we know about the models people steer: layer counts, a layer band to start from, thinking tags.
 
-The band is a starting point taken from published steering work (see README), not a guarantee:
+The band is a starting point taken from published steering work (see docs/models.md), not a guarantee:
 the vectors issue adds per-layer separation scores to choose layers from data.
 """
 

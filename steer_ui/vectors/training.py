@@ -46,7 +46,7 @@ from steer_ui.vectors.vector import SteeringVector
 Objective = Literal["likelihood", "preference"]
 MAX_EXAMPLES_FILE_BYTES = 64 * 1024 * 1024
 MAX_CURVE_POINTS = 200  # the loss curve kept in the vector's metadata (evenly thinned beyond that)
-# Defaults measured on the bundled model (README: trained vectors): 30 examples, 4 layers.
+# Defaults measured on the bundled model (docs/vectors.md: trained vectors): 30 examples, 4 layers.
 DEFAULT_STEPS, DEFAULT_LR, DEFAULT_BATCH = 40, 0.05, 4
 DEFAULT_HOLDOUT, DEFAULT_BETA, DEFAULT_PATIENCE, DEFAULT_EVAL_EVERY = 0.2, 0.1, 4, 5
 
