@@ -30,13 +30,13 @@ from steer_ui.engine.plan import render_prompt  # noqa: E402
 from steer_ui.engine.run_settings import RunSettings, steered  # noqa: E402
 from steer_ui.model.loading import load_model  # noqa: E402
 from steer_ui.vectors.contrastive import Pair, compute_vector  # noqa: E402
+from steer_ui.vectors.examples import read_examples_jsonl  # noqa: E402
 from steer_ui.vectors.layers import parse_layers  # noqa: E402
 from steer_ui.vectors.training import (  # noqa: E402
     TrainConfig,
     _encode,
     _token_logprobs,
     biased,
-    read_examples_jsonl,
     split,
     train_vector,
 )

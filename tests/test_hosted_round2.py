@@ -74,7 +74,8 @@ def test_a_training_over_the_token_budget_is_refused_before_any_work(hosted, bun
 
 def test_a_preference_set_s_reference_pass_stops_when_asked(bundled):
     """The attack: Stop during a preference set's reference pass was ignored for 160 s (40 examples)."""
-    from steer_ui.vectors.training import Example, TrainConfig, train_vector
+    from steer_ui.vectors.examples import Example
+    from steer_ui.vectors.training import TrainConfig, train_vector
 
     examples = [Example(f"Is {n} even?", chosen=f"In short: {'yes' if n % 2 == 0 else 'no'}.",
                         rejected="Well, it depends on many things.") for n in range(40)]

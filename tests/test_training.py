@@ -15,18 +15,10 @@ from helpers import add_everywhere, collect
 
 from steer_ui.engine.run_settings import RunSettings, steered
 from steer_ui.errors import UserError
+from steer_ui.vectors.examples import Example, parse_example, read_examples_jsonl
 from steer_ui.vectors.files import load_vector
 from steer_ui.vectors.presets import preset_vector_path, preset_vectors
-from steer_ui.vectors.training import (
-    Example,
-    TrainConfig,
-    _encode,
-    _token_logprobs,
-    parse_example,
-    read_examples_jsonl,
-    split,
-    train_vector,
-)
+from steer_ui.vectors.training import TrainConfig, _encode, _token_logprobs, split, train_vector
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "assets" / "examples" / "in-short.jsonl"

@@ -113,7 +113,7 @@ class TrainPanel:
             event.set()
 
     def _examples(self, text: str, file: str | None) -> list:
-        from steer_ui.vectors.training import parse_example, read_examples_jsonl
+        from steer_ui.vectors.examples import parse_example, read_examples_jsonl
 
         limits = self.ctx.limits
         max_chars = limits.pair_chars if limits is not None else None

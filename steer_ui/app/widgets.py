@@ -147,8 +147,9 @@ CHART_TEMPLATE = """
   <div class="su-chart-note">Solid: log-odds of the probe's first choice over its second (left axis); with a
   gold answer, of the gold answer against every other answer. Dotted: probability mass on the choices
   (right axis). Faint stretches and x markers: too little mass on the choices to trust. Diamonds: where
-  each row ended. Dashed verticals: end of thinking. Short ticks at the top: where a budget intervened; with a budget row, the strip below
-  is each row's urge to stop, log p(end of thinking) where each token was chosen.</div>
+  each row ended. Dashed verticals: end of thinking. Short ticks at the top: where a budget intervened;
+  with a budget row, the strip below is each row's urge to stop, log p(end of thinking) where each token
+  was chosen.</div>
 </div>
 """
 

@@ -77,9 +77,10 @@ def cmd_train_vector(args: argparse.Namespace) -> int:
     """``vector --method trained --data FILE``: learn one bias per layer; Ctrl-C keeps the best so far."""
     from steer_ui.cli.printer import print_vector_report
     from steer_ui.model.loading import load_model
+    from steer_ui.vectors.examples import read_examples_jsonl
     from steer_ui.vectors.files import save_vector
     from steer_ui.vectors.layers import parse_layers
-    from steer_ui.vectors.training import TrainConfig, read_examples_jsonl
+    from steer_ui.vectors.training import TrainConfig
 
     if args.method != "trained" or not args.data:
         raise UserError("training takes --method trained with --data FILE.jsonl (pairs and presets are for "
