@@ -116,6 +116,14 @@ def test_the_first_screen_leads_then_the_run_takes_the_room(browser, app_server,
         assert all(a is None or a == b for a, b in zip(s["y"], f["y"], strict=True))
     assert any(a is None and b is not None for s, f in zip(solid, faint) for a, b in zip(s["y"], f["y"]))
     page.screenshot(path=str(shots / "0-first-run.png"))
+    # Opened again by hand, the examples still close when the next run starts.
+    link = page.get_by_text("Link to this run").text_content()
+    page.get_by_text("Examples", exact=True).first.click()
+    expect(first).to_be_visible()
+    page.get_by_role("button", name="Generate", exact=True).click()
+    expect(first).to_be_hidden(timeout=2_000)  # at the click, not when the run ends
+    expect(page.get_by_text("Link to this run")).not_to_have_text(link, timeout=120_000)
+    expect(first).to_be_hidden()
     context.close()
 
 

@@ -60,6 +60,8 @@ EXAMPLES: list[dict[str, Any]] = [
      "scope": "generated", "max_new_tokens": 80},
 ]
 
+CLOSE_EXAMPLES_JS = "() => { document.querySelector('#su-examples-box > button.label-wrap.open')?.click(); }"
+
 log = logging.getLogger(__name__)
 
 
@@ -184,7 +186,7 @@ class GenerateTab:
             with gr.Column(scale=2, min_width=340):
                 self._form(ui)
             with gr.Column(scale=5, min_width=480):
-                with ui.add("examples_box", gr.Accordion("Examples", open=True)):
+                with ui.add("examples_box", gr.Accordion("Examples", open=True, elem_id="su-examples-box")):
                     gr.Examples(self._examples(), inputs=ui.outputs(EXAMPLES[0]), label="",
                                 cache_examples=False, elem_id="su-examples")
                 self._outputs(ui)
@@ -251,13 +253,15 @@ class GenerateTab:
         self.vectors.wire(ui)
         if self.train is not None:
             self.train.wire(ui)
+        # The examples close in the page at the click: one the visitor opened again is open only in the page,
+        # so open=False from the server (what it already holds) would change nothing. Registered before the
+        # run: the page runs a click's events in order, and this one would otherwise wait for the run.
+        ui["generate_btn"].click(None, js=CLOSE_EXAMPLES_JS)
         run = ui["generate_btn"].click(
             by_name(self.generate, GENERATE_OUTPUTS), inputs_kwargs=ui.inputs([*FORM, "browser_id"]),
             outputs=ui.outputs(GENERATE_OUTPUTS), api_name="generate", concurrency_id="gpu", concurrency_limit=1,
             validator=rate_validator(self.ctx.rate, self.ctx.session_of), show_progress="minimal",
             show_progress_on=[ui["status"]])
-        ui["generate_btn"].click(lambda: gr.Accordion(open=False), outputs=ui["examples_box"],
-                                 api_visibility="private", queue=False)
         shown_after(run, ui)
         ui["stop_btn"].click(self.stop, api_name="stop", queue=False)
         ui["chart_btn"].click(by_name(self.chart_download, ("downloads",)),
