@@ -155,6 +155,13 @@ def test_generate_streams_both_panes_and_the_chart_then_downloads(page: Page, sh
     page.get_by_role("tab", name="History").click()
     expect(page.get_by_text("<img src=x", exact=False).filter(visible=True).first).to_be_visible(timeout=60_000)
     page.screenshot(path=str(shots / "3-history.png"), full_page=True)
+    # The run's vector, coefficients, layers and tokens per row, every column in view.
+    row = page.get_by_role("row").filter(has_text=run_id).filter(visible=True).first
+    cells = row.get_by_role("gridcell")
+    texts = [t.strip() for t in cells.all_inner_texts()]
+    assert texts[4:7] == ["reconsideration", "+4, +8", "15-18"] and re.fullmatch(r"\d+(/\d+)*", texts[7]), texts
+    assert all(above_the_fold(page, cell) and cell.bounding_box()["x"] + cell.bounding_box()["width"] <= 1440
+               for cell in cells.all())
     assert page.evaluate("() => window.__pwned") is None
     assert page.locator("img[src='x']").count() == 0
 

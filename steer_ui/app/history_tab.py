@@ -22,6 +22,7 @@ from steer_ui.log.archive import export, record_events, run_record
 from steer_ui.views.run_view import RunView
 
 HEADERS = ["run", "started (UTC)", "status", "prompt", "vector", "coefs", "layers", "tokens per row"]
+WIDTHS = ["10%", "13%", "8%", "27%", "14%", "8%", "9%", "11%"]  # every column in view at 1440 px, the prompt wrapped
 OPENED = (*RUN_OUTPUTS, *FORM)  # a reopened run: its outputs, and its settings back in the form
 PAGE_LOAD = ("browser_id", "history", *OPENED, "tabs")
 
@@ -123,7 +124,7 @@ class HistoryTab:
     def layout(self, ui: Components) -> None:
         gr.Markdown("Runs from this browser, newest first. Click a row to open it.")
         ui.add("history", gr.Dataframe(headers=HEADERS, datatype=["str"] * len(HEADERS),
-                                       interactive=False, label="Runs", wrap=True))
+                                       interactive=False, label="Runs", wrap=True, column_widths=WIDTHS))
         with gr.Row():
             ui.add("run_id", gr.Textbox(label="Run id", scale=3))
             ui.add("open_btn", gr.Button("Open", scale=1))
