@@ -222,6 +222,12 @@ def test_session_log_commands(tmp_path):
     # Each run's vector, layers and tokens per row (2 rows of 6 tokens: 6, not 12).
     line = next(x for x in listing.stdout.splitlines() if x.startswith(run_id)).split()
     assert line[4:8] == ["6", "reconsideration", "+4", "15-18"]
+    # A budget row is listed by its budget, and has no layers of its own.
+    r = cli("generate", "--db", str(db), "--prompt", "Is 9 prime?", "--row", "budget:min=8",
+            "--row", "confidence=-3@16-19", "--max-new-tokens", "8", "--probe-every", "0")
+    budget_run = r.stderr.split("logged as run ")[1].split()[0]
+    line = next(x for x in cli("runs", "--db", str(db)).stdout.splitlines() if x.startswith(budget_run)).split()
+    assert line[5:9] == ["budget:min=8,", "confidence", "-3", "16-19"], line
     assert cli("export", "--db", str(db), "--run", run_id, "--out", str(tmp_path / "one.jsonl")).returncode == 0
     r = cli("import", str(tmp_path / "one.jsonl"), "--db", str(other))
     assert r.returncode == 0 and "imported 1 runs" in r.stderr

@@ -33,7 +33,7 @@ from steer_ui.log.database import (
     sqlite_pragmas,
 )
 from steer_ui.log.schema import ProbeRow, RunRow, SessionRow, StreamRow, VectorRow
-from steer_ui.vectors.layers import format_layers
+from steer_ui.log.summary import RowSummary, RunSummary
 from steer_ui.vectors.vector import SteeringVector
 
 F = TypeVar("F", bound=Callable)
@@ -49,50 +49,6 @@ def utcnow() -> datetime:
 def new_id() -> str:
     # Random, not sequential: a ?run=ID link must not let a stranger enumerate other people's runs.
     return uuid.uuid4().hex[:12]
-
-
-@dataclass(frozen=True)
-class RowSummary:
-    row: int
-    coef: float
-    vector: str | None  # the vector's name; None for the baseline
-    layers: list[int] | None
-    tokens: int
-
-
-@dataclass(frozen=True)
-class RunSummary:
-    """A run as lists show it (History, ``steer-ui runs``): its rows without their tokens."""
-
-    id: str
-    session_id: str
-    created: datetime
-    status: str
-    model_id: str
-    prompt: str
-    rows: list[RowSummary]
-
-    @property
-    def coefs(self) -> list[float]:
-        return [r.coef for r in self.rows if r.row > 0]
-
-    @property
-    def tokens(self) -> int:
-        """The most tokens any row made (rows run in lockstep: what the dashboard calls tokens per row)."""
-        return max((r.tokens for r in self.rows), default=0)
-
-    def tokens_text(self) -> str:
-        """Tokens per row: '96' when every row made as many, else each row's, baseline first ('96/80/96')."""
-        counts = [r.tokens for r in self.rows]
-        return str(counts[0]) if len(set(counts)) == 1 else "/".join(map(str, counts))
-
-    def vectors_text(self) -> str:
-        """The steered rows' vectors, each once, in row order ('-' for a baseline-only run)."""
-        return ", ".join(dict.fromkeys(r.vector or "unnamed" for r in self.rows if r.row > 0)) or "-"
-
-    def layers_text(self) -> str:
-        """The steered rows' layers, each set once ('15-18', or '15-18; 16-19' when rows differ)."""
-        return "; ".join(dict.fromkeys(format_layers(r.layers) for r in self.rows if r.row > 0)) or "-"
 
 
 @dataclass(frozen=True)
@@ -248,10 +204,14 @@ class Store:
                 q = q.where(RunRow.session_id == session_id)
             runs = list(s.scalars(q))
             hashes = {st.vector_hash for r in runs for st in r.streams if st.vector_hash}
+            # The names only: a vector's bytes stay in the database.
             names = dict(s.execute(select(VectorRow.hash, VectorRow.name).where(VectorRow.hash.in_(hashes))).all())
+
+            def name(h: str | None) -> str | None:
+                return None if h is None else names.get(h) or "unnamed"
             return [RunSummary(r.id, r.session_id, r.created, r.status, r.model_id, r.settings.get("prompt", ""),
-                               [RowSummary(st.row, st.coef, names.get(st.vector_hash) if st.vector_hash else None,
-                                           st.layers, len(st.token_ids)) for st in r.streams])
+                               [RowSummary(st.row, st.coef, name(st.vector_hash), st.layers, len(st.token_ids),
+                                           st.budget) for st in r.streams])
                     for r in runs]
 
     @_reads
