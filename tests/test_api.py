@@ -84,7 +84,7 @@ def test_the_figure_is_the_dashboard_chart(run):
     for event in run.events:
         view.apply(event)
     expected = chart_figure(view)["data"]
-    assert len(fig.data) == len(expected) == 2 * len(run)
+    assert len(fig.data) == len(expected) == 3 * len(run)  # per row: trusted readings, every reading, mass
     for trace, want in zip(fig.data, expected):
         assert trace.name == want["name"] and list(trace.x) == want["x"]
         assert [None if v is None else round(v, 3) for v in trace.y] == want["y"]

@@ -118,6 +118,8 @@ def test_the_first_screen_leads_then_the_run_takes_the_room(browser, app_server,
     page.screenshot(path=str(shots / "0-first-run.png"))
     # Opened again by hand, the examples still close when the next run starts.
     link = page.get_by_text("Link to this run").text_content()
+    tokens.fill("4")
+    tokens.press("Enter")
     page.get_by_text("Examples", exact=True).first.click()
     expect(first).to_be_visible()
     page.get_by_role("button", name="Generate", exact=True).click()
