@@ -212,22 +212,19 @@ def test_vector_commands_bad_input(tmp_path, args, message):
 
 def test_session_log_commands(tmp_path):
     db, other = tmp_path / "a.sqlite", tmp_path / "b.sqlite"
-    r = cli("generate", "--db", str(db), "--prompt", "Is 9 prime?", "--vector", "reconsideration", "--layers", "15-18",
-            "--coef", "4", "--max-new-tokens", "6", "--jsonl")
+    r = cli("generate", "--db", str(db), "--prompt", "Is 9 prime?", "--vector", "confidence", "--layers", "16-19",
+            "--coef", "-3", "--row", "budget:min=8", "--max-new-tokens", "8", "--jsonl")
     assert r.returncode == 0 and "logged as run" in r.stderr
     first = [json.loads(x) for x in r.stdout.splitlines()][-1]
     run_id = r.stderr.split("logged as run ")[1].split()[0]
     listing = cli("runs", "--db", str(db))
     assert listing.returncode == 0 and run_id in listing.stdout and "finished" in listing.stdout
-    # Each run's vector, layers and tokens per row (2 rows of 6 tokens: 6, not 12).
+    # Each run's vector (a budget row by its budget), coefficients, layers (the vector rows') and tokens per
+    # row: each row's when they differ, baseline first, never their sum.
     line = next(x for x in listing.stdout.splitlines() if x.startswith(run_id)).split()
-    assert line[4:8] == ["6", "reconsideration", "+4", "15-18"]
-    # A budget row is listed by its budget, and has no layers of its own.
-    r = cli("generate", "--db", str(db), "--prompt", "Is 9 prime?", "--row", "budget:min=8",
-            "--row", "confidence=-3@16-19", "--max-new-tokens", "8", "--probe-every", "0")
-    budget_run = r.stderr.split("logged as run ")[1].split()[0]
-    line = next(x for x in cli("runs", "--db", str(db)).stdout.splitlines() if x.startswith(budget_run)).split()
-    assert line[5:9] == ["budget:min=8,", "confidence", "-3", "16-19"], line
+    counts = [len(row["token_ids"]) for row in first["rows"]]
+    tokens = str(counts[0]) if len(set(counts)) == 1 else "/".join(map(str, counts))
+    assert line[4:9] == [tokens, "confidence,", "budget:min=8", "-3", "16-19"], line
     assert cli("export", "--db", str(db), "--run", run_id, "--out", str(tmp_path / "one.jsonl")).returncode == 0
     r = cli("import", str(tmp_path / "one.jsonl"), "--db", str(other))
     assert r.returncode == 0 and "imported 1 runs" in r.stderr
