@@ -63,8 +63,8 @@ def _logodds_traces(r: RowView, k: int) -> list[dict]:
     """A row's log-odds twice: every reading faint (x markers where too little mass is on the choices),
     and over it, solid, only the readings that can be trusted.
 
-    One line for both read as confident where it was not: on the bundled model the coef +8 row's solid
-    line looked as strong at mass ~0.05 as the baseline's at 0.9. Plotly styles a line per trace, not per
+    One solid line for both read as confident where it was not (issue 27: a coef +8 row's line looked
+    strong at mass ~0.05, its x markers the only sign). Plotly styles a line per trace, not per
     segment, so the untrusted stretches are the gaps in the solid trace. The faint trace carries every
     reading and is the one counted ("meta": "readings").
     """
